@@ -1,0 +1,185 @@
+"""Public test helpers: run a real daemon as a subprocess on loopback.
+
+The tests and the perf harness both use :class:`DaemonProcess`, so that each
+talks to the same thing users run: ``python -m lighthouse_store serve`` on
+127.0.0.1, with real LMDB files in a directory the caller owns.
+
+The daemon prints one JSON line to stdout once it accepts connections::
+
+    {"event": "ready", "address": "127.0.0.1:41234", "pid": 12345}
+
+Its logs go to stderr, which this helper sends to ``<log_path>``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import grpc
+
+from lighthouse_client import pb_grpc
+
+__all__ = ["DaemonProcess", "DaemonStartError"]
+
+
+class DaemonStartError(RuntimeError):
+    """The daemon exited or did not become ready in time."""
+
+
+class DaemonProcess:
+    """One daemon subprocess on a data directory; restartable, killable."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        extra_args: Sequence[str] = (),
+        env: dict[str, str] | None = None,
+        log_path: Path | None = None,
+        port: int = 0,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.extra_args = list(extra_args)
+        self.env = env
+        self.log_path = log_path or self.data_dir.parent / f"{self.data_dir.name}.log"
+        self.port = port
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.address = ""
+        self._log: IO[bytes] | None = None
+        self._channels: list[grpc.Channel] = []
+
+    # -- process control -------------------------------------------------
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "lighthouse_store",
+            "serve",
+            "--listen",
+            f"127.0.0.1:{self.port}",
+            "--data-dir",
+            str(self.data_dir),
+            *self.extra_args,
+        ]
+
+    def start(self, timeout: float = 30.0) -> DaemonProcess:
+        """Start the daemon and wait for its ready line."""
+        if self.proc is not None and self.proc.poll() is None:
+            raise RuntimeError("daemon already running")
+        env = dict(os.environ if self.env is None else self.env)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in _reap
+        self.proc = subprocess.Popen(
+            self.command(), stdout=subprocess.PIPE, stderr=self._log, env=env
+        )
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        line = b""
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            try:
+                msg: dict[str, Any] = json.loads(line)
+            except ValueError:
+                continue
+            if msg.get("event") == "ready":
+                self.address = str(msg["address"])
+                # Keep the port so a restart comes back on the same address.
+                self.port = int(self.address.rsplit(":", 1)[1])
+                return self
+        code = self.proc.poll()
+        self._reap(kill=True)
+        raise DaemonStartError(
+            f"daemon did not become ready (exit code {code}); log:\n{self.log_text()[-4000:]}"
+        )
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM, wait, return the exit code."""
+        return self._signal_and_wait(signal.SIGTERM, timeout)
+
+    def kill9(self) -> int:
+        """SIGKILL, as a crash would."""
+        return self._signal_and_wait(signal.SIGKILL, 30.0)
+
+    def restart(self) -> DaemonProcess:
+        self.stop()
+        return self.start()
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def _signal_and_wait(self, sig: int, timeout: float) -> int:
+        self.close_channels()
+        if self.proc is None:
+            raise RuntimeError("daemon not started")
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            code = self.proc.wait(timeout)
+        finally:
+            self._reap(kill=True)
+        return code
+
+    def _reap(self, *, kill: bool) -> None:
+        if self.proc is not None:
+            if kill and self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait(10)
+            if self.proc.stdout is not None:
+                self.proc.stdout.close()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    # -- clients ---------------------------------------------------------
+
+    def channel(self) -> grpc.Channel:
+        """A new channel to the daemon, closed when the daemon is stopped."""
+        ch = grpc.insecure_channel(
+            self.address,
+            options=[
+                ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+                ("grpc.max_send_message_length", 64 * 1024 * 1024),
+            ],
+        )
+        self._channels.append(ch)
+        return ch
+
+    def stub(self) -> Any:
+        """An EventStoreService stub on a new channel."""
+        return pb_grpc.EventStoreServiceStub(self.channel())
+
+    def close_channels(self) -> None:
+        for ch in self._channels:
+            ch.close()
+        self._channels.clear()
+
+    def __enter__(self) -> DaemonProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.running():
+            self.stop()
+        else:
+            self._reap(kill=True)
