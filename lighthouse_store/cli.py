@@ -1,0 +1,49 @@
+"""``lighthouse-store`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from lighthouse_store import __version__, config, logs
+from lighthouse_store.errors import DataDirLocked, StorageFailure
+
+EXIT_USAGE = 2
+EXIT_LOCKED = 3
+EXIT_FAILED = 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lighthouse-store", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"lighthouse-store {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the daemon")
+    config.add_arguments(serve)
+    serve.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        cfg = config.from_args(args)
+    except config.ConfigError as exc:
+        print(f"lighthouse-store: bad configuration: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    logs.configure(args.log_level.upper())
+    from lighthouse_store.server import BindError, serve  # after logging is set up
+
+    try:
+        asyncio.run(serve(cfg))
+    except DataDirLocked as exc:
+        print(f"lighthouse-store: {exc.message}", file=sys.stderr)
+        return EXIT_LOCKED
+    except BindError as exc:
+        print(f"lighthouse-store: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (StorageFailure, PermissionError, OSError) as exc:
+        print(f"lighthouse-store: cannot open the store: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    return 0

@@ -1,0 +1,132 @@
+"""Daemon configuration: defaults, ``LIGHTHOUSE_*`` environment variables, flags.
+
+Precedence: command-line flag > environment variable > default. Every tunable
+is here so that tests can shrink it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from enum import StrEnum
+from pathlib import Path
+
+KIB = 1024
+MIB = 1024 * KIB
+GIB = 1024 * MIB
+
+
+class Durability(StrEnum):
+    FSYNC = "fsync"  # every acknowledged append is fsynced (LMDB sync commit)
+    ASYNC = "async"  # commits are not fsynced; survives a process crash, not a power cut
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Size limits on appends (SPEC §2)."""
+
+    max_event_data_bytes: int = 1 * MIB
+    max_events_per_append: int = 1000
+    max_append_bytes: int = 16 * MIB
+    max_metadata_entries: int = 64
+    max_metadata_bytes: int = 16 * KIB
+
+
+@dataclass(frozen=True)
+class Config:
+    listen: str = "127.0.0.1:50051"
+    data_dir: Path = Path("data")
+    durability: Durability = Durability.FSYNC
+    # LMDB map size: the most the store can hold. Virtual address space only;
+    # the file grows as data is written.
+    map_size: int = 64 * GIB
+    limits: Limits = field(default_factory=Limits)
+    # Group commit: appends queued beyond max_queue fail at once with
+    # RESOURCE_EXHAUSTED; one transaction takes at most max_batch_appends
+    # appends or max_batch_bytes bytes.
+    max_queue: int = 10_000
+    max_queued_bytes: int = 256 * MIB
+    max_batch_appends: int = 1_000
+    max_batch_bytes: int = 64 * MIB
+    # Reads: one page (ReadResponse) holds at most this many events / bytes.
+    page_events: int = 1_000
+    page_bytes: int = 1 * MIB
+    reader_threads: int = 4
+    # SIGTERM: how long in-flight RPCs get to finish.
+    shutdown_grace_seconds: float = 10.0
+
+
+# name: (env var, help). Limits are flattened into the same namespace.
+_SETTINGS: dict[str, tuple[str, str]] = {
+    "listen": ("LIGHTHOUSE_LISTEN", "host:port to listen on (default 127.0.0.1:50051)"),
+    "data_dir": ("LIGHTHOUSE_DATA_DIR", "data directory (default ./data)"),
+    "durability": ("LIGHTHOUSE_DURABILITY", "fsync (default) or async"),
+    "map_size": ("LIGHTHOUSE_MAP_SIZE", "LMDB map size in bytes (default 64 GiB)"),
+    "max_queue": ("LIGHTHOUSE_MAX_QUEUE", "queued appends before RESOURCE_EXHAUSTED"),
+    "max_event_data_bytes": ("LIGHTHOUSE_MAX_EVENT_DATA_BYTES", "max data bytes per event"),
+    "max_events_per_append": ("LIGHTHOUSE_MAX_EVENTS_PER_APPEND", "max events per append"),
+    "max_append_bytes": ("LIGHTHOUSE_MAX_APPEND_BYTES", "max bytes per append"),
+    "max_metadata_entries": ("LIGHTHOUSE_MAX_METADATA_ENTRIES", "max metadata entries"),
+    "max_metadata_bytes": ("LIGHTHOUSE_MAX_METADATA_BYTES", "max metadata bytes per event"),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    for name, (env, help_text) in _SETTINGS.items():
+        parser.add_argument(
+            "--" + name.replace("_", "-"), dest=name, default=None, help=f"{help_text} [{env}]"
+        )
+
+
+def from_args(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Config:
+    """Build a Config from parsed flags, falling back to the environment."""
+    env = os.environ if environ is None else environ
+    raw: dict[str, str] = {}
+    for name, (var, _) in _SETTINGS.items():
+        value = getattr(args, name, None)
+        if value is None:
+            value = env.get(var)
+        if value is not None:
+            raw[name] = value
+    try:
+        limit_names = {f.name for f in fields(Limits)}
+        limits = Limits(**{k: _size(k, v) for k, v in raw.items() if k in limit_names})
+        kwargs: dict[str, object] = {"limits": limits}
+        if "listen" in raw:
+            kwargs["listen"] = raw["listen"]
+        if "data_dir" in raw:
+            kwargs["data_dir"] = Path(raw["data_dir"])
+        if "durability" in raw:
+            kwargs["durability"] = Durability(raw["durability"])
+        for name in ("map_size", "max_queue"):
+            if name in raw:
+                kwargs[name] = _size(name, raw[name])
+        return Config(**kwargs)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+class ConfigError(ValueError):
+    """A setting has a value the daemon cannot use."""
+
+
+_SUFFIXES = {"k": KIB, "m": MIB, "g": GIB, "t": 1024 * GIB}
+
+
+def _size(name: str, text: str) -> int:
+    """Parse '4096', '64k', '1M', '64GiB' into a positive int."""
+    s = text.strip().lower().removesuffix("ib").removesuffix("b")
+    mult = 1
+    if s and s[-1] in _SUFFIXES:
+        mult = _SUFFIXES[s[-1]]
+        s = s[:-1]
+    try:
+        value = int(s) * mult
+    except ValueError:
+        raise ConfigError(f"{name}: not a size: {text!r}") from None
+    if value <= 0:
+        raise ConfigError(f"{name}: must be positive, got {text!r}")
+    return value
+

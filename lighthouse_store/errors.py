@@ -1,0 +1,115 @@
+"""Domain errors: the one exception tree the daemon raises.
+
+Every error a client can see belongs to one failure class (SPEC §4), which
+tells the client what to do. ``status.py`` maps these to gRPC status codes and
+error details in one place; nothing else in the daemon knows about gRPC codes.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class FailureClass(StrEnum):
+    RECOVERABLE = "recoverable"  # retry with backoff and jitter
+    HUMAN_INTERVENTION = "human_intervention"  # do not retry; report
+    RESTART_REQUIRED = "restart_required"  # stop using the node
+
+
+class StoreError(Exception):
+    """Base of every domain error. ``reason`` is a stable UPPER_SNAKE code."""
+
+    reason = "STORE_ERROR"
+    failure_class = FailureClass.HUMAN_INTERVENTION
+
+    def __init__(self, message: str, **metadata: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.metadata = metadata
+
+
+class InvalidArgument(StoreError):
+    reason = "INVALID_ARGUMENT"
+
+
+class WrongExpectedRevision(StoreError):
+    reason = "WRONG_EXPECTED_REVISION"
+
+    def __init__(self, stream: str, expected: str, actual: str) -> None:
+        super().__init__(
+            f"stream {stream!r}: expected revision {expected}, actual {actual}",
+            stream=stream,
+            expected=expected,
+            actual=actual,
+        )
+
+
+class EventIdConflict(StoreError):
+    reason = "EVENT_ID_CONFLICT"
+
+
+class StreamNotFound(StoreError):
+    reason = "STREAM_NOT_FOUND"
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(f"stream {stream!r} not found", stream=stream)
+
+
+class EventNotFound(StoreError):
+    reason = "EVENT_NOT_FOUND"
+
+    def __init__(self, event_id: str) -> None:
+        super().__init__(f"event {event_id} not found", event_id=event_id)
+
+
+class Overloaded(StoreError):
+    """Too much queued work; retry after ``retry_after_ms``."""
+
+    reason = "OVERLOADED"
+    failure_class = FailureClass.RECOVERABLE
+
+    def __init__(self, message: str, retry_after_ms: int) -> None:
+        super().__init__(message, retry_after_ms=str(retry_after_ms))
+        self.retry_after_ms = retry_after_ms
+
+
+class StorageFull(StoreError):
+    """The LMDB map or the disk is full; nothing of the request was written."""
+
+    reason = "STORAGE_FULL"
+    failure_class = FailureClass.RECOVERABLE
+
+
+class ShuttingDown(StoreError):
+    reason = "SHUTTING_DOWN"
+    failure_class = FailureClass.RECOVERABLE
+
+
+class Corruption(StoreError):
+    """A stored record failed its checksum or the log is inconsistent."""
+
+    reason = "CORRUPTION"
+    failure_class = FailureClass.RESTART_REQUIRED
+
+    def __init__(self, message: str, position: int) -> None:
+        super().__init__(message, position=str(position))
+        self.position = position
+
+
+class StorageFailure(StoreError):
+    """LMDB failed in a way the process cannot undo."""
+
+    reason = "STORAGE_FAILURE"
+    failure_class = FailureClass.RESTART_REQUIRED
+
+
+class DataDirLocked(StoreError):
+    """Another daemon owns the data directory (raised at startup only)."""
+
+    reason = "DATA_DIR_LOCKED"
+
+
+class Internal(StoreError):
+    """An unexpected failure inside the daemon (a bug); details are only logged."""
+
+    reason = "INTERNAL"

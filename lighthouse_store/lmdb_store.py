@@ -1,0 +1,385 @@
+"""The LMDB event store: on-disk format, write transaction, paged reads.
+
+On-disk format, version 1
+=========================
+
+One LMDB environment in ``<data_dir>/lmdb/`` (``data.mdb``, ``lock.mdb``).
+The daemon's single-instance lock is ``<data_dir>/LOCK`` (``lock.py``).
+All integers are unsigned 64-bit big-endian, so byte order is numeric order
+and cursors walk positions and revisions in order.
+
+=============  ====================================  =============================================
+database       key                                   value
+=============  ====================================  =============================================
+``log``        position (1, 2, 3, ... gapless)       stored record (``records.py``): a serialized
+                                                     RecordedEvent + CRC-32 trailer
+``streams``    stream name, UTF-8                    stream_id, next_revision, last_position
+``stream_idx`` stream_id + revision                  position
+``event_ids``  event id, 16 raw bytes                position
+``meta``       ``b"format"``                         ``b"1"``
+               ``b"next_stream_id"``                 the next stream_id to hand out
+=============  ====================================  =============================================
+
+A stream exists once it has an event; ``next_revision`` is its event count.
+Streams get a compact numeric id so that index keys are 16 fixed bytes
+whatever the name's length. The log is written only with ``MDB_APPEND``
+(positions only grow); nothing is ever updated in place or deleted.
+
+Write path
+==========
+
+``commit()`` is the only writer. It runs on the group-commit thread
+(``writer.py``) and applies a whole group of appends in one write
+transaction: for each append, in arrival order, it first checks (idempotency
+via ``event_ids``, then the expected revision via ``streams``), and only if
+every check passes does it put the records, so a failed append leaves
+nothing behind while the others in the group still commit. Checks see the
+appends earlier in the same transaction. Positions are ``head + 1 ...``;
+``recorded_at`` is taken once per transaction and never goes below the
+previous transaction's, so it never decreases with position. In ``fsync``
+durability the commit is an LMDB sync commit (``fdatasync``) before any
+append of the group is acknowledged; ``async`` opens the environment with
+``sync=False``. LMDB's copy-on-write B-trees make a commit atomic: a
+``kill -9`` at any moment leaves the last committed state, never a torn
+record.
+
+Reads
+=====
+
+Each page is read in its own short read transaction (no long-lived reader
+pins old pages while a replay runs), and every record's checksum is verified
+before it leaves the store. A time window ``[from, to)`` is turned into a key
+range by binary search, since ``recorded_at`` never decreases along the log or
+along a stream.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import lmdb
+
+from lighthouse_store import records
+from lighthouse_store.config import Durability
+from lighthouse_store.errors import (
+    Corruption,
+    EventIdConflict,
+    StorageFailure,
+    StorageFull,
+    StoreError,
+    StreamNotFound,
+    WrongExpectedRevision,
+)
+from lighthouse_store.store import (
+    AppendCommand,
+    AppendResult,
+    EventStore,
+    ExpectedKind,
+    Page,
+    ReadCursor,
+    ReadQuery,
+)
+
+FORMAT_VERSION = b"1"
+
+_U64 = struct.Struct(">Q")
+_IDX = struct.Struct(">QQ")
+_STREAM = struct.Struct(">QQQ")
+
+# A filtered page stops after visiting this many records per wanted event, so
+# one page never holds a reader thread for long.
+_SCAN_FACTOR = 16
+
+
+class LmdbEventStore(EventStore):
+    def __init__(
+        self, data_dir: Path, *, map_size: int, durability: Durability, max_readers: int = 1024
+    ) -> None:
+        path = Path(data_dir) / "lmdb"
+        path.mkdir(parents=True, exist_ok=True)
+        durable = durability is Durability.FSYNC
+        self._env = lmdb.open(
+            str(path),
+            map_size=map_size,
+            max_dbs=8,
+            max_readers=max_readers,
+            sync=durable,
+            metasync=durable,
+            readahead=False,
+        )
+        self._env.reader_check()  # drop reader slots left by a killed process
+        self._log = self._env.open_db(b"log")
+        self._streams = self._env.open_db(b"streams")
+        self._idx = self._env.open_db(b"stream_idx")
+        self._ids = self._env.open_db(b"event_ids")
+        self._meta = self._env.open_db(b"meta")
+        with self._env.begin(write=True) as txn:
+            fmt = txn.get(b"format", db=self._meta)
+            if fmt is None:
+                txn.put(b"format", FORMAT_VERSION, db=self._meta)
+            elif fmt != FORMAT_VERSION:
+                raise StorageFailure(f"unsupported storage format {fmt!r}")
+            raw = txn.get(b"next_stream_id", db=self._meta)
+            self._next_stream_id = _U64.unpack(raw)[0] if raw else 1
+            self._head, self._last_ts = self._load_head(txn)
+
+    def _load_head(self, txn: Any) -> tuple[int, int]:
+        cur = txn.cursor(db=self._log)
+        if not cur.last():
+            return 0, 0
+        position = _U64.unpack(cur.key())[0]
+        record = records.verify(cur.value(), position)
+        return position, records.recorded_at_ns(records.decode(record))
+
+    # -- writes ------------------------------------------------------------
+
+    def head_position(self) -> int:
+        return self._head
+
+    def commit(self, commands: Sequence[AppendCommand]) -> list[AppendResult | StoreError]:
+        stamp = max(time.time_ns(), self._last_ts)
+        head = self._head
+        next_sid = self._next_stream_id
+        results: list[AppendResult | StoreError] = []
+        txn = self._env.begin(write=True)
+        try:
+            for cmd in commands:
+                try:
+                    result, next_sid = self._apply(txn, cmd, head, stamp, next_sid)
+                except StoreError as exc:
+                    results.append(exc)
+                    continue
+                results.append(result)
+                if not result.duplicate:
+                    head = result.last_position
+            if next_sid != self._next_stream_id:
+                txn.put(b"next_stream_id", _U64.pack(next_sid), db=self._meta)
+            txn.commit()
+        except lmdb.MapFullError:
+            txn.abort()
+            raise StorageFull("the store is full (LMDB map size reached)") from None
+        except lmdb.Error as exc:
+            txn.abort()
+            raise StorageFailure(f"storage write failed: {type(exc).__name__}") from exc
+        except BaseException:
+            txn.abort()
+            raise
+        if head != self._head:
+            self._head, self._last_ts = head, stamp
+        self._next_stream_id = next_sid
+        return results
+
+    def _apply(
+        self, txn: Any, cmd: AppendCommand, head: int, stamp: int, next_sid: int
+    ) -> tuple[AppendResult, int]:
+        """Check, then write, one append. Raises before any put if a check fails."""
+        known = [txn.get(e.event_id, db=self._ids) for e in cmd.events]
+        if any(p is not None for p in known):
+            return self._replayed(txn, cmd, known), next_sid
+        name = cmd.stream.encode()
+        raw = txn.get(name, db=self._streams)
+        if raw is None:
+            sid, next_rev = next_sid, 0
+        else:
+            sid, next_rev, _ = _STREAM.unpack(raw)
+        exp = cmd.expected
+        if exp.kind is not ExpectedKind.ANY and not (
+            (exp.kind is ExpectedKind.NO_STREAM and raw is None)
+            or (exp.kind is ExpectedKind.STREAM_EXISTS and raw is not None)
+            or (exp.kind is ExpectedKind.EXACT and raw is not None and next_rev - 1 == exp.revision)
+        ):
+            actual = "no_stream" if raw is None else str(next_rev - 1)
+            raise WrongExpectedRevision(cmd.stream, str(exp), actual)
+        field = records.stream_field(cmd.stream)
+        put = txn.put
+        for i, event in enumerate(cmd.events):
+            position = _U64.pack(head + 1 + i)
+            rec = records.encode_record(event.proposed, field, next_rev + i, head + 1 + i, stamp)
+            put(position, rec, db=self._log, append=True)
+            put(_IDX.pack(sid, next_rev + i), position, db=self._idx)
+            put(event.event_id, position, db=self._ids)
+        n = len(cmd.events)
+        put(name, _STREAM.pack(sid, next_rev + n, head + n), db=self._streams)
+        result = AppendResult(head + 1, head + n, next_rev + n - 1)
+        return result, (next_sid + 1 if raw is None else next_sid)
+
+    def _replayed(self, txn: Any, cmd: AppendCommand, known: list[bytes | None]) -> AppendResult:
+        """An append whose ids exist: the original result if it is a true retry."""
+        if any(p is None for p in known):
+            raise EventIdConflict(
+                "some of the event ids were already recorded and some were not; "
+                "an append is idempotent only as a whole",
+                stream=cmd.stream,
+            )
+        positions = [_U64.unpack(p)[0] for p in known if p is not None]
+        last = None
+        for i, (event, position) in enumerate(zip(cmd.events, positions, strict=True)):
+            stored = records.decode(
+                records.verify(txn.get(_U64.pack(position), db=self._log), position)
+            )
+            if (
+                position != positions[0] + i
+                or stored.stream != cmd.stream
+                or not records.same_content(stored, event.proposed)
+            ):
+                raise EventIdConflict(
+                    f"event id {stored.event_id} is already recorded "
+                    "with other content, in another stream or in another order",
+                    stream=cmd.stream,
+                    event_id=stored.event_id,
+                )
+            last = stored
+        assert last is not None
+        return AppendResult(positions[0], positions[-1], last.revision, duplicate=True)
+
+    # -- reads -------------------------------------------------------------
+
+    def get_event(self, event_id: bytes) -> bytes | None:
+        with self._env.begin() as txn:
+            raw = txn.get(event_id, db=self._ids)
+            if raw is None:
+                return None
+            position = _U64.unpack(raw)[0]
+            return records.verify(self._must_get_log(txn, position), position)
+
+    def read_page(
+        self, query: ReadQuery, cursor: ReadCursor | None, max_events: int, max_bytes: int
+    ) -> Page:
+        with self._env.begin() as txn:
+            if cursor is None:
+                cursor = self._start(txn, query)
+                if cursor is None:
+                    return Page([], None)
+            get = txn.get
+            log = self._log
+            if query.stream is None:
+
+                def fetch(key: int) -> tuple[int, bytes | None]:
+                    return key, get(_U64.pack(key), db=log)
+
+            else:
+                sid = self._stream_id(txn, query.stream)
+                idx = self._idx
+
+                def fetch(key: int) -> tuple[int, bytes | None]:
+                    raw = get(_IDX.pack(sid, key), db=idx)
+                    if raw is None:
+                        raise Corruption(f"stream index entry missing for revision {key}", 0)
+                    return _U64.unpack(raw)[0], get(raw, db=log)
+
+            return self._page(query, cursor, max_events, max_bytes, fetch)
+
+    def _page(
+        self,
+        query: ReadQuery,
+        cursor: ReadCursor,
+        max_events: int,
+        max_bytes: int,
+        fetch: Callable[[int], tuple[int, bytes | None]],
+    ) -> Page:
+        step = -1 if query.backwards else 1
+        key, stop, remaining = cursor.next_key, cursor.stop_key, cursor.remaining
+        out: list[bytes] = []
+        size = 0
+        budget = max_events * _SCAN_FACTOR
+        verify = records.verify
+        while budget > 0 and len(out) < max_events and size < max_bytes:
+            if (key > stop) if step > 0 else (key < stop):
+                return Page(out, None)
+            position, record = fetch(key)
+            if record is None:
+                raise Corruption(f"log has no event at position {position}", position)
+            verify(record, position)
+            key += step
+            budget -= 1
+            if query.filtered and not _matches(query, record):
+                continue
+            out.append(record)
+            size += len(record)
+            remaining -= 1
+            if remaining == 0:
+                return Page(out, None)
+        if (key > stop) if step > 0 else (key < stop):
+            return Page(out, None)
+        return Page(out, ReadCursor(key, stop, remaining))
+
+    def _stream_id(self, txn: Any, stream: str) -> int:
+        raw = txn.get(stream.encode(), db=self._streams)
+        if raw is None:
+            raise StreamNotFound(stream)
+        return int(_STREAM.unpack(raw)[0])
+
+    def _must_get_log(self, txn: Any, position: int) -> bytes:
+        record: bytes | None = txn.get(_U64.pack(position), db=self._log)
+        if record is None:
+            raise Corruption(f"log has no event at position {position}", position)
+        return record
+
+    def _start(self, txn: Any, query: ReadQuery) -> ReadCursor | None:
+        """Resolve a query into the first and last key to visit, or None if empty."""
+        if query.stream is None:
+            cur = txn.cursor(db=self._log)
+            last = _U64.unpack(cur.key())[0] if cur.last() else 0
+            first = 1
+
+            def ts_of(k: int) -> int:
+                return records.recorded_at_ns(records.decode(self._must_get_log(txn, k)))
+        else:
+            raw = txn.get(query.stream.encode(), db=self._streams)
+            if raw is None:
+                raise StreamNotFound(query.stream)
+            sid, next_rev, _ = _STREAM.unpack(raw)
+            first, last = 0, next_rev - 1
+
+            def ts_of(k: int) -> int:
+                pos = _U64.unpack(txn.get(_IDX.pack(sid, k), db=self._idx))[0]
+                return records.recorded_at_ns(records.decode(self._must_get_log(txn, pos)))
+
+        if last < first:
+            return None
+        lo, hi = first, last
+        if query.from_time_ns is not None:
+            lo = _first_at_or_after(lo, hi, query.from_time_ns, ts_of)
+        if query.to_time_ns is not None:
+            hi = _first_at_or_after(lo, hi, query.to_time_ns, ts_of) - 1
+        if query.backwards:
+            start = hi if query.start is None else min(query.start, hi)
+            stop = lo
+            empty = start < stop
+        else:
+            start = lo if query.start is None else max(query.start, lo)
+            stop = hi
+            empty = start > stop
+        if empty:
+            return None
+        return ReadCursor(start, stop, query.max_count or -1)
+
+    def close(self) -> None:
+        self._env.close()
+
+
+def _first_at_or_after(lo: int, hi: int, ts: int, ts_of: Callable[[int], int]) -> int:
+    """Smallest key in [lo, hi] whose timestamp is >= ts, or hi + 1."""
+    end = hi + 1
+    while lo < end:
+        mid = (lo + end) // 2
+        if ts_of(mid) >= ts:
+            end = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def _matches(query: ReadQuery, record: bytes) -> bool:
+    event = records.decode(record)
+    if query.event_types and event.event_type not in query.event_types:
+        return False
+    if query.stream_prefixes and not event.stream.startswith(query.stream_prefixes):
+        return False
+    return not (
+        query.correlation_id and event.metadata.get("correlation_id") != query.correlation_id
+    )

@@ -1,0 +1,133 @@
+"""The daemon: wires storage, the writer and the gRPC server, and runs them.
+
+Each concern is wired in its own small ``_configure_*`` function (as in the
+grpc examples). Shutdown on SIGTERM/SIGINT: health flips to NOT_SERVING, the
+server stops taking calls and gives in-flight ones ``shutdown_grace_seconds``,
+the writer commits everything already queued, storage closes, the lock goes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from lighthouse_store import __version__
+from lighthouse_store.config import Config
+from lighthouse_store.lmdb_store import LmdbEventStore
+from lighthouse_store.lock import DataDirLock
+from lighthouse_store.servicer import SERVICE_NAME, EventStoreServicer, method_handlers
+from lighthouse_store.writer import GroupCommitWriter
+
+log = logging.getLogger("lighthouse_store.server")
+
+HEALTH_SERVICE_NAME: str = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+
+
+class BindError(RuntimeError):
+    """The listen address could not be bound."""
+
+
+def _server_options(config: Config) -> list[tuple[str, int]]:
+    message_limit = config.limits.max_append_bytes + 4 * 1024 * 1024
+    return [
+        ("grpc.max_receive_message_length", message_limit),
+        ("grpc.max_send_message_length", message_limit),
+        # Without this, a second daemon could bind the same port on Linux.
+        ("grpc.so_reuseport", 0),
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+    ]
+
+
+def _configure_store_service(server: grpc.aio.Server, servicer: EventStoreServicer) -> None:
+    handlers = method_handlers(servicer)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
+
+
+async def _configure_health(server: grpc.aio.Server) -> health.aio.HealthServicer:
+    servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    for name in ("", SERVICE_NAME):
+        await servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return servicer
+
+
+def _configure_reflection(server: grpc.aio.Server) -> None:
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+
+
+def _bind(server: grpc.aio.Server, listen: str) -> str:
+    try:
+        port = server.add_insecure_port(listen)
+    except RuntimeError:
+        port = 0
+    if not port:
+        raise BindError(f"cannot listen on {listen} (address in use or not available)")
+    host = listen.rsplit(":", 1)[0]
+    return f"{host}:{port}"
+
+
+async def serve(config: Config) -> None:
+    """Run the daemon until SIGTERM/SIGINT. Raises DataDirLocked, BindError."""
+    lock = DataDirLock(config.data_dir).acquire()
+    try:
+        store = LmdbEventStore(
+            config.data_dir, map_size=config.map_size, durability=config.durability
+        )
+        try:
+            await _run(config, store)
+        finally:
+            store.close()
+    finally:
+        lock.release()
+
+
+async def _run(config: Config, store: LmdbEventStore) -> None:
+    loop = asyncio.get_running_loop()
+    writer = GroupCommitWriter(
+        store,
+        max_queue=config.max_queue,
+        max_queued_bytes=config.max_queued_bytes,
+        max_batch_appends=config.max_batch_appends,
+        max_batch_bytes=config.max_batch_bytes,
+    )
+    readers = ThreadPoolExecutor(config.reader_threads, thread_name_prefix="lighthouse-reader")
+    server = grpc.aio.server(options=_server_options(config))
+    servicer = EventStoreServicer(config, store, writer, readers)
+    _configure_store_service(server, servicer)
+    health_servicer = await _configure_health(server)
+    _configure_reflection(server)
+    address = _bind(server, config.listen)
+
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    writer.start()
+    await server.start()
+    log.info("listening on %s (data dir %s, durability %s, version %s)",
+             address, config.data_dir, config.durability.value, __version__)
+    sys.stdout.write(json.dumps({"event": "ready", "address": address, "pid": os.getpid()}) + "\n")
+    sys.stdout.flush()
+    try:
+        await stop.wait()
+        log.info("shutting down: draining in-flight calls")
+        await health_servicer.enter_graceful_shutdown()
+        await server.stop(config.shutdown_grace_seconds)
+    finally:
+        await writer.stop()
+        readers.shutdown(wait=True)
+    log.info("stopped; head position %d", store.head_position())

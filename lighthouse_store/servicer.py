@@ -1,0 +1,196 @@
+"""The gRPC servicer: protobuf in, domain calls, protobuf (or stored bytes) out.
+
+Read and GetEvent answer with stored records as they are on disk: a stored
+record is already a serialized RecordedEvent (``records.py``), so those
+methods are registered with an identity response serializer and build their
+responses by concatenation, never parsing or re-encoding an event.
+
+Errors: handlers raise domain errors; :func:`_guard` turns them into a gRPC
+status through ``status.to_status`` (the one mapping), and anything
+unexpected into INTERNAL with an incident id that is only logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import Executor
+from typing import Any, TypeVar
+
+import grpc
+
+from lighthouse_client import pb
+from lighthouse_store import __version__, records, status, validation
+from lighthouse_store.config import Config, Durability
+from lighthouse_store.errors import EventNotFound, StoreError
+from lighthouse_store.store import EventStore
+from lighthouse_store.writer import GroupCommitWriter
+
+log = logging.getLogger("lighthouse_store.servicer")
+
+SERVICE = pb.DESCRIPTOR.services_by_name["EventStoreService"]
+SERVICE_NAME: str = SERVICE.full_name
+
+_R = TypeVar("_R")
+_DURABILITY = {Durability.FSYNC: pb.DURABILITY_FSYNC, Durability.ASYNC: pb.DURABILITY_ASYNC}
+
+
+async def _abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
+    if isinstance(exc, StoreError):
+        code, message, trailers = status.to_status(exc)
+    else:
+        incident = uuid.uuid4().hex[:12]
+        log.error("unexpected error (incident %s)", incident, exc_info=exc)
+        code, message, trailers = status.internal(incident)
+    await context.abort(code, message, trailing_metadata=trailers)
+
+
+def _guard(
+    fn: Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[_R]],
+) -> Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[_R]]:
+    @functools.wraps(fn)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> _R:
+        try:
+            return await fn(self, request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            await _abort(context, exc)
+            raise AssertionError("unreachable: abort raises") from exc
+
+    return wrapper
+
+
+def _guard_stream(
+    fn: Callable[[Any, Any, grpc.aio.ServicerContext], AsyncIterator[_R]],
+) -> Callable[[Any, Any, grpc.aio.ServicerContext], AsyncIterator[_R]]:
+    @functools.wraps(fn)
+    async def wrapper(
+        self: Any, request: Any, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[_R]:
+        try:
+            async for item in fn(self, request, context):
+                yield item
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            await _abort(context, exc)
+
+    return wrapper
+
+
+class EventStoreServicer:
+    def __init__(
+        self, config: Config, store: EventStore, writer: GroupCommitWriter, readers: Executor
+    ) -> None:
+        self._config = config
+        self._store = store
+        self._writer = writer
+        self._readers = readers
+
+    @_guard
+    async def append(
+        self, request: pb.AppendRequest, context: grpc.aio.ServicerContext
+    ) -> pb.AppendResponse:
+        command = validation.append_command(request, self._config.limits)
+        result = await self._writer.append(command)
+        return pb.AppendResponse(
+            first_position=result.first_position,
+            last_position=result.last_position,
+            last_revision=result.last_revision,
+        )
+
+    @_guard_stream
+    async def read(
+        self, request: pb.ReadRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
+        query = validation.read_query(request)
+        loop = asyncio.get_running_loop()
+        read_page = self._store.read_page
+        cfg = self._config
+        cursor = None
+        while True:
+            page = await loop.run_in_executor(
+                self._readers, read_page, query, cursor, cfg.page_events, cfg.page_bytes
+            )
+            if page.records:
+                yield records.repeated_events(page.records)
+            if page.cursor is None:
+                return
+            cursor = page.cursor
+
+    @_guard
+    async def get_event(
+        self, request: pb.GetEventRequest, context: grpc.aio.ServicerContext
+    ) -> bytes:
+        raw_id, canonical = validation.event_id(request.event_id)
+        record = self._store.get_event(raw_id)  # one B-tree lookup: cheaper than a thread hop
+        if record is None:
+            raise EventNotFound(canonical)
+        return records.repeated_events([record])  # GetEventResponse.event is field 1
+
+    @_guard
+    async def get_info(
+        self, request: pb.GetInfoRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetInfoResponse:
+        limits = self._config.limits
+        return pb.GetInfoResponse(
+            head_position=self._store.head_position(),
+            server_version=__version__,
+            durability=_DURABILITY[self._config.durability],
+            limits=pb.Limits(
+                max_event_data_bytes=limits.max_event_data_bytes,
+                max_events_per_append=limits.max_events_per_append,
+                max_append_bytes=limits.max_append_bytes,
+                max_metadata_entries=limits.max_metadata_entries,
+                max_metadata_bytes=limits.max_metadata_bytes,
+            ),
+            subscriber_count=0,
+        )
+
+    async def subscribe(
+        self, requests: AsyncIterator[pb.SubscribeRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.SubscribeResponse]:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Subscribe is not implemented yet")
+        yield pb.SubscribeResponse()  # pragma: no cover - abort raises
+
+
+def _raw(message: bytes) -> bytes:
+    return message
+
+
+def method_handlers(servicer: EventStoreServicer) -> dict[str, grpc.RpcMethodHandler]:
+    """The service's handlers, keyed by the method names in the descriptor."""
+    methods = {m.name: m for m in SERVICE.methods}
+    handlers = {
+        "Append": grpc.unary_unary_rpc_method_handler(
+            servicer.append,
+            request_deserializer=pb.AppendRequest.FromString,
+            response_serializer=pb.AppendResponse.SerializeToString,
+        ),
+        "Read": grpc.unary_stream_rpc_method_handler(
+            servicer.read,
+            request_deserializer=pb.ReadRequest.FromString,
+            response_serializer=_raw,
+        ),
+        "GetEvent": grpc.unary_unary_rpc_method_handler(
+            servicer.get_event,
+            request_deserializer=pb.GetEventRequest.FromString,
+            response_serializer=_raw,
+        ),
+        "GetInfo": grpc.unary_unary_rpc_method_handler(
+            servicer.get_info,
+            request_deserializer=pb.GetInfoRequest.FromString,
+            response_serializer=pb.GetInfoResponse.SerializeToString,
+        ),
+        "Subscribe": grpc.stream_stream_rpc_method_handler(
+            servicer.subscribe,
+            request_deserializer=pb.SubscribeRequest.FromString,
+            response_serializer=pb.SubscribeResponse.SerializeToString,
+        ),
+    }
+    assert handlers.keys() == methods.keys(), "handlers out of step with the proto"
+    return handlers

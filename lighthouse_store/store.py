@@ -1,0 +1,121 @@
+"""The storage interface the servicer depends on, and its value types.
+
+An :class:`EventStore` has a handful of methods. ``commit`` is called only by
+the group-commit writer (``writer.py``), from one thread at a time; the read
+methods may be called from any thread. Every implementation passes the same
+contract tests (``tests/test_store_contract.py``).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+
+from lighthouse_store.errors import StoreError
+
+
+class ExpectedKind(Enum):
+    ANY = "any"
+    NO_STREAM = "no_stream"
+    STREAM_EXISTS = "stream_exists"
+    EXACT = "exact"
+
+
+@dataclass(frozen=True, slots=True)
+class Expected:
+    kind: ExpectedKind = ExpectedKind.ANY
+    revision: int = 0
+
+    def __str__(self) -> str:
+        return str(self.revision) if self.kind is ExpectedKind.EXACT else self.kind.value
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """A validated event on its way to storage."""
+
+    event_id: bytes  # 16 bytes
+    proposed: bytes  # serialized ProposedEvent, event id canonical
+
+
+@dataclass(frozen=True, slots=True)
+class AppendCommand:
+    stream: str
+    expected: Expected
+    events: tuple[NewEvent, ...]
+    size: int  # bytes, for queue and batch accounting
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    first_position: int
+    last_position: int
+    last_revision: int
+    duplicate: bool = False  # an idempotent retry: nothing was written
+
+
+@dataclass(frozen=True, slots=True)
+class ReadQuery:
+    """A validated Read. ``stream`` None means the global log ($all)."""
+
+    stream: str | None = None
+    backwards: bool = False
+    start: int | None = None  # revision (stream) or position ($all), inclusive
+    max_count: int = 0  # 0 = no limit
+    stream_prefixes: tuple[str, ...] = ()
+    event_types: frozenset[str] = frozenset()
+    correlation_id: str = ""
+    from_time_ns: int | None = None
+    to_time_ns: int | None = None
+
+    @property
+    def filtered(self) -> bool:
+        return bool(self.stream_prefixes or self.event_types or self.correlation_id)
+
+
+@dataclass(frozen=True, slots=True)
+class ReadCursor:
+    """Where the next page of a read starts; opaque to callers."""
+
+    next_key: int  # revision or position
+    stop_key: int  # last key to visit (inclusive), in the read's direction
+    remaining: int  # events still wanted; -1 = no limit
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    records: list[bytes]  # stored records, checksums verified
+    cursor: ReadCursor | None  # None: the read is complete
+
+
+class EventStore(ABC):
+    """What the daemon needs from storage."""
+
+    @abstractmethod
+    def head_position(self) -> int:
+        """Position of the last committed event; 0 when empty."""
+
+    @abstractmethod
+    def commit(self, commands: Sequence[AppendCommand]) -> list[AppendResult | StoreError]:
+        """Apply appends in order in one durable transaction.
+
+        Each append succeeds or fails on its own (its result is the error);
+        appends later in the list see the ones before them. If the transaction
+        itself fails, raise: then nothing of the batch was written.
+        """
+
+    @abstractmethod
+    def read_page(
+        self, query: ReadQuery, cursor: ReadCursor | None, max_events: int, max_bytes: int
+    ) -> Page:
+        """One page of a read; ``cursor`` None starts it. Raises StreamNotFound."""
+
+    @abstractmethod
+    def get_event(self, event_id: bytes) -> bytes | None:
+        """The stored record of an event, or None."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the storage; no method may be called after."""

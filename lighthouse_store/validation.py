@@ -1,0 +1,160 @@
+"""Request validation: protobuf requests in, domain commands out.
+
+Pure functions, no I/O: every bad input becomes an :class:`InvalidArgument`
+whose message names the field, before anything is queued or written.
+"""
+
+from __future__ import annotations
+
+import re
+
+from lighthouse_client import pb
+from lighthouse_store.config import Limits
+from lighthouse_store.errors import InvalidArgument
+from lighthouse_store.store import AppendCommand, Expected, ExpectedKind, NewEvent, ReadQuery
+
+ALL = "$all"
+_STREAM_RE = re.compile(r"[A-Za-z0-9_.:@\-]{1,255}\Z")
+_UUID_RE = re.compile(
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z"
+)
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+_MAX_NAME = 255
+_NIL = bytes(16)
+
+
+def stream_name(name: str, field: str = "stream", *, writable: bool = True) -> str:
+    """A valid stream name; names starting with '$' are store-reserved for writes."""
+    if writable and name.startswith("$"):
+        raise InvalidArgument(f"{field}: names starting with '$' are reserved for the store")
+    body = name[1:] if name.startswith("$") else name
+    if not name:
+        raise InvalidArgument(f"{field}: must not be empty")
+    if not _STREAM_RE.match(body) or len(name) > _MAX_NAME or name in (".", ".."):
+        raise InvalidArgument(
+            f"{field}: must be 1-255 characters of [A-Za-z0-9_.:@-] and not '.' or '..'"
+        )
+    return name
+
+
+def event_id(text: str, field: str = "event_id") -> tuple[bytes, str]:
+    """(16 raw bytes, canonical lowercase text) of a UUID in 8-4-4-4-12 form."""
+    if not text:
+        raise InvalidArgument(f"{field}: is required (a UUID; the client library makes one)")
+    if not _UUID_RE.match(text):
+        raise InvalidArgument(f"{field}: must be a UUID in canonical 8-4-4-4-12 hex form")
+    raw = bytes.fromhex(text.replace("-", ""))
+    if raw == _NIL:
+        raise InvalidArgument(f"{field}: must not be the nil UUID")
+    return raw, text.lower()
+
+
+def _label(field: str, text: str) -> str:
+    if not text:
+        raise InvalidArgument(f"{field}: must not be empty")
+    if len(text) > _MAX_NAME:
+        raise InvalidArgument(f"{field}: must be at most {_MAX_NAME} characters")
+    if _CONTROL_RE.search(text):
+        raise InvalidArgument(f"{field}: must not contain control characters")
+    return text
+
+
+def append_command(req: pb.AppendRequest, limits: Limits) -> AppendCommand:
+    stream = stream_name(req.stream)
+    expected = _expected(req)
+    n = len(req.events)
+    if n == 0:
+        raise InvalidArgument("events: an append needs at least one event")
+    if n > limits.max_events_per_append:
+        raise InvalidArgument(
+            f"events: {n} events is more than the limit of {limits.max_events_per_append}"
+        )
+    seen: set[bytes] = set()
+    events: list[NewEvent] = []
+    total = 0
+    for i, event in enumerate(req.events):
+        at = f"events[{i}]"
+        raw_id, canonical = event_id(event.event_id, f"{at}.event_id")
+        if raw_id in seen:
+            raise InvalidArgument(f"{at}.event_id: {canonical} appears twice in this append")
+        seen.add(raw_id)
+        _label(f"{at}.event_type", event.event_type)
+        if len(event.data) > limits.max_event_data_bytes:
+            raise InvalidArgument(
+                f"{at}.data: {len(event.data)} bytes is more than the limit of "
+                f"{limits.max_event_data_bytes}"
+            )
+        if event.content_type:
+            _label(f"{at}.content_type", event.content_type)
+        _metadata(f"{at}.metadata", event.metadata, limits)
+        if canonical != event.event_id:
+            event.event_id = canonical
+        proposed = event.SerializeToString()
+        total += len(proposed)
+        events.append(NewEvent(raw_id, proposed))
+    if total > limits.max_append_bytes:
+        raise InvalidArgument(
+            f"events: {total} bytes is more than the limit of {limits.max_append_bytes} per append"
+        )
+    return AppendCommand(stream, expected, tuple(events), total)
+
+
+def _expected(req: pb.AppendRequest) -> Expected:
+    which = req.WhichOneof("expected_revision")
+    if which is None or which == "any":
+        return Expected(ExpectedKind.ANY)
+    if which == "no_stream":
+        return Expected(ExpectedKind.NO_STREAM)
+    if which == "stream_exists":
+        return Expected(ExpectedKind.STREAM_EXISTS)
+    return Expected(ExpectedKind.EXACT, req.exact)
+
+
+def _metadata(field: str, metadata: object, limits: Limits) -> None:
+    items = dict(metadata)  # type: ignore[call-overload]
+    if len(items) > limits.max_metadata_entries:
+        raise InvalidArgument(
+            f"{field}: {len(items)} entries is more than the limit of {limits.max_metadata_entries}"
+        )
+    size = 0
+    for key, value in items.items():
+        if not key:
+            raise InvalidArgument(f"{field}: keys must not be empty")
+        size += len(key.encode()) + len(value.encode())
+    if size > limits.max_metadata_bytes:
+        raise InvalidArgument(
+            f"{field}: {size} bytes is more than the limit of {limits.max_metadata_bytes}"
+        )
+
+
+def read_query(req: pb.ReadRequest) -> ReadQuery:
+    is_all = req.stream in ("", ALL)
+    stream = None if is_all else stream_name(req.stream, writable=False)
+    if req.direction not in (pb.DIRECTION_UNSPECIFIED, pb.DIRECTION_FORWARDS,
+                             pb.DIRECTION_BACKWARDS):
+        raise InvalidArgument(f"direction: unknown value {req.direction}")
+    which = req.WhichOneof("start")
+    if which == "from_revision" and is_all:
+        raise InvalidArgument("from_revision: applies to stream reads; use from_position for $all")
+    if which == "from_position" and not is_all:
+        raise InvalidArgument("from_position: applies to $all reads; use from_revision for streams")
+    start = None if which is None else int(getattr(req, which))
+    f = req.filter
+    for i, prefix in enumerate(f.stream_prefixes):
+        if not prefix:
+            raise InvalidArgument(f"filter.stream_prefixes[{i}]: must not be empty")
+    from_ns = req.from_time.ToNanoseconds() if req.HasField("from_time") else None
+    to_ns = req.to_time.ToNanoseconds() if req.HasField("to_time") else None
+    if from_ns is not None and to_ns is not None and from_ns > to_ns:
+        raise InvalidArgument("from_time: must not be after to_time")
+    return ReadQuery(
+        stream=stream,
+        backwards=req.direction == pb.DIRECTION_BACKWARDS,
+        start=start,
+        max_count=req.max_count,
+        stream_prefixes=tuple(f.stream_prefixes),
+        event_types=frozenset(f.event_types),
+        correlation_id=f.correlation_id,
+        from_time_ns=from_ns,
+        to_time_ns=to_ns,
+    )
