@@ -97,8 +97,15 @@ _SCAN_FACTOR = 16
 
 class LmdbEventStore(EventStore):
     def __init__(
-        self, data_dir: Path, *, map_size: int, durability: Durability, max_readers: int = 1024
+        self,
+        data_dir: Path,
+        *,
+        map_size: int,
+        durability: Durability,
+        max_readers: int = 1024,
+        clock: Callable[[], int] = time.time_ns,
     ) -> None:
+        self._clock = clock
         path = Path(data_dir) / "lmdb"
         path.mkdir(parents=True, exist_ok=True)
         durable = durability is Durability.FSYNC
@@ -141,7 +148,7 @@ class LmdbEventStore(EventStore):
         return self._head
 
     def commit(self, commands: Sequence[AppendCommand]) -> list[AppendResult | StoreError]:
-        stamp = max(time.time_ns(), self._last_ts)
+        stamp = max(self._clock(), self._last_ts)
         head = self._head
         next_sid = self._next_stream_id
         results: list[AppendResult | StoreError] = []

@@ -1,0 +1,83 @@
+"""The stored record format (records.py): pure logic, no daemon."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from lighthouse_client import pb
+from lighthouse_store import records
+from lighthouse_store.errors import Corruption
+
+
+def _record(revision: int = 3, position: int = 42, ts: int = 1_795_000_000_123_456_789) -> bytes:
+    proposed = pb.ProposedEvent(
+        event_id=str(uuid.uuid4()),
+        event_type="OrderPlaced",
+        data=b"\x00\x01payload",
+        content_type="application/octet-stream",
+        metadata={"correlation_id": "c-1", "source": "tests"},
+    ).SerializeToString()
+    return records.encode_record(proposed, records.stream_field("orders-1"), revision, position, ts)
+
+
+def test_a_record_parses_as_a_recorded_event_with_every_field() -> None:
+    event = pb.RecordedEvent.FromString(_record())
+    assert event.event_type == "OrderPlaced"
+    assert event.data == b"\x00\x01payload"
+    assert event.metadata["correlation_id"] == "c-1"
+    assert (event.stream, event.revision, event.position) == ("orders-1", 3, 42)
+    assert records.recorded_at_ns(event) == 1_795_000_000_123_456_789
+    assert event.checksum != 0
+
+
+@pytest.mark.parametrize("value", [0, 1, 127, 128, 300, 2**32, 2**63 - 1, 2**64 - 1])
+def test_varint_matches_protobuf(value: int) -> None:
+    encoded = pb.AppendResponse(last_position=value).SerializeToString()
+    expected = encoded[1:] if value else b"\x00"
+    assert records.varint(value) == expected
+
+
+def test_zero_revision_and_position_round_trip() -> None:
+    event = pb.RecordedEvent.FromString(_record(revision=0, position=1, ts=0))
+    assert (event.revision, event.position, records.recorded_at_ns(event)) == (0, 1, 0)
+
+
+def test_verify_accepts_an_intact_record() -> None:
+    rec = _record()
+    assert records.verify(rec, 42) is rec
+
+
+@pytest.mark.parametrize("index", [0, 10, -20, -6, -5, -1])
+def test_verify_rejects_any_flipped_byte(index: int) -> None:
+    rec = bytearray(_record())
+    rec[index] ^= 0x40
+    with pytest.raises(Corruption) as info:
+        records.verify(bytes(rec), 42)
+    assert info.value.position == 42
+    assert "42" in info.value.message
+
+
+def test_verify_rejects_a_truncated_record() -> None:
+    with pytest.raises(Corruption):
+        records.verify(_record()[:-1], 7)
+
+
+def test_repeated_events_is_a_read_response() -> None:
+    recs = [_record(position=p) for p in (1, 2, 3)]
+    response = pb.ReadResponse.FromString(records.repeated_events(recs))
+    assert [e.position for e in response.events] == [1, 2, 3]
+    single = pb.GetEventResponse.FromString(records.repeated_events(recs[:1]))
+    assert single.event.position == 1
+
+
+def test_same_content_compares_the_proposed_fields() -> None:
+    proposed = pb.ProposedEvent(event_id=str(uuid.uuid4()), event_type="T", data=b"a")
+    rec = records.encode_record(
+        proposed.SerializeToString(), records.stream_field("s"), 0, 1, 5
+    )
+    stored = records.decode(rec)
+    assert records.same_content(stored, proposed.SerializeToString())
+    proposed.data = b"b"
+    assert not records.same_content(stored, proposed.SerializeToString())
