@@ -149,6 +149,7 @@ class EventStoreContract:
             cmd("s", e1, e2, expected=NO_STREAM), cmd("s", e1, e2)
         )
         assert again == in_group
+        assert again.first_position == first.first_position
         assert (again.first_position, again.last_position, again.last_revision) == (1, 2, 1)
         assert again.duplicate
         assert self.store.head_position() == 3
@@ -186,9 +187,8 @@ class EventStoreContract:
     def _fill(self) -> None:
         for i in range(30):
             self.clock.now += 1000
-            self.commit_ok(
-                cmd(f"orders-{i % 3}", event("Placed" if i % 2 else "Paid", correlation_id=f"c{i % 5}"))
-            )
+            ev = event("Placed" if i % 2 else "Paid", correlation_id=f"c{i % 5}")
+            self.commit_ok(cmd(f"orders-{i % 3}", ev))
 
     def test_paging_forwards_and_backwards(self) -> None:
         self._fill()
