@@ -18,6 +18,7 @@ database       key                                   value
 ``event_ids``  event id, 16 raw bytes                position
 ``meta``       ``b"format"``                         ``b"1"``
                ``b"next_stream_id"``                 the next stream_id to hand out
+``consumers``  consumer name, UTF-8                  last acknowledged position
 =============  ====================================  =============================================
 
 A stream exists once it has an event; ``next_revision`` is its event count.
@@ -57,7 +58,7 @@ from __future__ import annotations
 
 import struct
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +125,7 @@ class LmdbEventStore(EventStore):
         self._idx = self._env.open_db(b"stream_idx")
         self._ids = self._env.open_db(b"event_ids")
         self._meta = self._env.open_db(b"meta")
+        self._consumers = self._env.open_db(b"consumers")
         with self._env.begin(write=True) as txn:
             fmt = txn.get(b"format", db=self._meta)
             if fmt is None:
@@ -147,7 +149,9 @@ class LmdbEventStore(EventStore):
     def head_position(self) -> int:
         return self._head
 
-    def commit(self, commands: Sequence[AppendCommand]) -> list[AppendResult | StoreError]:
+    def commit(
+        self, commands: Sequence[AppendCommand], checkpoints: Mapping[str, int] | None = None
+    ) -> list[AppendResult | StoreError]:
         stamp = max(self._clock(), self._last_ts)
         head = self._head
         next_sid = self._next_stream_id
@@ -165,6 +169,11 @@ class LmdbEventStore(EventStore):
                     head = result.last_position
             if next_sid != self._next_stream_id:
                 txn.put(b"next_stream_id", _U64.pack(next_sid), db=self._meta)
+            for consumer, position in (checkpoints or {}).items():
+                key = consumer.encode()
+                stored = txn.get(key, db=self._consumers)
+                if stored is None or _U64.unpack(stored)[0] < position:  # never backwards
+                    txn.put(key, _U64.pack(position), db=self._consumers)
             txn.commit()
         except lmdb.MapFullError:
             txn.abort()
@@ -245,6 +254,11 @@ class LmdbEventStore(EventStore):
 
     # -- reads -------------------------------------------------------------
 
+    def get_checkpoint(self, consumer: str) -> int | None:
+        with self._env.begin() as txn:
+            raw = txn.get(consumer.encode(), db=self._consumers)
+            return None if raw is None else int(_U64.unpack(raw)[0])
+
     def get_event(self, event_id: bytes) -> bytes | None:
         with self._env.begin() as txn:
             raw = txn.get(event_id, db=self._ids)
@@ -294,9 +308,11 @@ class LmdbEventStore(EventStore):
         size = 0
         budget = max_events * _SCAN_FACTOR
         verify = records.verify
+        done = False
         while budget > 0 and len(out) < max_events and size < max_bytes:
             if (key > stop) if step > 0 else (key < stop):
-                return Page(out, None)
+                done = True
+                break
             position, record = fetch(key)
             if record is None:
                 raise Corruption(f"log has no event at position {position}", position)
@@ -309,10 +325,10 @@ class LmdbEventStore(EventStore):
             size += len(record)
             remaining -= 1
             if remaining == 0:
-                return Page(out, None)
-        if (key > stop) if step > 0 else (key < stop):
-            return Page(out, None)
-        return Page(out, ReadCursor(key, stop, remaining))
+                done = True
+                break
+        done = done or ((key > stop) if step > 0 else (key < stop))
+        return Page(out, None if done else ReadCursor(key, stop, remaining), key - step)
 
     def _stream_id(self, txn: Any, stream: str) -> int:
         raw = txn.get(stream.encode(), db=self._streams)
@@ -384,6 +400,8 @@ def _first_at_or_after(lo: int, hi: int, ts: int, ts_of: Callable[[int], int]) -
 def _matches(query: ReadQuery, record: bytes) -> bool:
     event = records.decode(record)
     if query.event_types and event.event_type not in query.event_types:
+        return False
+    if query.streams and event.stream not in query.streams:
         return False
     if query.stream_prefixes and not event.stream.startswith(query.stream_prefixes):
         return False

@@ -25,6 +25,7 @@ from lighthouse_store.config import Config
 from lighthouse_store.lmdb_store import LmdbEventStore
 from lighthouse_store.lock import DataDirLock
 from lighthouse_store.servicer import SERVICE_NAME, EventStoreServicer, method_handlers
+from lighthouse_store.subscriptions import SubscriptionHub
 from lighthouse_store.writer import GroupCommitWriter
 
 log = logging.getLogger("lighthouse_store.server")
@@ -107,7 +108,8 @@ async def _run(config: Config, store: LmdbEventStore) -> None:
     )
     readers = ThreadPoolExecutor(config.reader_threads, thread_name_prefix="lighthouse-reader")
     server = grpc.aio.server(options=_server_options(config))
-    servicer = EventStoreServicer(config, store, writer, readers)
+    hub = SubscriptionHub(store, writer, readers)
+    servicer = EventStoreServicer(config, store, writer, readers, hub)
     _configure_store_service(server, servicer)
     health_servicer = await _configure_health(server)
     _configure_reflection(server)

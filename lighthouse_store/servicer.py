@@ -1,6 +1,6 @@
 """The gRPC servicer: protobuf in, domain calls, protobuf (or stored bytes) out.
 
-Read and GetEvent answer with stored records as they are on disk: a stored
+Read, GetEvent and Subscribe answer with stored records as they are on disk: a stored
 record is already a serialized RecordedEvent (``records.py``), so those
 methods are registered with an identity response serializer and build their
 responses by concatenation, never parsing or re-encoding an event.
@@ -27,6 +27,7 @@ from lighthouse_store import __version__, records, status, validation
 from lighthouse_store.config import Config, Durability
 from lighthouse_store.errors import EventNotFound, StoreError
 from lighthouse_store.store import EventStore
+from lighthouse_store.subscriptions import SubscriptionHub
 from lighthouse_store.writer import GroupCommitWriter
 
 log = logging.getLogger("lighthouse_store.servicer")
@@ -84,8 +85,14 @@ def _guard_stream(
 
 class EventStoreServicer:
     def __init__(
-        self, config: Config, store: EventStore, writer: GroupCommitWriter, readers: Executor
+        self,
+        config: Config,
+        store: EventStore,
+        writer: GroupCommitWriter,
+        readers: Executor,
+        hub: SubscriptionHub,
     ) -> None:
+        self._hub = hub
         self._config = config
         self._store = store
         self._writer = writer
@@ -148,14 +155,15 @@ class EventStoreServicer:
                 max_metadata_entries=limits.max_metadata_entries,
                 max_metadata_bytes=limits.max_metadata_bytes,
             ),
-            subscriber_count=0,
+            subscriber_count=self._hub.count,
         )
 
+    @_guard_stream
     async def subscribe(
         self, requests: AsyncIterator[pb.SubscribeRequest], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.SubscribeResponse]:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Subscribe is not implemented yet")
-        yield pb.SubscribeResponse()  # pragma: no cover - abort raises
+    ) -> AsyncIterator[bytes]:
+        async for message in self._hub.serve(requests):
+            yield message
 
 
 def _raw(message: bytes) -> bytes:
@@ -189,7 +197,7 @@ def method_handlers(servicer: EventStoreServicer) -> dict[str, grpc.RpcMethodHan
         "Subscribe": grpc.stream_stream_rpc_method_handler(
             servicer.subscribe,
             request_deserializer=pb.SubscribeRequest.FromString,
-            response_serializer=pb.SubscribeResponse.SerializeToString,
+            response_serializer=_raw,
         ),
     }
     assert handlers.keys() == methods.keys(), "handlers out of step with the proto"

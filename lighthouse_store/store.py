@@ -9,7 +9,7 @@ contract tests (``tests/test_store_contract.py``).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
@@ -65,6 +65,7 @@ class ReadQuery:
     start: int | None = None  # revision (stream) or position ($all), inclusive
     max_count: int = 0  # 0 = no limit
     stream_prefixes: tuple[str, ...] = ()
+    streams: frozenset[str] = frozenset()
     event_types: frozenset[str] = frozenset()
     correlation_id: str = ""
     from_time_ns: int | None = None
@@ -72,7 +73,9 @@ class ReadQuery:
 
     @property
     def filtered(self) -> bool:
-        return bool(self.stream_prefixes or self.event_types or self.correlation_id)
+        return bool(
+            self.stream_prefixes or self.streams or self.event_types or self.correlation_id
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +91,7 @@ class ReadCursor:
 class Page:
     records: list[bytes]  # stored records, checksums verified
     cursor: ReadCursor | None  # None: the read is complete
+    visited: int = -1  # the last key (position or revision) visited; -1: none
 
 
 class EventStore(ABC):
@@ -98,13 +102,20 @@ class EventStore(ABC):
         """Position of the last committed event; 0 when empty."""
 
     @abstractmethod
-    def commit(self, commands: Sequence[AppendCommand]) -> list[AppendResult | StoreError]:
-        """Apply appends in order in one durable transaction.
+    def commit(
+        self, commands: Sequence[AppendCommand], checkpoints: Mapping[str, int] | None = None
+    ) -> list[AppendResult | StoreError]:
+        """Apply appends in order, and store consumer checkpoints, in one
+        durable transaction.
 
         Each append succeeds or fails on its own (its result is the error);
         appends later in the list see the ones before them. If the transaction
         itself fails, raise: then nothing of the batch was written.
         """
+
+    @abstractmethod
+    def get_checkpoint(self, consumer: str) -> int | None:
+        """A named consumer's stored position, or None."""
 
     @abstractmethod
     def read_page(

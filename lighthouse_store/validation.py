@@ -140,9 +140,7 @@ def read_query(req: pb.ReadRequest) -> ReadQuery:
         raise InvalidArgument("from_position: applies to $all reads; use from_revision for streams")
     start = None if which is None else int(getattr(req, which))
     f = req.filter
-    for i, prefix in enumerate(f.stream_prefixes):
-        if not prefix:
-            raise InvalidArgument(f"filter.stream_prefixes[{i}]: must not be empty")
+    check_filter(f)
     from_ns = req.from_time.ToNanoseconds() if req.HasField("from_time") else None
     to_ns = req.to_time.ToNanoseconds() if req.HasField("to_time") else None
     if from_ns is not None and to_ns is not None and from_ns > to_ns:
@@ -153,8 +151,17 @@ def read_query(req: pb.ReadRequest) -> ReadQuery:
         start=start,
         max_count=req.max_count,
         stream_prefixes=tuple(f.stream_prefixes),
+        streams=frozenset(f.streams),
         event_types=frozenset(f.event_types),
         correlation_id=f.correlation_id,
         from_time_ns=from_ns,
         to_time_ns=to_ns,
     )
+
+
+def check_filter(f: pb.EventFilter, field: str = "filter") -> None:
+    for i, prefix in enumerate(f.stream_prefixes):
+        if not prefix:
+            raise InvalidArgument(f"{field}.stream_prefixes[{i}]: must not be empty")
+    for i, name in enumerate(f.streams):
+        stream_name(name, f"{field}.streams[{i}]", writable=False)

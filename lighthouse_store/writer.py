@@ -8,6 +8,11 @@ fsync cost is shared by everyone who arrived meanwhile (as etcd's WAL and
 KurrentDB's writer do). The queue is bounded by count and bytes: beyond that
 an append fails at once with :class:`Overloaded` instead of growing memory.
 
+Consumer checkpoints (subscription acks) take the same path: the latest
+position per consumer waits in memory and rides along with the next group,
+or, when no append comes, with a checkpoint-only commit at most every
+``checkpoint_delay`` seconds, so acks never cost an fsync each.
+
 Commit timing, metrics and fault hooks belong here and nowhere else:
 :class:`CommitInfo` listeners run on the event loop after every commit (the
 subscription fan-out hangs off this too).
@@ -28,12 +33,15 @@ from lighthouse_store.store import AppendCommand, AppendResult, EventStore
 log = logging.getLogger("lighthouse_store.writer")
 
 _Item = tuple[AppendCommand, "asyncio.Future[AppendResult]"]
+_FLUSH = "flush"  # queue marker: commit pending checkpoints
+_STOP = "stop"  # queue marker: drain and stop
 
 
 @dataclass(frozen=True, slots=True)
 class CommitInfo:
     head: int  # head position after the commit
     appends: int  # appends in the group (including failed ones)
+    checkpoints: dict[str, int]  # consumer checkpoints stored by this commit
     seconds: float  # time spent in EventStore.commit (transaction + fsync)
 
 
@@ -49,14 +57,18 @@ class GroupCommitWriter:
         max_queued_bytes: int,
         max_batch_appends: int,
         max_batch_bytes: int,
+        checkpoint_delay: float = 0.05,
     ) -> None:
         self._store = store
         self._max_queue = max_queue
         self._max_queued_bytes = max_queued_bytes
         self._max_batch_appends = max_batch_appends
         self._max_batch_bytes = max_batch_bytes
-        self._queue: asyncio.Queue[_Item | None] = asyncio.Queue()
+        self._checkpoint_delay = checkpoint_delay
+        self._queue: asyncio.Queue[_Item | str] = asyncio.Queue()
         self._queued_bytes = 0
+        self._checkpoints: dict[str, int] = {}
+        self._flush_scheduled = False
         self._listeners: list[CommitListener] = []
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="lighthouse-writer")
         self._task: asyncio.Task[None] | None = None
@@ -72,7 +84,7 @@ class GroupCommitWriter:
         """Refuse new appends, commit everything already queued, then stop."""
         self._closing = True
         if self._task is not None:
-            self._queue.put_nowait(None)
+            self._queue.put_nowait(_STOP)
             await self._task
             self._task = None
         self._executor.shutdown(wait=True)
@@ -83,7 +95,7 @@ class GroupCommitWriter:
 
     async def append(self, command: AppendCommand) -> AppendResult:
         if self._closing:
-            raise ShuttingDown("the store is shutting down; retry on another node or later")
+            raise ShuttingDown("the store is shutting down; retry later")
         if (
             self._queue.qsize() >= self._max_queue
             or self._queued_bytes + command.size > self._max_queued_bytes
@@ -94,47 +106,76 @@ class GroupCommitWriter:
         self._queue.put_nowait((command, future))
         return await future
 
+    def checkpoint(self, consumer: str, position: int) -> None:
+        """Store a consumer's position with the next commit (listeners hear when)."""
+        if position <= self._checkpoints.get(consumer, -1):
+            return
+        self._checkpoints[consumer] = position
+        if not self._flush_scheduled and not self._closing:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_later(
+                self._checkpoint_delay, self._queue.put_nowait, _FLUSH
+            )
+
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         stopping = False
         while not stopping:
             first = await self._queue.get()
-            if first is None:
-                break
-            batch = [first]
-            size = first[0].size
-            while len(batch) < self._max_batch_appends and size < self._max_batch_bytes:
+            batch: list[_Item] = []
+            size = 0
+            item: _Item | str | None = first
+            while item is not None:
+                if item == _STOP:
+                    stopping = True
+                elif isinstance(item, tuple):
+                    batch.append(item)
+                    size += item[0].size
+                if len(batch) >= self._max_batch_appends or size >= self._max_batch_bytes:
+                    break
                 try:
                     item = self._queue.get_nowait()
                 except asyncio.QueueEmpty:
-                    break
-                if item is None:
-                    stopping = True
-                    break
-                batch.append(item)
-                size += item[0].size
+                    item = None
             self._queued_bytes -= size
-            commands = [command for command, _ in batch]
-            started = time.perf_counter()
+            if batch or self._checkpoints:
+                await self._commit(batch)
+
+    def _requeue(self, checkpoints: dict[str, int]) -> dict[str, int]:
+        """Put back checkpoints whose commit failed (unless newer ones came)."""
+        for consumer, position in checkpoints.items():
+            self._checkpoints[consumer] = max(position, self._checkpoints.get(consumer, -1))
+        return {}
+
+    async def _commit(self, batch: list[_Item]) -> None:
+        loop = asyncio.get_running_loop()
+        checkpoints, self._checkpoints = self._checkpoints, {}
+        self._flush_scheduled = False
+        commands = [command for command, _ in batch]
+        started = time.perf_counter()
+        try:
+            results = await loop.run_in_executor(
+                self._executor, self._store.commit, commands, checkpoints
+            )
+        except StoreError as exc:
+            log.error("group commit of %d appends failed: %s", len(batch), exc.message)
+            results = [exc] * len(batch)
+            checkpoints = self._requeue(checkpoints)
+        except Exception:
+            log.exception("group commit of %d appends failed", len(batch))
+            results = [StorageFailure("storage write failed")] * len(batch)
+            checkpoints = self._requeue(checkpoints)
+        info = CommitInfo(
+            self._store.head_position(), len(batch), checkpoints, time.perf_counter() - started
+        )
+        for (_, future), result in zip(batch, results, strict=True):
+            if future.done():  # the caller went away; the append stands
+                continue
+            if isinstance(result, StoreError):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+        for listener in self._listeners:
             try:
-                results = await loop.run_in_executor(self._executor, self._store.commit, commands)
-            except StoreError as exc:
-                log.error("group commit of %d appends failed: %s", len(batch), exc.message)
-                results = [exc] * len(batch)
+                listener(info)
             except Exception:
-                log.exception("group commit of %d appends failed", len(batch))
-                results = [StorageFailure("storage write failed")] * len(batch)
-            info = CommitInfo(self._store.head_position(), len(batch),
-                              time.perf_counter() - started)
-            for (_, future), result in zip(batch, results, strict=True):
-                if future.done():  # the caller went away; the append stands
-                    continue
-                if isinstance(result, StoreError):
-                    future.set_exception(result)
-                else:
-                    future.set_result(result)
-            for listener in self._listeners:
-                try:
-                    listener(info)
-                except Exception:
-                    log.exception("commit listener failed")
+                log.exception("commit listener failed")

@@ -247,7 +247,9 @@ class TestLmdbEventStore(EventStoreContract):
         log = env.open_db(b"log")
         with env.begin(write=True) as txn:
             key = position.to_bytes(8, "big")
-            rec = bytearray(txn.get(key, db=log))
+            raw = txn.get(key, db=log)
+            assert raw is not None
+            rec = bytearray(raw)
             rec[len(rec) // 2] ^= 0x01
             txn.put(key, bytes(rec), db=log)
         env.close()

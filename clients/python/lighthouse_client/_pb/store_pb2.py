@@ -27,7 +27,7 @@ from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1flighthouse/store/v1/store.proto\x12\x13lighthouse.store.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xce\x01\n\rProposedEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x12\n\nevent_type\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x04 \x01(\t\x12\x42\n\x08metadata\x18\x05 \x03(\x0b\x32\x30.lighthouse.store.v1.ProposedEvent.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc5\x02\n\rRecordedEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x12\n\nevent_type\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x04 \x01(\t\x12\x42\n\x08metadata\x18\x05 \x03(\x0b\x32\x30.lighthouse.store.v1.RecordedEvent.MetadataEntry\x12\x0e\n\x06stream\x18\x06 \x01(\t\x12\x10\n\x08revision\x18\x07 \x01(\x04\x12\x10\n\x08position\x18\x08 \x01(\x04\x12/\n\x0brecorded_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x63hecksum\x18\n \x01(\x07\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xfe\x01\n\rAppendRequest\x12\x0e\n\x06stream\x18\x01 \x01(\t\x12%\n\x03\x61ny\x18\x02 \x01(\x0b\x32\x16.google.protobuf.EmptyH\x00\x12+\n\tno_stream\x18\x03 \x01(\x0b\x32\x16.google.protobuf.EmptyH\x00\x12/\n\rstream_exists\x18\x04 \x01(\x0b\x32\x16.google.protobuf.EmptyH\x00\x12\x0f\n\x05\x65xact\x18\x05 \x01(\x04H\x00\x12\x32\n\x06\x65vents\x18\x06 \x03(\x0b\x32\".lighthouse.store.v1.ProposedEventB\x13\n\x11\x65xpected_revision\"V\n\x0e\x41ppendResponse\x12\x16\n\x0e\x66irst_position\x18\x01 \x01(\x04\x12\x15\n\rlast_position\x18\x02 \x01(\x04\x12\x15\n\rlast_revision\x18\x03 \x01(\x04\"S\n\x0b\x45ventFilter\x12\x17\n\x0fstream_prefixes\x18\x01 \x03(\t\x12\x13\n\x0b\x65vent_types\x18\x02 \x03(\t\x12\x16\n\x0e\x63orrelation_id\x18\x03 \x01(\t\"\xac\x02\n\x0bReadRequest\x12\x0e\n\x06stream\x18\x01 \x01(\t\x12\x31\n\tdirection\x18\x02 \x01(\x0e\x32\x1e.lighthouse.store.v1.Direction\x12\x17\n\rfrom_revision\x18\x03 \x01(\x04H\x00\x12\x17\n\rfrom_position\x18\x04 \x01(\x04H\x00\x12\x11\n\tmax_count\x18\x05 \x01(\x04\x12\x30\n\x06\x66ilter\x18\x06 \x01(\x0b\x32 .lighthouse.store.v1.EventFilter\x12-\n\tfrom_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07to_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x07\n\x05start\"B\n\x0cReadResponse\x12\x32\n\x06\x65vents\x18\x01 \x03(\x0b\x32\".lighthouse.store.v1.RecordedEvent\"#\n\x0fGetEventRequest\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\"E\n\x10GetEventResponse\x12\x31\n\x05\x65vent\x18\x01 \x01(\x0b\x32\".lighthouse.store.v1.RecordedEvent\"\x10\n\x0eGetInfoRequest\"\x99\x01\n\x06Limits\x12\x1c\n\x14max_event_data_bytes\x18\x01 \x01(\x04\x12\x1d\n\x15max_events_per_append\x18\x02 \x01(\x04\x12\x18\n\x10max_append_bytes\x18\x03 \x01(\x04\x12\x1c\n\x14max_metadata_entries\x18\x04 \x01(\x04\x12\x1a\n\x12max_metadata_bytes\x18\x05 \x01(\x04\"\xbc\x01\n\x0fGetInfoResponse\x12\x15\n\rhead_position\x18\x01 \x01(\x04\x12\x16\n\x0eserver_version\x18\x02 \x01(\t\x12\x33\n\ndurability\x18\x03 \x01(\x0e\x32\x1f.lighthouse.store.v1.Durability\x12+\n\x06limits\x18\x04 \x01(\x0b\x32\x1b.lighthouse.store.v1.Limits\x12\x18\n\x10subscriber_count\x18\x05 \x01(\x04\"\xec\x01\n\x10SubscribeOptions\x12,\n\nfrom_start\x18\x01 \x01(\x0b\x32\x16.google.protobuf.EmptyH\x00\x12*\n\x08\x66rom_end\x18\x02 \x01(\x0b\x32\x16.google.protobuf.EmptyH\x00\x12\x18\n\x0e\x61\x66ter_position\x18\x03 \x01(\x04H\x00\x12\x10\n\x08\x63onsumer\x18\x04 \x01(\t\x12\x30\n\x06\x66ilter\x18\x05 \x01(\x0b\x32 .lighthouse.store.v1.EventFilter\x12\x17\n\x0finitial_credits\x18\x06 \x01(\rB\x07\n\x05start\"\x7f\n\x10SubscribeRequest\x12\x38\n\x07options\x18\x01 \x01(\x0b\x32%.lighthouse.store.v1.SubscribeOptionsH\x00\x12\x11\n\x07\x63redits\x18\x02 \x01(\rH\x00\x12\x16\n\x0c\x61\x63k_position\x18\x03 \x01(\x04H\x00\x42\x06\n\x04kind\"Q\n\x18SubscriptionConfirmation\x12\x17\n\x0fsubscription_id\x18\x01 \x01(\t\x12\x1c\n\x14start_after_position\x18\x02 \x01(\x04\"@\n\nEventBatch\x12\x32\n\x06\x65vents\x18\x01 \x03(\x0b\x32\".lighthouse.store.v1.RecordedEvent\"\xa3\x02\n\x11SubscribeResponse\x12\x45\n\x0c\x63onfirmation\x18\x01 \x01(\x0b\x32-.lighthouse.store.v1.SubscriptionConfirmationH\x00\x12\x31\n\x06\x65vents\x18\x02 \x01(\x0b\x32\x1f.lighthouse.store.v1.EventBatchH\x00\x12\x1c\n\x12\x63\x61ught_up_position\x18\x03 \x01(\x04H\x00\x12\x1d\n\x13\x63heckpoint_position\x18\x04 \x01(\x04H\x00\x12/\n\theartbeat\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x12\x1e\n\x14\x66\x65ll_behind_position\x18\x06 \x01(\x04H\x00\x42\x06\n\x04kind*W\n\tDirection\x12\x19\n\x15\x44IRECTION_UNSPECIFIED\x10\x00\x12\x16\n\x12\x44IRECTION_FORWARDS\x10\x01\x12\x17\n\x13\x44IRECTION_BACKWARDS\x10\x02*T\n\nDurability\x12\x1a\n\x16\x44URABILITY_UNSPECIFIED\x10\x00\x12\x14\n\x10\x44URABILITY_FSYNC\x10\x01\x12\x14\n\x10\x44URABILITY_ASYNC\x10\x02\x32\xc4\x03\n\x11\x45ventStoreService\x12Q\n\x06\x41ppend\x12\".lighthouse.store.v1.AppendRequest\x1a#.lighthouse.store.v1.AppendResponse\x12M\n\x04Read\x12 .lighthouse.store.v1.ReadRequest\x1a!.lighthouse.store.v1.ReadResponse0\x01\x12W\n\x08GetEvent\x12$.lighthouse.store.v1.GetEventRequest\x1a%.lighthouse.store.v1.GetEventResponse\x12T\n\x07GetInfo\x12#.lighthouse.store.v1.GetInfoRequest\x1a$.lighthouse.store.v1.GetInfoResponse\x12^\n\tSubscribe\x12%.lighthouse.store.v1.SubscribeRequest\x1a&.lighthouse.store.v1.SubscribeResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1flighthouse/store/v1/store.proto\x12\x13lighthouse.store.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xce\x01\n\rProposedEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x12\n\nevent_type\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x04 \x01(\t\x12\x42\n\x08metadata\x18\x05 \x03(\x0b\x32\x30.lighthouse.store.v1.ProposedEvent.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc5\x02\n\rRecordedEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x12\n\nevent_type\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x04 \x01(\t\x12\x42\n\x08metadata\x18\x05 \x03(\x0b\x32\x30.lighthouse.store.v1.RecordedEvent.MetadataEntry\x12\x0e\n\x06stream\x18\x06 \x01(\t\x12\x10\n\x08revision\x18\x07 \x01(\x04\x12\x10\n\x08position\x18\x08 \x01(\x04\x12/\n\x0brecorded_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x63hecksum\x18\n \x01(\x07\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xfe\x01\n\rAppendRequest\x12\x0e\n\x06stream\x18\x01 \x01(\t\x12%\n\x03\x61ny\x18\x02 \x01(\x0b\x32\x16.google.protobuf.EmptyH\x00\x12+\n\tno_stream\x18\x03 \x01(\x0b\x32\x16.google.protobuf.EmptyH\x00\x12/\n\rstream_exists\x18\x04 \x01(\x0b\x32\x16.google.protobuf.EmptyH\x00\x12\x0f\n\x05\x65xact\x18\x05 \x01(\x04H\x00\x12\x32\n\x06\x65vents\x18\x06 \x03(\x0b\x32\".lighthouse.store.v1.ProposedEventB\x13\n\x11\x65xpected_revision\"V\n\x0e\x41ppendResponse\x12\x16\n\x0e\x66irst_position\x18\x01 \x01(\x04\x12\x15\n\rlast_position\x18\x02 \x01(\x04\x12\x15\n\rlast_revision\x18\x03 \x01(\x04\"d\n\x0b\x45ventFilter\x12\x17\n\x0fstream_prefixes\x18\x01 \x03(\t\x12\x13\n\x0b\x65vent_types\x18\x02 \x03(\t\x12\x16\n\x0e\x63orrelation_id\x18\x03 \x01(\t\x12\x0f\n\x07streams\x18\x04 \x03(\t\"\xac\x02\n\x0bReadRequest\x12\x0e\n\x06stream\x18\x01 \x01(\t\x12\x31\n\tdirection\x18\x02 \x01(\x0e\x32\x1e.lighthouse.store.v1.Direction\x12\x17\n\rfrom_revision\x18\x03 \x01(\x04H\x00\x12\x17\n\rfrom_position\x18\x04 \x01(\x04H\x00\x12\x11\n\tmax_count\x18\x05 \x01(\x04\x12\x30\n\x06\x66ilter\x18\x06 \x01(\x0b\x32 .lighthouse.store.v1.EventFilter\x12-\n\tfrom_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07to_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x07\n\x05start\"B\n\x0cReadResponse\x12\x32\n\x06\x65vents\x18\x01 \x03(\x0b\x32\".lighthouse.store.v1.RecordedEvent\"#\n\x0fGetEventRequest\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\"E\n\x10GetEventResponse\x12\x31\n\x05\x65vent\x18\x01 \x01(\x0b\x32\".lighthouse.store.v1.RecordedEvent\"\x10\n\x0eGetInfoRequest\"\x99\x01\n\x06Limits\x12\x1c\n\x14max_event_data_bytes\x18\x01 \x01(\x04\x12\x1d\n\x15max_events_per_append\x18\x02 \x01(\x04\x12\x18\n\x10max_append_bytes\x18\x03 \x01(\x04\x12\x1c\n\x14max_metadata_entries\x18\x04 \x01(\x04\x12\x1a\n\x12max_metadata_bytes\x18\x05 \x01(\x04\"\xbc\x01\n\x0fGetInfoResponse\x12\x15\n\rhead_position\x18\x01 \x01(\x04\x12\x16\n\x0eserver_version\x18\x02 \x01(\t\x12\x33\n\ndurability\x18\x03 \x01(\x0e\x32\x1f.lighthouse.store.v1.Durability\x12+\n\x06limits\x18\x04 \x01(\x0b\x32\x1b.lighthouse.store.v1.Limits\x12\x18\n\x10subscriber_count\x18\x05 \x01(\x04\"\xa8\x02\n\x10SubscribeOptions\x12,\n\nfrom_start\x18\x01 \x01(\x0b\x32\x16.google.protobuf.EmptyH\x00\x12*\n\x08\x66rom_end\x18\x02 \x01(\x0b\x32\x16.google.protobuf.EmptyH\x00\x12\x18\n\x0e\x61\x66ter_position\x18\x03 \x01(\x04H\x00\x12\x10\n\x08\x63onsumer\x18\x04 \x01(\t\x12\x30\n\x06\x66ilter\x18\x05 \x01(\x0b\x32 .lighthouse.store.v1.EventFilter\x12\x17\n\x0finitial_credits\x18\x06 \x01(\r\x12\x1b\n\x13\x63heckpoint_interval\x18\x07 \x01(\r\x12\x1d\n\x15heartbeat_interval_ms\x18\x08 \x01(\rB\x07\n\x05start\"\x7f\n\x10SubscribeRequest\x12\x38\n\x07options\x18\x01 \x01(\x0b\x32%.lighthouse.store.v1.SubscribeOptionsH\x00\x12\x11\n\x07\x63redits\x18\x02 \x01(\rH\x00\x12\x16\n\x0c\x61\x63k_position\x18\x03 \x01(\x04H\x00\x42\x06\n\x04kind\"Q\n\x18SubscriptionConfirmation\x12\x17\n\x0fsubscription_id\x18\x01 \x01(\t\x12\x1c\n\x14start_after_position\x18\x02 \x01(\x04\"@\n\nEventBatch\x12\x32\n\x06\x65vents\x18\x01 \x03(\x0b\x32\".lighthouse.store.v1.RecordedEvent\"\xc9\x02\n\x11SubscribeResponse\x12\x45\n\x0c\x63onfirmation\x18\x01 \x01(\x0b\x32-.lighthouse.store.v1.SubscriptionConfirmationH\x00\x12\x31\n\x06\x65vents\x18\x02 \x01(\x0b\x32\x1f.lighthouse.store.v1.EventBatchH\x00\x12\x1c\n\x12\x63\x61ught_up_position\x18\x03 \x01(\x04H\x00\x12\x1d\n\x13\x63heckpoint_position\x18\x04 \x01(\x04H\x00\x12/\n\theartbeat\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x12\x1e\n\x14\x66\x65ll_behind_position\x18\x06 \x01(\x04H\x00\x12$\n\x1a\x63heckpoint_stored_position\x18\x07 \x01(\x04H\x00\x42\x06\n\x04kind*W\n\tDirection\x12\x19\n\x15\x44IRECTION_UNSPECIFIED\x10\x00\x12\x16\n\x12\x44IRECTION_FORWARDS\x10\x01\x12\x17\n\x13\x44IRECTION_BACKWARDS\x10\x02*T\n\nDurability\x12\x1a\n\x16\x44URABILITY_UNSPECIFIED\x10\x00\x12\x14\n\x10\x44URABILITY_FSYNC\x10\x01\x12\x14\n\x10\x44URABILITY_ASYNC\x10\x02\x32\xc4\x03\n\x11\x45ventStoreService\x12Q\n\x06\x41ppend\x12\".lighthouse.store.v1.AppendRequest\x1a#.lighthouse.store.v1.AppendResponse\x12M\n\x04Read\x12 .lighthouse.store.v1.ReadRequest\x1a!.lighthouse.store.v1.ReadResponse0\x01\x12W\n\x08GetEvent\x12$.lighthouse.store.v1.GetEventRequest\x1a%.lighthouse.store.v1.GetEventResponse\x12T\n\x07GetInfo\x12#.lighthouse.store.v1.GetInfoRequest\x1a$.lighthouse.store.v1.GetInfoResponse\x12^\n\tSubscribe\x12%.lighthouse.store.v1.SubscribeRequest\x1a&.lighthouse.store.v1.SubscribeResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,10 +38,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PROPOSEDEVENT_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_RECORDEDEVENT_METADATAENTRY']._loaded_options = None
   _globals['_RECORDEDEVENT_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_DIRECTION']._serialized_start=2740
-  _globals['_DIRECTION']._serialized_end=2827
-  _globals['_DURABILITY']._serialized_start=2829
-  _globals['_DURABILITY']._serialized_end=2913
+  _globals['_DIRECTION']._serialized_start=2855
+  _globals['_DIRECTION']._serialized_end=2942
+  _globals['_DURABILITY']._serialized_start=2944
+  _globals['_DURABILITY']._serialized_end=3028
   _globals['_PROPOSEDEVENT']._serialized_start=119
   _globals['_PROPOSEDEVENT']._serialized_end=325
   _globals['_PROPOSEDEVENT_METADATAENTRY']._serialized_start=278
@@ -55,31 +55,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_APPENDRESPONSE']._serialized_start=912
   _globals['_APPENDRESPONSE']._serialized_end=998
   _globals['_EVENTFILTER']._serialized_start=1000
-  _globals['_EVENTFILTER']._serialized_end=1083
-  _globals['_READREQUEST']._serialized_start=1086
-  _globals['_READREQUEST']._serialized_end=1386
-  _globals['_READRESPONSE']._serialized_start=1388
-  _globals['_READRESPONSE']._serialized_end=1454
-  _globals['_GETEVENTREQUEST']._serialized_start=1456
-  _globals['_GETEVENTREQUEST']._serialized_end=1491
-  _globals['_GETEVENTRESPONSE']._serialized_start=1493
-  _globals['_GETEVENTRESPONSE']._serialized_end=1562
-  _globals['_GETINFOREQUEST']._serialized_start=1564
-  _globals['_GETINFOREQUEST']._serialized_end=1580
-  _globals['_LIMITS']._serialized_start=1583
-  _globals['_LIMITS']._serialized_end=1736
-  _globals['_GETINFORESPONSE']._serialized_start=1739
-  _globals['_GETINFORESPONSE']._serialized_end=1927
-  _globals['_SUBSCRIBEOPTIONS']._serialized_start=1930
-  _globals['_SUBSCRIBEOPTIONS']._serialized_end=2166
-  _globals['_SUBSCRIBEREQUEST']._serialized_start=2168
-  _globals['_SUBSCRIBEREQUEST']._serialized_end=2295
-  _globals['_SUBSCRIPTIONCONFIRMATION']._serialized_start=2297
-  _globals['_SUBSCRIPTIONCONFIRMATION']._serialized_end=2378
-  _globals['_EVENTBATCH']._serialized_start=2380
-  _globals['_EVENTBATCH']._serialized_end=2444
-  _globals['_SUBSCRIBERESPONSE']._serialized_start=2447
-  _globals['_SUBSCRIBERESPONSE']._serialized_end=2738
-  _globals['_EVENTSTORESERVICE']._serialized_start=2916
-  _globals['_EVENTSTORESERVICE']._serialized_end=3368
+  _globals['_EVENTFILTER']._serialized_end=1100
+  _globals['_READREQUEST']._serialized_start=1103
+  _globals['_READREQUEST']._serialized_end=1403
+  _globals['_READRESPONSE']._serialized_start=1405
+  _globals['_READRESPONSE']._serialized_end=1471
+  _globals['_GETEVENTREQUEST']._serialized_start=1473
+  _globals['_GETEVENTREQUEST']._serialized_end=1508
+  _globals['_GETEVENTRESPONSE']._serialized_start=1510
+  _globals['_GETEVENTRESPONSE']._serialized_end=1579
+  _globals['_GETINFOREQUEST']._serialized_start=1581
+  _globals['_GETINFOREQUEST']._serialized_end=1597
+  _globals['_LIMITS']._serialized_start=1600
+  _globals['_LIMITS']._serialized_end=1753
+  _globals['_GETINFORESPONSE']._serialized_start=1756
+  _globals['_GETINFORESPONSE']._serialized_end=1944
+  _globals['_SUBSCRIBEOPTIONS']._serialized_start=1947
+  _globals['_SUBSCRIBEOPTIONS']._serialized_end=2243
+  _globals['_SUBSCRIBEREQUEST']._serialized_start=2245
+  _globals['_SUBSCRIBEREQUEST']._serialized_end=2372
+  _globals['_SUBSCRIPTIONCONFIRMATION']._serialized_start=2374
+  _globals['_SUBSCRIPTIONCONFIRMATION']._serialized_end=2455
+  _globals['_EVENTBATCH']._serialized_start=2457
+  _globals['_EVENTBATCH']._serialized_end=2521
+  _globals['_SUBSCRIBERESPONSE']._serialized_start=2524
+  _globals['_SUBSCRIBERESPONSE']._serialized_end=2853
+  _globals['_EVENTSTORESERVICE']._serialized_start=3031
+  _globals['_EVENTSTORESERVICE']._serialized_end=3483
 # @@protoc_insertion_point(module_scope)

@@ -109,14 +109,16 @@ class AppendResponse(_message.Message):
     def __init__(self, first_position: _Optional[int] = ..., last_position: _Optional[int] = ..., last_revision: _Optional[int] = ...) -> None: ...
 
 class EventFilter(_message.Message):
-    __slots__ = ("stream_prefixes", "event_types", "correlation_id")
+    __slots__ = ("stream_prefixes", "event_types", "correlation_id", "streams")
     STREAM_PREFIXES_FIELD_NUMBER: _ClassVar[int]
     EVENT_TYPES_FIELD_NUMBER: _ClassVar[int]
     CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
+    STREAMS_FIELD_NUMBER: _ClassVar[int]
     stream_prefixes: _containers.RepeatedScalarFieldContainer[str]
     event_types: _containers.RepeatedScalarFieldContainer[str]
     correlation_id: str
-    def __init__(self, stream_prefixes: _Optional[_Iterable[str]] = ..., event_types: _Optional[_Iterable[str]] = ..., correlation_id: _Optional[str] = ...) -> None: ...
+    streams: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, stream_prefixes: _Optional[_Iterable[str]] = ..., event_types: _Optional[_Iterable[str]] = ..., correlation_id: _Optional[str] = ..., streams: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ReadRequest(_message.Message):
     __slots__ = ("stream", "direction", "from_revision", "from_position", "max_count", "filter", "from_time", "to_time")
@@ -189,20 +191,24 @@ class GetInfoResponse(_message.Message):
     def __init__(self, head_position: _Optional[int] = ..., server_version: _Optional[str] = ..., durability: _Optional[_Union[Durability, str]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., subscriber_count: _Optional[int] = ...) -> None: ...
 
 class SubscribeOptions(_message.Message):
-    __slots__ = ("from_start", "from_end", "after_position", "consumer", "filter", "initial_credits")
+    __slots__ = ("from_start", "from_end", "after_position", "consumer", "filter", "initial_credits", "checkpoint_interval", "heartbeat_interval_ms")
     FROM_START_FIELD_NUMBER: _ClassVar[int]
     FROM_END_FIELD_NUMBER: _ClassVar[int]
     AFTER_POSITION_FIELD_NUMBER: _ClassVar[int]
     CONSUMER_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
     INITIAL_CREDITS_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
     from_start: _empty_pb2.Empty
     from_end: _empty_pb2.Empty
     after_position: int
     consumer: str
     filter: EventFilter
     initial_credits: int
-    def __init__(self, from_start: _Optional[_Union[_empty_pb2.Empty, _Mapping]] = ..., from_end: _Optional[_Union[_empty_pb2.Empty, _Mapping]] = ..., after_position: _Optional[int] = ..., consumer: _Optional[str] = ..., filter: _Optional[_Union[EventFilter, _Mapping]] = ..., initial_credits: _Optional[int] = ...) -> None: ...
+    checkpoint_interval: int
+    heartbeat_interval_ms: int
+    def __init__(self, from_start: _Optional[_Union[_empty_pb2.Empty, _Mapping]] = ..., from_end: _Optional[_Union[_empty_pb2.Empty, _Mapping]] = ..., after_position: _Optional[int] = ..., consumer: _Optional[str] = ..., filter: _Optional[_Union[EventFilter, _Mapping]] = ..., initial_credits: _Optional[int] = ..., checkpoint_interval: _Optional[int] = ..., heartbeat_interval_ms: _Optional[int] = ...) -> None: ...
 
 class SubscribeRequest(_message.Message):
     __slots__ = ("options", "credits", "ack_position")
@@ -229,17 +235,19 @@ class EventBatch(_message.Message):
     def __init__(self, events: _Optional[_Iterable[_Union[RecordedEvent, _Mapping]]] = ...) -> None: ...
 
 class SubscribeResponse(_message.Message):
-    __slots__ = ("confirmation", "events", "caught_up_position", "checkpoint_position", "heartbeat", "fell_behind_position")
+    __slots__ = ("confirmation", "events", "caught_up_position", "checkpoint_position", "heartbeat", "fell_behind_position", "checkpoint_stored_position")
     CONFIRMATION_FIELD_NUMBER: _ClassVar[int]
     EVENTS_FIELD_NUMBER: _ClassVar[int]
     CAUGHT_UP_POSITION_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_POSITION_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     FELL_BEHIND_POSITION_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_STORED_POSITION_FIELD_NUMBER: _ClassVar[int]
     confirmation: SubscriptionConfirmation
     events: EventBatch
     caught_up_position: int
     checkpoint_position: int
     heartbeat: _timestamp_pb2.Timestamp
     fell_behind_position: int
-    def __init__(self, confirmation: _Optional[_Union[SubscriptionConfirmation, _Mapping]] = ..., events: _Optional[_Union[EventBatch, _Mapping]] = ..., caught_up_position: _Optional[int] = ..., checkpoint_position: _Optional[int] = ..., heartbeat: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., fell_behind_position: _Optional[int] = ...) -> None: ...
+    checkpoint_stored_position: int
+    def __init__(self, confirmation: _Optional[_Union[SubscriptionConfirmation, _Mapping]] = ..., events: _Optional[_Union[EventBatch, _Mapping]] = ..., caught_up_position: _Optional[int] = ..., checkpoint_position: _Optional[int] = ..., heartbeat: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., fell_behind_position: _Optional[int] = ..., checkpoint_stored_position: _Optional[int] = ...) -> None: ...
