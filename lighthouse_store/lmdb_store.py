@@ -268,7 +268,12 @@ class LmdbEventStore(EventStore):
             return records.verify(self._must_get_log(txn, position), position)
 
     def read_page(
-        self, query: ReadQuery, cursor: ReadCursor | None, max_events: int, max_bytes: int
+        self,
+        query: ReadQuery,
+        cursor: ReadCursor | None,
+        max_events: int,
+        max_bytes: int,
+        max_scan: int = 0,
     ) -> Page:
         with self._env.begin() as txn:
             if cursor is None:
@@ -292,7 +297,8 @@ class LmdbEventStore(EventStore):
                         raise Corruption(f"stream index entry missing for revision {key}", 0)
                     return _U64.unpack(raw)[0], get(raw, db=log)
 
-            return self._page(query, cursor, max_events, max_bytes, fetch)
+            scan = max_scan or max_events * _SCAN_FACTOR
+            return self._page(query, cursor, max_events, max_bytes, scan, fetch)
 
     def _page(
         self,
@@ -300,13 +306,13 @@ class LmdbEventStore(EventStore):
         cursor: ReadCursor,
         max_events: int,
         max_bytes: int,
+        budget: int,
         fetch: Callable[[int], tuple[int, bytes | None]],
     ) -> Page:
         step = -1 if query.backwards else 1
         key, stop, remaining = cursor.next_key, cursor.stop_key, cursor.remaining
         out: list[bytes] = []
         size = 0
-        budget = max_events * _SCAN_FACTOR
         verify = records.verify
         done = False
         while budget > 0 and len(out) < max_events and size < max_bytes:

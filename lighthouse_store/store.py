@@ -119,9 +119,19 @@ class EventStore(ABC):
 
     @abstractmethod
     def read_page(
-        self, query: ReadQuery, cursor: ReadCursor | None, max_events: int, max_bytes: int
+        self,
+        query: ReadQuery,
+        cursor: ReadCursor | None,
+        max_events: int,
+        max_bytes: int,
+        max_scan: int = 0,
     ) -> Page:
-        """One page of a read; ``cursor`` None starts it. Raises StreamNotFound."""
+        """One page of a read; ``cursor`` None starts it. Raises StreamNotFound.
+
+        A filtered read visits at most ``max_scan`` records per page (0: an
+        implementation default), so a page comes back soon even when little
+        matches; ``Page.visited`` says how far it got.
+        """
 
     @abstractmethod
     def get_event(self, event_id: bytes) -> bytes | None:

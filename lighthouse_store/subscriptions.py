@@ -209,7 +209,7 @@ class Session:
                         self.credits -= len(page.records)
                     yield _EVENTS_TAG + _framed(records.repeated_events(page.records))
                     last_sent = time.monotonic()
-                    reported = page.visited
+                    reported = records.decode(page.records[-1]).position
                 self.cursor = max(self.cursor, page.visited)
                 if self.query.filtered and self.cursor - reported >= self.checkpoint_interval:
                     reported = self.cursor
@@ -234,7 +234,8 @@ class Session:
         if self.credits is not None:
             want = min(want, self.credits)
         query = dataclasses.replace(self.query, start=self.cursor + 1)
-        args = (query, None, want, self.settings.page_bytes)
+        scan = self.checkpoint_interval if self.query.filtered else 0
+        args = (query, None, want, self.settings.page_bytes, scan)
         if head - self.cursor <= self.settings.inline_read_events:
             return self.hub.store.read_page(*args)
         loop = asyncio.get_running_loop()

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 
+from google.protobuf.timestamp_pb2 import Timestamp
+
 from lighthouse_client import pb
 from lighthouse_store.config import Limits
 from lighthouse_store.errors import InvalidArgument
@@ -141,8 +143,8 @@ def read_query(req: pb.ReadRequest) -> ReadQuery:
     start = None if which is None else int(getattr(req, which))
     f = req.filter
     check_filter(f)
-    from_ns = req.from_time.ToNanoseconds() if req.HasField("from_time") else None
-    to_ns = req.to_time.ToNanoseconds() if req.HasField("to_time") else None
+    from_ns = _timestamp("from_time", req.from_time) if req.HasField("from_time") else None
+    to_ns = _timestamp("to_time", req.to_time) if req.HasField("to_time") else None
     if from_ns is not None and to_ns is not None and from_ns > to_ns:
         raise InvalidArgument("from_time: must not be after to_time")
     return ReadQuery(
@@ -165,3 +167,14 @@ def check_filter(f: pb.EventFilter, field: str = "filter") -> None:
             raise InvalidArgument(f"{field}.stream_prefixes[{i}]: must not be empty")
     for i, name in enumerate(f.streams):
         stream_name(name, f"{field}.streams[{i}]", writable=False)
+
+
+_MAX_SECONDS = 253402300799  # 9999-12-31T23:59:59Z, the protobuf Timestamp range
+
+
+def _timestamp(field: str, ts: Timestamp) -> int:
+    if not 0 <= ts.nanos <= 999_999_999:
+        raise InvalidArgument(f"{field}: nanos must be in [0, 999999999]")
+    if not -62135596800 <= ts.seconds <= _MAX_SECONDS:
+        raise InvalidArgument(f"{field}: seconds out of the Timestamp range")
+    return int(ts.seconds) * 1_000_000_000 + int(ts.nanos)
