@@ -22,6 +22,7 @@ from grpc_reflection.v1alpha import reflection
 
 from lighthouse_store import __version__
 from lighthouse_store.config import Config
+from lighthouse_store.faults import Faults
 from lighthouse_store.lmdb_store import LmdbEventStore
 from lighthouse_store.lock import DataDirLock
 from lighthouse_store.servicer import SERVICE_NAME, EventStoreServicer, method_handlers
@@ -105,6 +106,7 @@ async def _run(config: Config, store: LmdbEventStore) -> None:
         max_queued_bytes=config.max_queued_bytes,
         max_batch_appends=config.max_batch_appends,
         max_batch_bytes=config.max_batch_bytes,
+        faults=Faults.from_env(),
     )
     readers = ThreadPoolExecutor(config.reader_threads, thread_name_prefix="lighthouse-reader")
     server = grpc.aio.server(options=_server_options(config))
@@ -128,6 +130,7 @@ async def _run(config: Config, store: LmdbEventStore) -> None:
         await stop.wait()
         log.info("shutting down: draining in-flight calls")
         await health_servicer.enter_graceful_shutdown()
+        hub.shut_down()
         await server.stop(config.shutdown_grace_seconds)
     finally:
         await writer.stop()

@@ -48,7 +48,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from lighthouse_client import pb
 from lighthouse_store import records, validation
-from lighthouse_store.errors import InvalidArgument, StoreError
+from lighthouse_store.errors import InvalidArgument, ShuttingDown, StoreError
 from lighthouse_store.store import EventStore, Page, ReadQuery
 from lighthouse_store.writer import CommitInfo, GroupCommitWriter
 
@@ -82,11 +82,22 @@ class SubscriptionHub:
         self.readers = readers
         self.settings = settings or SubscriptionSettings()
         self._sessions: set[Session] = set()
+        self._closing = False
         writer.add_listener(self._on_commit)
 
     @property
     def count(self) -> int:
         return len(self._sessions)
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    def shut_down(self) -> None:
+        """End every session with UNAVAILABLE, so clients resume elsewhere or later."""
+        self._closing = True
+        for session in self._sessions:
+            session.wake.set()
 
     def _on_commit(self, info: CommitInfo) -> None:
         for session in self._sessions:
@@ -100,6 +111,8 @@ class SubscriptionHub:
             first = await anext(requests)
         except StopAsyncIteration:
             return
+        if self._closing:
+            raise ShuttingDown("the store is shutting down; resubscribe later")
         if first.WhichOneof("kind") != "options":
             raise InvalidArgument("options: the first message of a subscription must be options")
         session = Session(self, first.options)
@@ -193,6 +206,8 @@ class Session:
             self.wake.clear()
             if self._error is not None:
                 raise self._error
+            if self.hub.closing:
+                raise ShuttingDown("the store is shutting down; resubscribe later")
             if self.stored_ack > told_stored:
                 told_stored = self.stored_ack
                 yield _message(checkpoint_stored_position=told_stored)

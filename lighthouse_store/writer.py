@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from lighthouse_store.errors import Overloaded, ShuttingDown, StorageFailure, StoreError
+from lighthouse_store.faults import Faults
 from lighthouse_store.store import AppendCommand, AppendResult, EventStore
 
 log = logging.getLogger("lighthouse_store.writer")
@@ -58,8 +59,10 @@ class GroupCommitWriter:
         max_batch_appends: int,
         max_batch_bytes: int,
         checkpoint_delay: float = 0.05,
+        faults: Faults | None = None,
     ) -> None:
         self._store = store
+        self._faults = faults or Faults()
         self._max_queue = max_queue
         self._max_queued_bytes = max_queued_bytes
         self._max_batch_appends = max_batch_appends
@@ -167,6 +170,7 @@ class GroupCommitWriter:
         info = CommitInfo(
             self._store.head_position(), len(batch), checkpoints, time.perf_counter() - started
         )
+        self._faults.after_commit(len(batch))
         for (_, future), result in zip(batch, results, strict=True):
             if future.done():  # the caller went away; the append stands
                 continue

@@ -1,13 +1,98 @@
 """Lighthouse Store client.
 
-For now this package holds the protobuf and gRPC stubs generated from
-``protos/`` (``lighthouse_client.pb`` and ``lighthouse_client.pb_grpc``),
-which the daemon, the tests and the perf harness share. The typed client
-library with retries, resumable subscriptions and degraded mode is built on
-top of them.
+``StoreClient`` (blocking) and ``AsyncStoreClient`` (asyncio) append, read,
+look up and subscribe, with retries that are safe (every event carries an
+id), subscriptions that resume where they broke off, and a degraded mode:
+reads from a cache and appends to a durable outbox while the daemon cannot
+be reached. The values are frozen dataclasses; protobuf types never reach the
+public API (``pb`` / ``pb_grpc`` are the generated modules, for tools).
 """
 
+from lighthouse_client._breaker import BreakerState, CircuitBreaker
+from lighthouse_client._cache import ReadCache
+from lighthouse_client._outbox import DeadLetter, Outbox, OutboxEntry
 from lighthouse_client._pb import store_pb2 as pb
 from lighthouse_client._pb import store_pb2_grpc as pb_grpc
+from lighthouse_client._retry import CircuitOpen, RetryPolicy
+from lighthouse_client._subscription import AsyncSubscription
+from lighthouse_client._types import (
+    ANY,
+    NO_STREAM,
+    STREAM_EXISTS,
+    AppendResult,
+    EventResult,
+    ExpectedRevision,
+    Filter,
+    Limits,
+    NewEvent,
+    ReadResult,
+    RecordedEvent,
+    StoreInfo,
+    StreamState,
+    uuid7,
+)
+from lighthouse_client.aio import AsyncStoreClient
+from lighthouse_client.client import StoreClient, Subscription
+from lighthouse_client.exceptions import (
+    Corruption,
+    DeadlineExceeded,
+    EventIdConflict,
+    EventNotFound,
+    FailureClass,
+    Internal,
+    InvalidRequest,
+    NotFound,
+    Overloaded,
+    PermissionDenied,
+    StoreError,
+    StreamNotFound,
+    Unavailable,
+    WrongExpectedRevision,
+    handle_rpc_error,
+)
 
-__all__ = ["pb", "pb_grpc"]
+__all__ = [
+    "ANY",
+    "NO_STREAM",
+    "STREAM_EXISTS",
+    "AppendResult",
+    "AsyncStoreClient",
+    "AsyncSubscription",
+    "BreakerState",
+    "CircuitBreaker",
+    "CircuitOpen",
+    "Corruption",
+    "DeadLetter",
+    "DeadlineExceeded",
+    "EventIdConflict",
+    "EventNotFound",
+    "EventResult",
+    "ExpectedRevision",
+    "FailureClass",
+    "Filter",
+    "Internal",
+    "InvalidRequest",
+    "Limits",
+    "NewEvent",
+    "NotFound",
+    "Outbox",
+    "OutboxEntry",
+    "Overloaded",
+    "PermissionDenied",
+    "ReadCache",
+    "ReadResult",
+    "RecordedEvent",
+    "RetryPolicy",
+    "StoreClient",
+    "StoreError",
+    "StoreInfo",
+    "StreamNotFound",
+    "StreamState",
+    "Subscription",
+    "Unavailable",
+    "WrongExpectedRevision",
+    "handle_rpc_error",
+    "pb",
+    "pb_grpc",
+    "uuid7",
+]

@@ -1,0 +1,78 @@
+"""Retry policy, declared as data and run by tenacity.
+
+Only recoverable errors are retried (``StoreError.retryable``), with
+exponential backoff and full jitter, within one overall deadline per call
+(the call's ``timeout``: every attempt gets what is left of it, and no
+attempt starts after it, so a call fails with the last real error, e.g.
+Unavailable, rather than a synthetic timeout). A server's
+``RetryInfo`` hint (``Overloaded.retry_after``) is a floor for the next wait.
+An open circuit breaker is not retried: the caller goes to its fallback.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_before_delay,
+    wait_random_exponential,
+)
+
+from lighthouse_client.exceptions import DeadlineExceeded, Overloaded, StoreError, Unavailable
+
+T = TypeVar("T")
+
+
+class CircuitOpen(Unavailable):
+    """The circuit breaker is open: the daemon was unreachable too often."""
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    max_attempts: int = 20
+    initial_backoff: float = 0.05  # seconds
+    max_backoff: float = 2.0
+
+    def _wait(self) -> Callable[[RetryCallState], float]:
+        jittered = wait_random_exponential(multiplier=self.initial_backoff, max=self.max_backoff)
+
+        def wait(state: RetryCallState) -> float:
+            delay = float(jittered(state))
+            exc = state.outcome.exception() if state.outcome else None
+            if isinstance(exc, Overloaded) and exc.retry_after:
+                delay = max(delay, exc.retry_after)
+            return delay
+
+        return wait
+
+    async def run(self, deadline: float, attempt: Callable[[float], Awaitable[T]]) -> T:
+        """Call ``attempt(remaining_seconds)`` until it succeeds, fails for good,
+        or ``deadline`` (a time.monotonic() value) passes."""
+        budget = max(0.0, deadline - time.monotonic())
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.max_attempts) | stop_before_delay(budget),
+            wait=self._wait(),
+            retry=retry_if_exception(_retryable),
+            reraise=True,
+        )
+        async for state in retrying:
+            with state:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise DeadlineExceeded("the call's deadline passed before it could be sent")
+                return await attempt(remaining)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _retryable(exc: BaseException) -> bool:
+    return isinstance(exc, StoreError) and exc.retryable and not isinstance(exc, CircuitOpen)
+
+
+NO_RETRY = RetryPolicy(max_attempts=1)

@@ -1,0 +1,433 @@
+#!/usr/bin/env python3
+"""Lighthouse Store perf harness: SPEC §6 numbers, each next to a floor from the same run.
+
+    ./dev perf                      # full run (about a minute)
+    .venv/bin/python perf/bench.py --quick      # smoke run, < 30 s
+    .venv/bin/python perf/bench.py --repeat 3   # each measurement 3 times, medians
+
+It starts a daemon (fresh temp data dir, fsync durability) and an empty-RPC echo
+server (perf/echo_server.py), both on 127.0.0.1, plus client worker processes,
+and measures, with 1 KiB events: single-event append latency, 8 concurrent
+appenders, 100-event batches, a full $all replay, GetEvent latency; and the
+floors: empty gRPC round trips and raw LMDB fsync'd commits. It prints a table
+with ratios and SPEC §6 pass/fail marks, and writes JSON (perf/results/).
+Exit status: 0 done (targets missed or not), 1 a phase failed or an RPC
+errored, 3 with --strict when a SPEC §6 target was missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import echo_server
+import floors
+import report
+from pool import MODES, SEQUENTIAL, Arrangement, ClientPool, Run, arrangement, machine_cpu_seconds
+from workloads import Spec
+
+from lighthouse_client import pb
+
+PERF_DIR = Path(__file__).resolve().parent
+REPO = PERF_DIR.parent
+CONCURRENT_CLIENTS = 8
+NOISY_CPU = 0.25  # cores used by other processes during a window before we warn
+# Measured on the 2-core machines (perf/README.md): separate processes leave
+# the server's core to the server; threads and one asyncio loop are capped by
+# the client's own GIL first.
+DEFAULT_CLIENTS = "processes"
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Counts and time caps of one run (every loop stops at whichever comes first)."""
+
+    latency_calls: int
+    latency_warmup: int
+    window_s: float  # each throughput window
+    replay_events: int
+    get_calls: int
+    lmdb1_commits: int
+    lmdb100_commits: int
+    phase_cap_s: float  # time cap of a count-bounded phase
+
+
+FULL = Sizes(3000, 300, 5.0, 100_000, 3000, 2000, 300, 60.0)
+QUICK = Sizes(300, 50, 1.0, 10_000, 300, 200, 30, 10.0)
+
+
+def log(msg: str) -> None:
+    print(f"[perf {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+class Bench:
+    """One run: a pool of client processes, an echo server and a daemon."""
+
+    def __init__(self, args: argparse.Namespace, work: Path, sizes: Sizes) -> None:
+        self.args = args
+        self.work = work
+        self.sizes = sizes
+        self.arr = arrangement(args.clients, CONCURRENT_CLIENTS)
+        self.errors: list[str] = []
+        self.pool: ClientPool | None = None
+        self.echo: echo_server.EchoServer | None = None
+        self.daemon: Any = None
+
+    # -- setup -------------------------------------------------------------
+
+    def start(self) -> None:
+        from lighthouse_store.testing import DaemonProcess
+
+        needed = CONCURRENT_CLIENTS if self.args.compare_clients else max(2, self.arr.processes)
+        log(f"starting {needed} client processes, the echo server and the daemon")
+        self.pool = ClientPool(needed)
+        self.echo = echo_server.EchoServer(PERF_DIR / "echo_server.py", self.work / "echo.log")
+        self.echo.start()
+        extra = ["--durability", "fsync", *self.args.daemon_arg]
+        self.daemon = DaemonProcess(
+            self.work / "data", extra_args=extra, log_path=self.work / "daemon.log"
+        )
+        self.daemon.start()
+        log(
+            f"daemon pid {self.daemon.pid} at {self.daemon.address}; "
+            f"echo server pid {self.echo.pid} at {self.echo.address}; "
+            f"client pids {self.pool.pids}"
+        )
+
+    def stop(self) -> None:
+        """Stop everything this run started, each by its PID; never raises."""
+        for name, fn in (
+            ("client pool", self.pool.close if self.pool else None),
+            ("echo server", self.echo.stop if self.echo else None),
+            ("daemon", self.daemon.stop if self.daemon is not None else None),
+        ):
+            if fn is None:
+                continue
+            try:
+                fn()
+            except Exception as exc:  # keep stopping the others
+                log(f"stopping the {name} failed: {exc!r}")
+                if name == "daemon" and self.daemon.running():
+                    self.daemon.kill9()
+
+    def daemon_info(self) -> dict[str, Any]:
+        info = self.daemon.stub().GetInfo(pb.GetInfoRequest(), timeout=10)
+        return {
+            "server_version": info.server_version,
+            "durability": pb.Durability.Name(info.durability),
+            "head_position": info.head_position,
+            "address": self.daemon.address,
+            "pid": self.daemon.pid,
+        }
+
+    # -- running specs --------------------------------------------------------
+
+    def run(self, phase: str, spec: Spec, arr: Arrangement = SEQUENTIAL) -> Run:
+        assert self.pool is not None and self.echo is not None
+        server = self.echo.pid if spec.address == self.echo.address else self.daemon.pid
+        run = self.pool.run(spec, arr, server_pid=server)
+        errors = sum(r.errors for r in run.results)
+        if errors:
+            first = next(r.first_error for r in run.results if r.first_error)
+            self.errors.append(f"{phase}: {errors} failed calls; first: {first}")
+            log(f"{phase}: {errors} FAILED calls; first: {first}")
+        return run
+
+    def latency(self, op: str, address: str, keep_ids: bool = False) -> Run:
+        s = self.sizes
+        spec = Spec(
+            op,  # type: ignore[arg-type]
+            address,
+            duration_s=s.phase_cap_s,
+            max_calls=s.latency_calls,
+            warmup_calls=s.latency_warmup,
+            stream=f"bench-latency-{time.monotonic_ns()}",
+            keep_ids=keep_ids,
+        )
+        return self.run(f"{op} latency", spec)
+
+    def window(
+        self, op: str, address: str, arr: Arrangement, *, batch: int = 1, stream: str = "bench"
+    ) -> Run:
+        s = self.sizes
+        per_call_cap = 20_000 if batch == 1 else 2_000  # calls per second per client
+        spec = Spec(
+            op,  # type: ignore[arg-type]
+            address,
+            duration_s=s.window_s,
+            max_calls=int(s.window_s * per_call_cap),
+            warmup_calls=20 if batch == 1 else 5,
+            events_per_call=batch,
+            stream=f"{stream}-{time.monotonic_ns()}",
+        )
+        return self.run(f"{op} x{batch} window ({arr.describe()})", spec, arr)
+
+    # -- one round of every measurement ------------------------------------------
+
+    def round(self) -> dict[str, float]:
+        assert self.echo is not None
+        s, echo, daemon = self.sizes, self.echo.address, self.daemon.address
+        m: dict[str, float] = {}
+
+        log("LMDB floors (in-process, sync=True)")
+        lmdb1 = floors.lmdb_commits(
+            self.work, puts_per_commit=1, max_commits=s.lmdb1_commits, time_cap_s=s.phase_cap_s
+        )
+        lmdb100 = floors.lmdb_commits(
+            self.work, puts_per_commit=100, max_commits=s.lmdb100_commits, time_cap_s=s.phase_cap_s
+        )
+        m |= {f"lmdb1_{k}": v for k, v in lmdb1.items()}
+        m |= {f"lmdb100_{k}": v for k, v in lmdb100.items()}
+
+        log(f"sequential latency: empty RPC, then append ({s.latency_calls:,} calls each)")
+        m |= report.latency_ms("echo_seq", _latencies(self.latency("echo", echo)))
+        appended = self.latency("append", daemon, keep_ids=True)
+        m |= report.latency_ms("append_seq", _latencies(appended))
+        ids = [i for r in appended.results for i in r.event_ids]
+
+        label = self.arr.describe()
+        log(f"{CONCURRENT_CLIENTS} concurrent clients ({label}), {s.window_s:g} s windows")
+        m |= _conc("echo_conc", self.window("echo", echo, self.arr), calls=True)
+        m |= _conc("append_conc", self.window("append", daemon, self.arr, stream="bench-conc"))
+
+        log("batched appends, 100 events per call: 1 client, then 2")
+        batch1 = self.window("append", daemon, SEQUENTIAL, batch=100, stream="bench-batch")
+        m |= _conc("batch1", batch1, prefix_latency="batch1_call")
+        two = arrangement(self.arr.mode, 2)
+        batch2 = _conc(
+            "batch2", self.window("append", daemon, two, batch=100, stream="bench-batch")
+        )
+        m |= {k: v for k, v in batch2.items() if not k.endswith("_ms")}
+
+        self.fill(s.replay_events)
+        log(f"full replay of {s.replay_events:,} events ($all)")
+        replay_spec = Spec(
+            "replay",
+            daemon,
+            duration_s=s.phase_cap_s,
+            max_calls=1,
+            replay_count=s.replay_events,
+        )
+        replay = self.run("replay", replay_spec).results[0]
+        seconds = replay.latencies_ns[0] / 1e9 if replay.latencies_ns else 0.0
+        m |= {"replay_events": replay.events, "replay_s": seconds}
+        m["replay_rate"] = replay.events / seconds if seconds else 0.0
+        if replay.events != s.replay_events:
+            self.errors.append(f"replay: got {replay.events} events, expected {s.replay_events}")
+
+        log(f"GetEvent of random written ids ({s.get_calls:,} calls)")
+        get_spec = Spec(
+            "get_event",
+            daemon,
+            duration_s=s.phase_cap_s,
+            max_calls=s.get_calls,
+            warmup_calls=s.latency_warmup,
+            event_ids=tuple(ids),
+        )
+        lat = report.latency_ms("get", _latencies(self.run("get_event", get_spec)))
+        m |= {k: v for k, v in lat.items() if k in ("get_p50_ms", "get_p99_ms")}
+        return m
+
+    def fill(self, events: int) -> None:
+        head = int(self.daemon_info()["head_position"])
+        if head >= events:
+            return
+        calls = -(-(events - head) // 100)
+        log(f"filling the store to {events:,} events ({calls:,} batches)")
+        spec = Spec(
+            "append",
+            self.daemon.address,
+            duration_s=self.sizes.phase_cap_s * 2,
+            max_calls=calls,
+            events_per_call=100,
+            stream="bench-fill",
+        )
+        self.run("fill", spec)
+
+    def compare_clients(self) -> dict[str, dict[str, float]]:
+        """Empty-RPC and append rates of 8 clients under every arrangement."""
+        assert self.echo is not None
+        out: dict[str, dict[str, float]] = {}
+        for mode in MODES:
+            arr = arrangement(mode, CONCURRENT_CLIENTS)
+            log(f"client arrangement {mode}: {arr.describe()}")
+            echo = _conc("echo", self.window("echo", self.echo.address, arr), calls=True)
+            append = _conc(
+                "append", self.window("append", self.daemon.address, arr, stream="bench-cmp")
+            )
+            out[mode] = echo | append
+            out[mode]["ratio"] = append["append_rate"] / echo["echo_rate"]
+        return out
+
+
+def _latencies(run: Run) -> list[int]:
+    return [x for r in run.results for x in r.latencies_ns]
+
+
+def _rate(run: Run, calls: bool = False) -> float:
+    results = run.results
+    start = min(r.start_ns for r in results)
+    end = max(r.end_ns for r in results)
+    total = sum(r.calls if calls else r.events for r in results)
+    return total / ((end - start) / 1e9) if end > start else 0.0
+
+
+def _conc(prefix: str, run: Run, calls: bool = False, prefix_latency: str = "") -> dict[str, float]:
+    lat = _latencies(run)
+    p = prefix_latency or prefix
+    return {
+        f"{prefix}_rate": _rate(run, calls),
+        f"{prefix}_server_cpu": run.server_cpu,
+        f"{prefix}_clients_cpu": run.clients_cpu,
+        f"{prefix}_other_cpu": run.other_cpu,
+        f"{p}_p50_ms": report.percentile(lat, 50) / 1e6,
+        f"{p}_p99_ms": report.percentile(lat, 99) / 1e6,
+    }
+
+
+def wait_quiet(limit_s: float, quiet_s: float = 5.0) -> None:
+    """Wait until other processes keep less than NOISY_CPU cores busy for quiet_s seconds."""
+    deadline = time.monotonic() + limit_s
+    quiet_since = time.monotonic()
+    log(f"waiting up to {limit_s:g} s for an idle machine")
+    while time.monotonic() < deadline:
+        before = machine_cpu_seconds()
+        time.sleep(1.0)
+        if machine_cpu_seconds() - before > NOISY_CPU:
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since >= quiet_s:
+            return
+    log("the machine did not become idle; measuring anyway")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Lighthouse Store perf harness (SPEC §6).",
+        epilog="See perf/README.md for what each number means.",
+    )
+    parser.add_argument("--quick", action="store_true", help="small counts: a smoke run, < 30 s")
+    parser.add_argument("--repeat", type=int, default=1, metavar="N", help="rounds; medians")
+    parser.add_argument("--out", type=Path, help="JSON results file (default perf/results/...)")
+    parser.add_argument(
+        "--clients",
+        choices=MODES,
+        default=DEFAULT_CLIENTS,
+        help=f"how the {CONCURRENT_CLIENTS} concurrent clients run (default {DEFAULT_CLIENTS})",
+    )
+    parser.add_argument(
+        "--compare-clients",
+        action="store_true",
+        help="also measure 8-client empty-RPC and append rates under every arrangement",
+    )
+    parser.add_argument(
+        "--daemon-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra daemon flag, repeatable (e.g. --daemon-arg=--durability=async)",
+    )
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="before each round, wait up to this long for an idle machine (shared machines)",
+    )
+    parser.add_argument("--tmp-dir", type=Path, help="parent of the temp work dir")
+    parser.add_argument("--keep", action="store_true", help="keep the work dir (data, logs)")
+    parser.add_argument("--strict", action="store_true", help="exit 3 if a target is missed")
+    args = parser.parse_args(argv)
+    if not 1 <= args.repeat <= 20:
+        parser.error("--repeat must be 1..20")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    sizes = QUICK if args.quick else FULL
+    started = datetime.now(UTC)
+    stamp = started.strftime("%Y%m%dT%H%M%SZ") + ("-quick" if args.quick else "")
+    out = args.out or PERF_DIR / "results" / f"{stamp}.json"
+    # SIGTERM unwinds through the finally blocks below, which stop every process.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+    work = Path(tempfile.mkdtemp(prefix="lighthouse-perf-", dir=args.tmp_dir))
+    bench = Bench(args, work, sizes)
+    doc: dict[str, Any] = {
+        "schema": 1,
+        "started_at": started.isoformat(),
+        "command": [Path(sys.argv[0]).name, *(sys.argv[1:] if argv is None else argv)],
+        "mode": "quick" if args.quick else "full",
+        "sizes": asdict(sizes),
+        "event_bytes": 1024,
+        "durability": "fsync",
+        "concurrent_clients": bench.arr.describe(),
+        "machine": report.machine_info(work, REPO),
+    }
+    runs: list[dict[str, float]] = []
+    failed = ""
+    t0 = time.monotonic()
+    try:
+        bench.start()
+        doc["daemon"] = bench.daemon_info()
+        if doc["daemon"]["durability"] != "DURABILITY_FSYNC" and not args.daemon_arg:
+            bench.errors.append(f"daemon durability is {doc['daemon']['durability']}")
+        for i in range(args.repeat):
+            if args.repeat > 1:
+                log(f"round {i + 1} of {args.repeat}")
+            if args.wait_quiet > 0:
+                wait_quiet(args.wait_quiet)
+            runs.append(bench.round())
+        if args.compare_clients:
+            if args.wait_quiet > 0:
+                wait_quiet(args.wait_quiet)
+            doc["client_arrangements"] = bench.compare_clients()
+    except Exception as exc:
+        failed = f"{type(exc).__name__}: {exc}"
+        log(f"FAILED: {failed}")
+        if bench.daemon is not None:
+            tail = bench.daemon.log_text()[-3000:]
+            if tail:
+                log(f"daemon log tail:\n{tail}")
+    finally:
+        bench.stop()
+        if args.keep:
+            log(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+    values = report.medians(runs) if runs else {}
+    values |= report.ratios(values)
+    other = [v for run in runs for k, v in run.items() if k.endswith("_other_cpu")]
+    doc |= {
+        "elapsed_s": round(time.monotonic() - t0, 1),
+        "noise": {
+            "max_other_cpu": max(other, default=0.0),
+            "loadavg_at_end": list(os.getloadavg()),
+        },
+        "medians": values,
+        "runs": runs,
+        "targets": report.evaluate(values),
+        "errors": bench.errors + ([failed] if failed else []),
+    }
+    report.write_json(out, doc)
+
+    print(report.summary(doc, values, NOISY_CPU))
+    print(f"results: {out}")
+    missed = [t for t in doc["targets"] if t["source"] == "target" and t["passed"] is False]
+    if doc["errors"]:
+        return 1
+    return 3 if args.strict and missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

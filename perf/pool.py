@@ -1,0 +1,188 @@
+"""Client worker processes, and how concurrent clients are spread over them.
+
+An :class:`Arrangement` says how N clients run:
+
+* ``processes``: N processes, each one synchronous stub (one call in flight);
+* ``threads``:   one process, N threads, each a synchronous stub;
+* ``asyncio``:   one process, N ``grpc.aio`` tasks on one event loop.
+
+:class:`ClientPool` starts the processes once (spawn: gRPC does not survive
+fork) and runs every measurement on them: prepare (connect, warm up) -> all
+ready -> one shared start instant (``CLOCK_MONOTONIC`` is system-wide on Linux)
+-> results, plus the CPU the server, the clients and the whole machine used
+while the clients ran.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any, Literal
+
+from workloads import RPC_TIMEOUT_S, Result, Spec, sleep_until, worker_main
+
+Style = Literal["sync", "asyncio"]
+
+
+@dataclass(frozen=True)
+class Arrangement:
+    """How N concurrent clients are spread over processes."""
+
+    mode: str
+    processes: int
+    per_process: int
+    style: Style
+
+    @property
+    def clients(self) -> int:
+        return self.processes * self.per_process
+
+    def describe(self) -> str:
+        if self.mode == "processes":
+            return f"{self.processes} client processes x 1 sync stub each"
+        if self.mode == "threads":
+            return f"1 client process x {self.per_process} threads (sync stubs)"
+        return f"1 client process x {self.per_process} grpc.aio tasks"
+
+
+MODES = ("processes", "threads", "asyncio")
+SEQUENTIAL = Arrangement("sequential", 1, 1, "sync")
+
+
+def arrangement(mode: str, clients: int) -> Arrangement:
+    if mode == "processes":
+        return Arrangement(mode, clients, 1, "sync")
+    if mode == "threads":
+        return Arrangement(mode, 1, clients, "sync")
+    if mode == "asyncio":
+        return Arrangement(mode, 1, clients, "asyncio")
+    raise ValueError(f"unknown client arrangement {mode!r}")
+
+
+@dataclass(frozen=True)
+class Run:
+    """The Results of every client of a run, and the CPU time used while it ran."""
+
+    results: list[Result]
+    server_cpu: float  # CPU seconds per wall second (1.0 = one core busy)
+    clients_cpu: float  # the same, summed over the client processes
+    machine_cpu: float  # the same, for the whole machine (all processes)
+
+    @property
+    def other_cpu(self) -> float:
+        """Cores busy with something else than this server and these clients."""
+        return max(0.0, self.machine_cpu - self.server_cpu - self.clients_cpu)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, all threads (Linux /proc); 0.0 if unknown."""
+    if pid <= 0:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    # fields[0] is field 3 (state), so utime (14) and stime (15) are at 11 and 12.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_cpu_seconds() -> float:
+    """Busy CPU time of the whole machine, all cores (Linux /proc/stat); 0.0 if unknown."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0.0
+    # user nice system idle iowait irq softirq steal ...: busy is all but idle and iowait.
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+class ClientPool:
+    """Client worker processes, started once and reused by every run."""
+
+    def __init__(self, processes: int) -> None:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")  # gRPC does not survive fork
+        self._conns: list[Connection] = []
+        self._procs: list[Any] = []
+        for i in range(processes):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=worker_main, args=(child,), name=f"perf-client-{i}")
+            proc.daemon = True
+            proc.start()
+            child.close()
+            self._conns.append(parent)
+            self._procs.append(proc)
+
+    @property
+    def pids(self) -> list[int]:
+        return [int(p.pid) for p in self._procs]
+
+    @property
+    def size(self) -> int:
+        return len(self._procs)
+
+    def run(self, spec: Spec, arr: Arrangement, server_pid: int = 0) -> Run:
+        """Run spec on every client of arr: one Result per client, and CPU use."""
+        if arr.processes > len(self._conns):
+            raise ValueError(f"pool has {len(self._conns)} processes, run needs {arr.processes}")
+        conns = self._conns[: arr.processes]
+        pids = self.pids[: arr.processes]
+        for i, conn in enumerate(conns):
+            conn.send(("task", spec, arr.style, i * arr.per_process, arr.per_process))
+        prepare_timeout = RPC_TIMEOUT_S * 2 + spec.warmup_calls * 1.0
+        for conn in conns:
+            self._expect(conn, "ready", prepare_timeout)
+        # Give every client time to see the start instant before it passes.
+        start_ns = time.monotonic_ns() + 100_000_000
+        for conn in conns:
+            conn.send(("go", start_ns))
+        sleep_until(start_ns)
+        server0 = cpu_seconds(server_pid)
+        clients0 = sum(cpu_seconds(pid) for pid in pids)
+        machine0 = machine_cpu_seconds()
+        limit = spec.duration_s + RPC_TIMEOUT_S * 6
+        results: list[Result] = []
+        for conn in conns:
+            results.extend(self._expect(conn, "result", limit))
+        end_ns = max(r.end_ns for r in results)
+        wall = max(1e-3, ((end_ns if end_ns > start_ns else time.monotonic_ns()) - start_ns) / 1e9)
+        return Run(
+            results,
+            server_cpu=(cpu_seconds(server_pid) - server0) / wall,
+            clients_cpu=(sum(cpu_seconds(pid) for pid in pids) - clients0) / wall,
+            machine_cpu=(machine_cpu_seconds() - machine0) / wall,
+        )
+
+    def _expect(self, conn: Connection, kind: str, timeout: float) -> Any:
+        if not conn.poll(timeout):
+            raise TimeoutError(f"client process sent no {kind!r} within {timeout:.0f} s")
+        msg = conn.recv()
+        if msg[0] == "error":
+            raise RuntimeError(f"client process failed:\n{msg[1]}")
+        if msg[0] != kind:
+            raise RuntimeError(f"client process sent {msg[0]!r}, expected {kind!r}")
+        return msg[1] if len(msg) > 1 else None
+
+    def close(self) -> None:
+        """Ask each process to exit; terminate, then kill, any that do not (by PID)."""
+        for conn in self._conns:
+            with contextlib.suppress(OSError, ValueError):  # already gone
+                conn.send(("exit",))
+            conn.close()  # a process still waiting for a message sees EOF and exits
+        deadline = time.monotonic() + 5.0
+        for proc in self._procs:
+            proc.join(max(0.0, deadline - time.monotonic()))
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(3.0)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(3.0)
+        self._conns.clear()
+        self._procs.clear()

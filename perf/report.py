@@ -1,0 +1,359 @@
+"""Statistics, SPEC §6 targets, the printed table and the JSON results file."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+
+def percentile(samples: Sequence[int | float], pct: float) -> float:
+    """Nearest-rank percentile (pct in 0..100); 0.0 for no samples."""
+    if not samples:
+        return 0.0
+    ordered = sorted(samples)
+    rank = max(1, -(-len(ordered) * pct // 100))  # ceil(n * pct / 100), at least 1
+    return float(ordered[min(len(ordered), int(rank)) - 1])
+
+
+def latency_ms(prefix: str, samples_ns: Sequence[int]) -> dict[str, float]:
+    return {
+        f"{prefix}_p50_ms": percentile(samples_ns, 50) / 1e6,
+        f"{prefix}_p95_ms": percentile(samples_ns, 95) / 1e6,
+        f"{prefix}_p99_ms": percentile(samples_ns, 99) / 1e6,
+        f"{prefix}_p999_ms": percentile(samples_ns, 99.9) / 1e6,
+    }
+
+
+def medians(runs: Sequence[dict[str, float]]) -> dict[str, float]:
+    keys = sorted({k for run in runs for k in run})
+    return {k: statistics.median([run[k] for run in runs if k in run]) for k in keys}
+
+
+# -- ratios and targets -------------------------------------------------------
+
+# name: (numerator metric, denominator metric, what it shows)
+RATIOS: dict[str, tuple[str, str, str]] = {
+    "append_p50_vs_empty_rpc_p50": ("append_seq_p50_ms", "echo_seq_p50_ms", "latency over gRPC"),
+    "append_p99_vs_empty_rpc_p99": ("append_seq_p99_ms", "echo_seq_p99_ms", "latency over gRPC"),
+    "append_conc_vs_empty_rpc_conc": (
+        "append_conc_rate",
+        "echo_conc_rate",
+        "SPEC: >= 0.7x",
+    ),
+    "append_conc_vs_lmdb_1put_commits": (
+        "append_conc_rate",
+        "lmdb1_commits_per_s",
+        "> 1: group commit beats one fsync per call",
+    ),
+    "batch1_vs_lmdb_100put": ("batch1_rate", "lmdb100_events_per_s", "batch over raw storage"),
+    "get_p50_vs_empty_rpc_p50": ("get_p50_ms", "echo_seq_p50_ms", "lookup over gRPC"),
+    "get_p99_vs_empty_rpc_p99": ("get_p99_ms", "echo_seq_p99_ms", "lookup over gRPC"),
+}
+
+
+def ratios(values: dict[str, float]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for name, (num, den, _) in RATIOS.items():
+        if num in values and values.get(den):
+            out[name] = values[num] / values[den]
+    return out
+
+
+@dataclass(frozen=True)
+class Target:
+    key: str  # a metric or a ratio
+    op: str  # "<=" or ">="
+    threshold: float
+    text: str
+    source: str = "target"  # "target" (our SPEC §6 target) or "floor" (original design)
+
+    def check(self, values: dict[str, float]) -> bool | None:
+        if self.key not in values:
+            return None
+        v = values[self.key]
+        return v <= self.threshold if self.op == "<=" else v >= self.threshold
+
+
+TARGETS = [
+    Target("append_seq_p50_ms", "<=", 1.0, "append p50 <= 1 ms"),
+    Target("append_seq_p95_ms", "<=", 5.0, "append p95 <= 5 ms", "floor"),
+    Target("append_seq_p99_ms", "<=", 3.0, "append p99 <= 3 ms"),
+    Target("append_seq_p999_ms", "<=", 100.0, "append p99.9 <= 100 ms", "floor"),
+    Target("append_conc_rate", ">=", 2500.0, "8 clients >= 2,500 ev/s"),
+    Target("append_conc_vs_empty_rpc_conc", ">=", 0.7, "8 clients >= 0.7x empty RPC rate"),
+    Target("batch1_rate", ">=", 60000.0, "batched append >= 60,000 ev/s"),
+    Target("replay_rate", ">=", 250000.0, "full replay >= 250,000 ev/s"),
+    Target("get_p99_ms", "<=", 1.0, "GetEvent p99 <= 1 ms"),
+]
+
+
+def evaluate(values: dict[str, float]) -> list[dict[str, Any]]:
+    return [
+        {
+            "target": t.text,
+            "source": t.source,
+            "key": t.key,
+            "value": values.get(t.key),
+            "op": t.op,
+            "threshold": t.threshold,
+            "passed": t.check(values),
+        }
+        for t in TARGETS
+    ]
+
+
+# -- the printed table ----------------------------------------------------------
+
+# (label, metric, unit, floor label, floor metric, floor unit)
+Row = tuple[str, str, str, str, str, str]
+
+
+def _rows(clients_label: str, replay_events: int) -> list[tuple[str, list[Row]]]:
+    seq: list[Row] = [
+        (f"p{p}", f"append_seq_{k}_ms", "ms", f"empty RPC p{p}", f"echo_seq_{k}_ms", "ms")
+        for p, k in (("50", "p50"), ("95", "p95"), ("99", "p99"), ("99.9", "p999"))
+    ]
+    rpc, lmdb1 = "calls/s", "commits/s"
+    return [
+        ("single-event append, 1 client, sequential", seq),
+        (
+            f"8 concurrent single-event appenders ({clients_label})",
+            [
+                ("rate", "append_conc_rate", "ev/s", "empty RPC rate", "echo_conc_rate", rpc),
+                ("rate", "append_conc_rate", "ev/s", "1-put fsync", "lmdb1_commits_per_s", lmdb1),
+                ("call p50", "append_conc_p50_ms", "ms", "empty RPC p50", "echo_conc_p50_ms", "ms"),
+                ("call p99", "append_conc_p99_ms", "ms", "empty RPC p99", "echo_conc_p99_ms", "ms"),
+                (
+                    "server CPU",
+                    "append_conc_server_cpu",
+                    "cores",
+                    "echo",
+                    "echo_conc_server_cpu",
+                    "cores",
+                ),
+                (
+                    "clients CPU",
+                    "append_conc_clients_cpu",
+                    "cores",
+                    "echo",
+                    "echo_conc_clients_cpu",
+                    "cores",
+                ),
+            ],
+        ),
+        (
+            "batched append, 100 events per call",
+            [
+                ("1 client", "batch1_rate", "ev/s", "LMDB 100-put", "lmdb100_events_per_s", "ev/s"),
+                (
+                    "2 clients",
+                    "batch2_rate",
+                    "ev/s",
+                    "LMDB 100-put",
+                    "lmdb100_events_per_s",
+                    "ev/s",
+                ),
+                ("call p50 (1 client)", "batch1_call_p50_ms", "ms", "", "", ""),
+                ("server CPU (1 client)", "batch1_server_cpu", "cores", "", "", ""),
+                ("server CPU (2 clients)", "batch2_server_cpu", "cores", "", "", ""),
+            ],
+        ),
+        (
+            f"full replay of {replay_events:,} events ($all Read, events counted by the client)",
+            [("rate", "replay_rate", "ev/s", "", "", "")],
+        ),
+        (
+            "GetEvent by id (random ids of written events), 1 client, sequential",
+            [
+                ("p50", "get_p50_ms", "ms", "empty RPC p50", "echo_seq_p50_ms", "ms"),
+                ("p99", "get_p99_ms", "ms", "empty RPC p99", "echo_seq_p99_ms", "ms"),
+            ],
+        ),
+        (
+            "floors (same run)",
+            [
+                ("empty RPC p50, 1 client", "echo_seq_p50_ms", "ms", "", "", ""),
+                ("empty RPC p99, 1 client", "echo_seq_p99_ms", "ms", "", "", ""),
+                ("empty RPC rate, 8 clients", "echo_conc_rate", rpc, "", "", ""),
+                ("LMDB 1-put fsync commit p50", "lmdb1_commit_p50_ms", "ms", "", "", ""),
+                ("LMDB 1-put fsync commits", "lmdb1_commits_per_s", lmdb1, "", "", ""),
+                ("LMDB 100-put fsync commits", "lmdb100_events_per_s", "ev/s", "", "", ""),
+            ],
+        ),
+    ]
+
+
+def _fmt(value: float | None, unit: str) -> str:
+    if value is None:
+        return "-"
+    if unit == "ms":
+        return f"{value:.3f} ms"
+    if unit == "cores":
+        return f"{value:.2f} cores"
+    return f"{value:,.0f} {unit}"
+
+
+def render(values: dict[str, float], clients_label: str, replay_events: int) -> str:
+    """The results table: value, floor, ratio, and the target marks of each row."""
+    marks: dict[str, list[str]] = {}
+    for t in TARGETS:
+        ok = t.check(values)
+        if ok is not None:
+            kind = "target" if t.source == "target" else "design floor"
+            mark = "PASS" if ok else "FAIL"
+            marks.setdefault(t.key, []).append(f"{mark}: {kind} {t.op} {_num(t.threshold)}")
+    # The ratio target is shown on the row that computes that ratio.
+    row_ratio = {("append_conc_rate", "echo_conc_rate"): "append_conc_vs_empty_rpc_conc"}
+    lines: list[str] = []
+    for title, rows in _rows(clients_label, replay_events):
+        lines.append(title)
+        for label, key, unit, floor_label, floor_key, floor_unit in rows:
+            value = values.get(key)
+            cells = [f"  {label:<28}{_fmt(value, unit):>16}"]
+            row_marks = marks.pop(key, [])
+            if floor_key:
+                floor = values.get(floor_key)
+                ratio = f"{value / floor:.2f}x" if value is not None and floor else "-"
+                cells.append(f"   {ratio:>7} of {floor_label} ({_fmt(floor, floor_unit)})")
+                ratio_key = row_ratio.get((key, floor_key))
+                if ratio_key:
+                    row_marks += [m.replace("target", "ratio") for m in marks.pop(ratio_key, [])]
+            if row_marks:
+                cells.append("   [" + "; ".join(row_marks) + "]")
+            lines.append("".join(cells))
+    return "\n".join(lines)
+
+
+def summary(doc: dict[str, Any], values: dict[str, float], noisy_cpu: float) -> str:
+    """Everything printed at the end of a run."""
+    m, d, runs = doc["machine"], doc.get("daemon", {}), len(doc["runs"])
+    lines = [
+        f"Lighthouse Store perf ({doc['mode']}, {runs} round{'s' if runs != 1 else ''}"
+        f"{', medians' if runs > 1 else ''}; 1 KiB events; fsync; elapsed {doc['elapsed_s']} s)",
+        f"machine: {m['nproc']} CPUs ({m['cpu_model']}), Python {m['python']}, "
+        f"grpcio {m['grpcio']}, lmdb {m['lmdb']} (LMDB {m['liblmdb']}), "
+        f"data on {m['work_dir_fs']}, load {m['loadavg_at_start'][0]:.2f}",
+        f"daemon: {d.get('server_version', '?')}, {d.get('durability', '?')}; "
+        f"concurrent clients: {doc['concurrent_clients']}",
+        "sizes: " + json.dumps(doc["sizes"]),
+    ]
+    if runs:
+        lines.append(render(values, doc["concurrent_clients"], doc["sizes"]["replay_events"]))
+    if "client_arrangements" in doc:
+        lines.append("client arrangements (8 clients; CPU in cores):")
+        for mode, r in doc["client_arrangements"].items():
+            lines.append(
+                f"  {mode:<10} empty RPC {r['echo_rate']:>6,.0f}/s (server"
+                f" {r['echo_server_cpu']:.2f}, clients {r['echo_clients_cpu']:.2f})"
+                f"   append {r['append_rate']:>6,.0f}/s (server {r['append_server_cpu']:.2f},"
+                f" clients {r['append_clients_cpu']:.2f})   ratio {r['ratio']:.2f}x"
+            )
+    other = doc["noise"]["max_other_cpu"]
+    if other > noisy_cpu:
+        lines.append(
+            f"WARNING: other processes kept up to {other:.2f} cores busy during a"
+            " throughput window: the machine was not quiet, the numbers are unreliable"
+        )
+    missed = [t["target"] for t in doc["targets"] if t["source"] == "target" and not t["passed"]]
+    lines.append(f"SPEC §6 targets missed: {', '.join(missed) if missed else 'none'}")
+    lines += [f"ERROR: {err}" for err in doc["errors"]]
+    return "\n".join(lines)
+
+
+def _num(x: float) -> str:
+    return f"{x:,.0f}" if x >= 10 else f"{x:g}"
+
+
+# -- machine info and the results file -----------------------------------------------
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _fs_type(path: Path) -> str:
+    """The file system type of the mount holding path (from /proc/mounts)."""
+    try:
+        best, fstype = "", "unknown"
+        target = str(path.resolve())
+        for line in Path("/proc/mounts").read_text().splitlines():
+            parts = line.split()
+            mnt = parts[1]
+            inside = target == mnt or target.startswith(mnt.rstrip("/") + "/")
+            if len(parts) > 2 and inside and len(mnt) >= len(best):
+                best, fstype = mnt, parts[2]
+        return fstype
+    except OSError:
+        return "unknown"
+
+
+def _git_commit(repo: Path) -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=5
+        )
+        return out.stdout.strip() if out.returncode == 0 else ""
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def machine_info(work_dir: Path, repo: Path) -> dict[str, Any]:
+    import lmdb
+
+    try:
+        cpus_usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cpus_usable = os.cpu_count() or 0
+    mem_kib = 0
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_kib = int(line.split()[1])
+    except OSError:
+        pass
+    return {
+        "nproc": cpus_usable,
+        "cpu_count": os.cpu_count(),
+        "cpu_model": _cpu_model(),
+        "memory_gib": round(mem_kib / 1024**2, 1),
+        "loadavg_at_start": list(os.getloadavg()),
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "python_implementation": platform.python_implementation(),
+        "grpcio": _version("grpcio"),
+        "protobuf": _version("protobuf"),
+        "lmdb": _version("lmdb"),
+        "liblmdb": ".".join(str(x) for x in lmdb.version()),
+        "lighthouse_store": _version("lighthouse-store"),
+        "work_dir_fs": _fs_type(work_dir),
+        "git_commit": _git_commit(repo),
+    }
+
+
+def write_json(path: Path, doc: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=2, sort_keys=False) + "\n")
+    tmp.replace(path)

@@ -1,0 +1,354 @@
+"""Client side of the perf harness: what one client does, in a worker process.
+
+A :class:`Spec` says what to call (an empty echo RPC, a single-event or batched
+Append, GetEvent, a full ``$all`` Read), how often (``max_calls``) and for how
+long (``duration_s``). Every loop stops at whichever bound comes first.
+
+Clients run only in worker processes (``pool.py``), never in the process that
+coordinates: :func:`worker_main` takes a task, builds its clients (synchronous
+stubs on threads, or ``grpc.aio`` tasks), each with its own channel and TCP
+connection, warms them up, reports ready, waits for the shared start instant,
+calls until the deadline or the call cap, and sends back one Result per client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any, Literal
+
+import grpc
+
+from lighthouse_client import pb, pb_grpc
+
+Op = Literal["echo", "append", "get_event", "replay"]
+Style = Literal["sync", "asyncio"]
+
+ECHO_METHOD = "/lighthouse.perf.v1.Echo/Echo"
+EVENT_BYTES = 1024
+EVENT_TYPE = "BenchEvent"
+CONTENT_TYPE = "application/octet-stream"
+RPC_TIMEOUT_S = 30.0
+MAX_ERRORS = 20  # a client stops after this many failed calls
+CHANNEL_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    # One connection per client, as separate client programs would have.
+    ("grpc.use_local_subchannel_pool", 1),
+]
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What each client of a run does."""
+
+    op: Op
+    address: str
+    duration_s: float
+    max_calls: int
+    warmup_calls: int = 0
+    events_per_call: int = 1  # append
+    stream: str = "bench"  # append: client i writes to "<stream>-<i>"
+    event_ids: tuple[str, ...] = ()  # get_event: ids to pick from at random
+    replay_count: int = 0  # replay: max_count of the $all Read
+    keep_ids: bool = False  # append: return the event ids written (timed calls only)
+
+
+@dataclass
+class Result:
+    """What one client did in the timed part of a run."""
+
+    calls: int = 0
+    events: int = 0
+    start_ns: int = 0  # the shared start instant
+    end_ns: int = 0  # when this client's last call completed
+    latencies_ns: list[int] = field(default_factory=list)
+    errors: int = 0
+    first_error: str = ""
+    event_ids: list[str] = field(default_factory=list)
+
+
+# -- requests --------------------------------------------------------------
+
+
+class Requests:
+    """Builds the next request of one client; cheap, so the client measures the server."""
+
+    def __init__(self, spec: Spec, client_index: int) -> None:
+        self.spec = spec
+        self.stream = f"{spec.stream}-{client_index}"
+        self.payload = os.urandom(EVENT_BYTES)
+        # Canonical UUIDv4 text: a random 8-4-4-4- prefix per client and a
+        # 12-hex-digit counter, unique without a syscall per event.
+        self._prefix = str(uuid.uuid4())[:24]
+        self._counter = 0
+        self._rng = random.Random(client_index)
+        self.keep_ids = False
+        self.ids: list[str] = []
+
+    def next(self) -> Any:
+        op = self.spec.op
+        if op == "echo":
+            return b""
+        if op == "append":
+            return self._append()
+        if op == "get_event":
+            return pb.GetEventRequest(event_id=self._rng.choice(self.spec.event_ids))
+        return pb.ReadRequest(stream="$all", from_position=1, max_count=self.spec.replay_count)
+
+    def _append(self) -> pb.AppendRequest:
+        events = []
+        for _ in range(self.spec.events_per_call):
+            self._counter += 1
+            event_id = f"{self._prefix}{self._counter:012x}"
+            if self.keep_ids:
+                self.ids.append(event_id)
+            events.append(
+                pb.ProposedEvent(
+                    event_id=event_id,
+                    event_type=EVENT_TYPE,
+                    data=self.payload,
+                    content_type=CONTENT_TYPE,
+                )
+            )
+        return pb.AppendRequest(stream=self.stream, events=events)
+
+
+def _events_in(op: Op, spec: Spec, response: Any) -> int:
+    if op == "append":
+        return spec.events_per_call
+    if op == "get_event":
+        return 1
+    return 0
+
+
+# -- synchronous clients ---------------------------------------------------
+
+
+def _sync_call(spec: Spec, channel: grpc.Channel) -> Callable[[Any], int]:
+    if spec.op == "echo":
+        echo = channel.unary_unary(ECHO_METHOD, _registered_method=True)
+
+        def call_echo(request: Any) -> int:
+            echo(request, timeout=RPC_TIMEOUT_S)
+            return 0
+
+        return call_echo
+    stub = pb_grpc.EventStoreServiceStub(channel)
+    if spec.op == "replay":
+
+        def call_replay(request: Any) -> int:
+            n = 0
+            for page in stub.Read(request, timeout=RPC_TIMEOUT_S * 4):
+                n += len(page.events)
+            return n
+
+        return call_replay
+    method = stub.Append if spec.op == "append" else stub.GetEvent
+
+    def call_unary(request: Any) -> int:
+        return _events_in(spec.op, spec, method(request, timeout=RPC_TIMEOUT_S))
+
+    return call_unary
+
+
+class SyncClient:
+    def __init__(self, spec: Spec, client_index: int) -> None:
+        self.spec = spec
+        self.requests = Requests(spec, client_index)
+        self.channel = grpc.insecure_channel(spec.address, options=CHANNEL_OPTIONS)
+        self.call = _sync_call(spec, self.channel)
+        self.result = Result()
+
+    def warmup(self) -> None:
+        grpc.channel_ready_future(self.channel).result(timeout=RPC_TIMEOUT_S)
+        for _ in range(self.spec.warmup_calls):
+            self.call(self.requests.next())
+
+    def run(self, start_ns: int) -> None:
+        spec, res, requests, call = self.spec, self.result, self.requests, self.call
+        requests.keep_ids = spec.keep_ids
+        res.start_ns = start_ns
+        deadline = start_ns + int(spec.duration_s * 1e9)
+        lat = res.latencies_ns
+        sleep_until(start_ns)
+        clock = time.monotonic_ns
+        while res.calls < spec.max_calls and clock() < deadline:
+            request = requests.next()
+            t0 = clock()
+            try:
+                n = call(request)
+            except grpc.RpcError as exc:
+                if _note_error(res, exc):
+                    break
+                continue
+            t1 = clock()
+            lat.append(t1 - t0)
+            res.calls += 1
+            res.events += n
+            res.end_ns = t1
+        res.event_ids = requests.ids
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+def _note_error(res: Result, exc: BaseException) -> bool:
+    """Count a failed call; True when the client should give up."""
+    res.errors += 1
+    if not res.first_error:
+        res.first_error = f"{type(exc).__name__}: {exc}"[:2000]
+    return res.errors >= MAX_ERRORS
+
+
+def sleep_until(t_ns: int) -> None:
+    delay = (t_ns - time.monotonic_ns()) / 1e9
+    if delay > 0:
+        time.sleep(delay)
+
+
+def _run_sync(conn: Connection, spec: Spec, base_index: int, n: int) -> list[Result]:
+    clients = [SyncClient(spec, base_index + i) for i in range(n)]
+    try:
+        for c in clients:
+            c.warmup()
+        conn.send(("ready",))
+        start_ns = _recv_go(conn)
+        if n == 1:
+            clients[0].run(start_ns)
+        else:
+            threads = [threading.Thread(target=c.run, args=(start_ns,)) for c in clients]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(spec.duration_s + RPC_TIMEOUT_S * 5)
+        return [c.result for c in clients]
+    finally:
+        for c in clients:
+            c.close()
+
+
+def _recv_go(conn: Connection) -> int:
+    if not conn.poll(RPC_TIMEOUT_S * 4):
+        raise TimeoutError("no start signal from the coordinator")
+    msg = conn.recv()
+    if msg[0] != "go":
+        raise RuntimeError(f"expected go, got {msg[0]!r}")
+    return int(msg[1])
+
+
+# -- asyncio clients -------------------------------------------------------
+
+
+def _async_call(spec: Spec, channel: grpc.aio.Channel) -> Callable[[Any], Awaitable[int]]:
+    if spec.op == "echo":
+        echo = channel.unary_unary(ECHO_METHOD, _registered_method=True)
+
+        async def call_echo(request: Any) -> int:
+            await echo(request, timeout=RPC_TIMEOUT_S)
+            return 0
+
+        return call_echo
+    stub = pb_grpc.EventStoreServiceStub(channel)
+    if spec.op == "replay":
+
+        async def call_replay(request: Any) -> int:
+            n = 0
+            async for page in stub.Read(request, timeout=RPC_TIMEOUT_S * 4):
+                n += len(page.events)
+            return n
+
+        return call_replay
+    method = stub.Append if spec.op == "append" else stub.GetEvent
+
+    async def call_unary(request: Any) -> int:
+        return _events_in(spec.op, spec, await method(request, timeout=RPC_TIMEOUT_S))
+
+    return call_unary
+
+
+async def _async_client(
+    spec: Spec, client_index: int, ready: asyncio.Queue[int], go: asyncio.Future[int]
+) -> Result:
+    requests = Requests(spec, client_index)
+    res = Result()
+    async with grpc.aio.insecure_channel(spec.address, options=CHANNEL_OPTIONS) as channel:
+        call = _async_call(spec, channel)
+        await asyncio.wait_for(channel.channel_ready(), RPC_TIMEOUT_S)
+        for _ in range(spec.warmup_calls):
+            await call(requests.next())
+        await ready.put(client_index)
+        start_ns = await go
+        requests.keep_ids = spec.keep_ids
+        res.start_ns = start_ns
+        deadline = start_ns + int(spec.duration_s * 1e9)
+        delay = (start_ns - time.monotonic_ns()) / 1e9
+        if delay > 0:
+            await asyncio.sleep(delay)
+        clock = time.monotonic_ns
+        lat = res.latencies_ns
+        while res.calls < spec.max_calls and clock() < deadline:
+            request = requests.next()
+            t0 = clock()
+            try:
+                n = await call(request)
+            except grpc.RpcError as exc:
+                if _note_error(res, exc):
+                    break
+                continue
+            t1 = clock()
+            lat.append(t1 - t0)
+            res.calls += 1
+            res.events += n
+            res.end_ns = t1
+        res.event_ids = requests.ids
+    return res
+
+
+async def _run_async_main(conn: Connection, spec: Spec, base_index: int, n: int) -> list[Result]:
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Queue[int] = asyncio.Queue()
+    go: asyncio.Future[int] = loop.create_future()
+    tasks = [asyncio.create_task(_async_client(spec, base_index + i, ready, go)) for i in range(n)]
+    try:
+        for _ in range(n):
+            await asyncio.wait_for(ready.get(), RPC_TIMEOUT_S * 4)
+        conn.send(("ready",))
+        go.set_result(await loop.run_in_executor(None, _recv_go, conn))
+        limit = spec.duration_s + RPC_TIMEOUT_S * 5
+        return list(await asyncio.wait_for(asyncio.gather(*tasks), limit))
+    finally:
+        for t in tasks:
+            t.cancel()
+
+
+def _run_async(conn: Connection, spec: Spec, base_index: int, n: int) -> list[Result]:
+    return asyncio.run(_run_async_main(conn, spec, base_index, n))
+
+
+# -- worker process ----------------------------------------------------------
+
+
+def worker_main(conn: Connection) -> None:
+    """Entry point of a client process: run tasks until told to exit."""
+    try:
+        while True:
+            msg = conn.recv()
+            if msg[0] == "exit":
+                return
+            _, spec, style, base_index, n = msg
+            try:
+                runner = _run_async if style == "asyncio" else _run_sync
+                conn.send(("result", runner(conn, spec, base_index, n)))
+            except Exception:
+                conn.send(("error", traceback.format_exc()))
+    except (EOFError, OSError, KeyboardInterrupt):  # the coordinator is gone
+        return

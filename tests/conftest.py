@@ -1,0 +1,112 @@
+"""Fixtures: real daemon subprocesses on loopback, each on its own data dir."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Callable, Generator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lighthouse_store.testing import DaemonProcess
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from support import DaemonFactory
+
+
+def _shutdown(d: DaemonProcess) -> None:
+    if d.running():
+        try:
+            d.stop(timeout=20)
+        except Exception:
+            with contextlib.suppress(Exception):
+                d.kill9()
+    else:
+        with contextlib.suppress(Exception):
+            d._reap(kill=True)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    rep = yield
+    setattr(item, "rep_" + rep.when, rep)
+    return rep
+
+
+def _failed(node: Any) -> bool:
+    rep = getattr(node, "rep_call", None) or getattr(node, "rep_setup", None)
+    return bool(rep is not None and rep.failed)
+
+
+def _make_factory(base: Path, created: list[DaemonProcess]) -> Callable[..., DaemonProcess]:
+    counter = [0]
+
+    def make(
+        data_dir: Path | None = None,
+        *,
+        extra_args: Sequence[str] = (),
+        env: dict[str, str] | None = None,
+        start: bool = True,
+    ) -> DaemonProcess:
+        counter[0] += 1
+        if data_dir is None:
+            data_dir = base / f"data{counter[0]}"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        d = DaemonProcess(
+            data_dir,
+            extra_args=list(extra_args),
+            env=env,
+            log_path=base / f"daemon{counter[0]}.log",
+        )
+        created.append(d)
+        if start:
+            d.start()
+        return d
+
+    return make
+
+
+def _print_logs(created: list[DaemonProcess]) -> None:
+    for d in created:
+        text = d.log_text()
+        print(f"----- daemon log {d.log_path} (last 3000 chars) -----\n{text[-3000:]}")
+
+
+@pytest.fixture
+def daemon_factory(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> Generator[DaemonFactory, None, None]:
+    """Start more daemons; all of them are stopped at teardown."""
+    created: list[DaemonProcess] = []
+    make: Any = _make_factory(tmp_path, created)
+    yield make
+    for d in created:
+        _shutdown(d)
+    if _failed(request.node):
+        _print_logs(created)
+
+
+@pytest.fixture
+def daemon(daemon_factory: DaemonFactory) -> DaemonProcess:
+    """A fresh daemon (fsync durability, default limits) on an empty data dir."""
+    return daemon_factory()
+
+
+@pytest.fixture
+def stub(daemon: DaemonProcess) -> Any:
+    return daemon.stub()
+
+
+@pytest.fixture(scope="module")
+def module_daemon_factory(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Generator[DaemonFactory, None, None]:
+    """Like daemon_factory, shared by all tests of one module."""
+    created: list[DaemonProcess] = []
+    make: Any = _make_factory(tmp_path_factory.mktemp("mod"), created)
+    yield make
+    for d in created:
+        _shutdown(d)

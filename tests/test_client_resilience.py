@@ -1,0 +1,253 @@
+"""Client retries, resumable subscriptions, degraded mode and the outbox, with
+real daemons stopped, killed and restarted."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from support import DaemonFactory
+
+from lighthouse_client import (
+    NO_STREAM,
+    AsyncStoreClient,
+    BreakerState,
+    CircuitBreaker,
+    DeadLetter,
+    NewEvent,
+    Outbox,
+    ReadCache,
+    RetryPolicy,
+    StoreClient,
+    Unavailable,
+)
+from lighthouse_store.testing import DaemonProcess
+
+
+def restart_later(daemon: DaemonProcess, delay: float) -> threading.Thread:
+    def run() -> None:
+        time.sleep(delay)
+        daemon.start()
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t
+
+
+# -- retries ------------------------------------------------------------------
+
+
+def test_call_succeeds_when_the_daemon_comes_back_within_the_deadline(
+    daemon: DaemonProcess,
+) -> None:
+    with StoreClient(daemon.address, timeout=30.0) as client:
+        client.append("s", NewEvent("A"))
+        daemon.stop()
+        t = restart_later(daemon, 1.0)
+        try:
+            result = client.append("s", NewEvent("B"), 0)  # starts while the daemon is down
+        finally:
+            t.join(30)
+        assert result.last_revision == 1
+        assert [e.event_type for e in client.read_stream("s")] == ["A", "B"]
+
+
+def test_an_append_whose_reply_was_lost_is_written_once(
+    daemon_factory: DaemonFactory, tmp_path: Path
+) -> None:
+    env = dict(os.environ, LIGHTHOUSE_FAULT_EXIT_AFTER_COMMITS="2")
+    daemon = daemon_factory(env=env)  # dies after the 2nd commit, before replying
+    with StoreClient(daemon.address, timeout=60.0) as client:
+        client.append("s", NewEvent("first"))
+        watcher_done = threading.Event()
+
+        def restart_when_dead() -> None:
+            assert daemon.proc is not None
+            daemon.proc.wait(60)
+            daemon.env = dict(os.environ)  # back without the fault
+            daemon.start()
+            watcher_done.set()
+
+        t = threading.Thread(target=restart_when_dead)
+        t.start()
+        event = NewEvent("lost-reply")
+        result = client.append("s", event, 0)
+        t.join(60)
+        assert watcher_done.is_set(), "the fault hook did not fire"
+        assert result.last_revision == 1
+        events = client.read_stream("s")
+        assert [e.event_id for e in events].count(event.event_id) == 1
+        assert len(events) == 2
+
+
+# -- resumable subscriptions -------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_subscription_survives_kill9_and_restart(daemon: DaemonProcess) -> None:
+    total = 10_000
+    with StoreClient(daemon.address, timeout=60.0) as writer_client, \
+            StoreClient(daemon.address) as reader_client:
+        sub = reader_client.subscribe(start="start", window=500)
+        errors: list[BaseException] = []
+
+        def write() -> None:
+            try:
+                for i in range(total // 100):
+                    writer_client.append(f"s-{i % 5}", [NewEvent("E") for _ in range(100)])
+            except BaseException as exc:
+                errors.append(exc)
+
+        t = threading.Thread(target=write)
+        t.start()
+        seen: list[int] = []
+        killed = False
+        deadline = time.monotonic() + 180
+        for event in sub:
+            seen.append(event.position)
+            if len(seen) == 3_000 and not killed:
+                daemon.kill9()
+                killed = True
+                daemon.start()
+            if len(seen) >= total or time.monotonic() > deadline:
+                break
+        t.join(120)
+        sub.close()
+        assert not errors, errors
+        assert killed and sub.reconnects >= 1
+        assert seen == list(range(1, total + 1))
+
+
+def test_named_consumer_ack_is_flushed_on_close_and_resumed(daemon: DaemonProcess) -> None:
+    with StoreClient(daemon.address) as client:
+        client.append("s", [NewEvent("E") for _ in range(50)])
+        sub = client.subscribe(consumer="worker", start="start")
+        for event in sub:
+            if event.position % 10 == 0:
+                sub.ack(event)
+            if event.position == 30:
+                break
+        sub.close()  # waits until the daemon confirms ack 30 is stored
+    daemon.kill9()
+    daemon.start()
+    with StoreClient(daemon.address) as client:
+        sub = client.subscribe(consumer="worker", start="start")
+        assert next(sub).position == 31
+        sub.close()
+
+
+def test_async_subscription_resumes_across_a_restart(daemon: DaemonProcess) -> None:
+    async def main() -> list[int]:
+        async with AsyncStoreClient(daemon.address, timeout=30.0) as client:
+            await client.append("s", [NewEvent("E") for _ in range(200)])
+            sub = client.subscribe(start="start", window=50)
+            seen: list[int] = []
+            async for event in sub:
+                seen.append(event.position)
+                if event.position == 120:
+                    await asyncio.to_thread(daemon.stop)
+                    await asyncio.to_thread(daemon.start)
+                    await client.append("s", [NewEvent("E") for _ in range(100)])
+                if len(seen) == 300:
+                    break
+            await sub.close()
+            return seen
+
+    assert asyncio.run(main()) == list(range(1, 301))
+
+
+# -- degraded mode --------------------------------------------------------------
+
+
+def test_degraded_reads_come_from_the_cache(daemon: DaemonProcess, tmp_path: Path) -> None:
+    cache_dir = tmp_path / "cache"
+    cache = ReadCache(path=cache_dir)
+    with StoreClient(daemon.address, timeout=1.0, cache=cache) as client:
+        client.append("orders", [NewEvent("E", bytes([i])) for i in range(5)])
+        fresh = client.read_stream("orders")
+        one = client.get_event(fresh[2].event_id)
+        client.read_all()
+        client.info()
+        daemon.stop()
+        stale = client.read_stream("orders")
+        assert stale.stale and stale.events == fresh.events
+        assert stale.fetched_at is not None and stale.fetched_at <= time.time()
+        assert stale.head_position == 5
+        cached = client.get_event(one.event.event_id)
+        assert cached.stale and cached.event == one.event
+        tail = client.read_all(from_position=4)
+        assert tail.stale and [e.position for e in tail] == [4, 5]
+        with pytest.raises(Unavailable):
+            client.read_stream("never-read")
+        with pytest.raises(Unavailable):
+            client.get_event("0190f0c4-6f1e-7c3a-9b1d-2f4e5a6b7c8d")
+    cache.close()
+    # A new client process (new cache object) on the same directory, daemon still down.
+    cache = ReadCache(path=cache_dir)
+    try:
+        with StoreClient(daemon.address, timeout=1.0, cache=cache) as client:
+            again = client.read_stream("orders")
+            assert again.stale and [e.data for e in again] == [bytes([i]) for i in range(5)]
+    finally:
+        cache.close()
+
+
+def state_of(breaker: CircuitBreaker) -> BreakerState:
+    return breaker.state  # a call, so that mypy does not narrow the property
+
+
+def test_circuit_breaker_opens_and_half_opens(daemon: DaemonProcess) -> None:
+    breaker = CircuitBreaker(failure_threshold=3, reset_timeout=1.0)
+    policy = RetryPolicy(max_attempts=1)
+    with StoreClient(daemon.address, timeout=1.0, breaker=breaker, retry=policy) as client:
+        client.info()
+        daemon.stop()
+        for _ in range(3):
+            with pytest.raises(Unavailable):
+                client.info()
+        assert state_of(breaker) is BreakerState.OPEN
+        with pytest.raises(Unavailable) as fast:
+            client.info()
+        assert "circuit" in fast.value.message
+        daemon.start()
+        time.sleep(1.2)
+        assert state_of(breaker) is BreakerState.HALF_OPEN
+        assert client.info().head_position == 0  # the probe succeeds and closes it
+        assert state_of(breaker) is BreakerState.CLOSED
+
+
+@pytest.mark.slow
+def test_outbox_queues_while_down_and_flushes_in_order(
+    daemon: DaemonProcess, tmp_path: Path
+) -> None:
+    outbox = Outbox(tmp_path / "outbox")
+    dead: list[DeadLetter] = []
+    breaker = CircuitBreaker(failure_threshold=2, reset_timeout=0.5)
+    with StoreClient(daemon.address, timeout=1.0, outbox=outbox, breaker=breaker,
+                     on_conflict=dead.append, outbox_flush_interval=3600) as client:
+        client.append("taken", NewEvent("A"))
+        daemon.stop()
+        sent = [NewEvent("E", str(i).encode()) for i in range(1000)]
+        results = [client.append(f"q-{i % 4}", e) for i, e in enumerate(sent)]
+        assert all(r.queued for r in results)
+        conflict = client.append("taken", NewEvent("B"), NO_STREAM)  # will conflict
+        assert conflict.queued and len(outbox) == 1001
+        daemon.start()
+        time.sleep(0.6)  # let the breaker half-open
+        deadline = time.monotonic() + 60
+        while len(outbox) and time.monotonic() < deadline:
+            client.flush_outbox(timeout=10)
+        assert len(outbox) == 0
+        stored = [e for e in client.read_all() if e.event_type == "E"]
+        assert [e.event_id for e in stored] == [e.event_id for e in sent]
+        assert [d.entry.stream for d in dead] == ["taken"]
+        assert "WrongExpectedRevision" in dead[0].reason
+        assert [d.entry.seq for d in outbox.dead_letters()] == [dead[0].entry.seq]
+        # Flushing again writes nothing twice.
+        client.flush_outbox()
+        assert len([e for e in client.read_all() if e.event_type == "E"]) == 1000
+    outbox.close()
