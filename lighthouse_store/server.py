@@ -1,9 +1,11 @@
 """The daemon: wires storage, the writer and the gRPC server, and runs them.
 
 Each concern is wired in its own small ``_configure_*`` function (as in the
-grpc examples). Shutdown on SIGTERM/SIGINT: health flips to NOT_SERVING, the
-server stops taking calls and gives in-flight ones ``shutdown_grace_seconds``,
-the writer commits everything already queued, storage closes, the lock goes.
+grpc examples). Shutdown on SIGTERM/SIGINT: health flips to NOT_SERVING, subscriptions end
+with UNAVAILABLE, new appends are refused with UNAVAILABLE until callers go
+quiet (``_drain``), the server stops taking calls and gives in-flight ones
+``shutdown_grace_seconds``, the writer commits everything already queued,
+storage closes, the lock goes.
 """
 
 from __future__ import annotations
@@ -83,6 +85,24 @@ def _bind(server: grpc.aio.Server, listen: str) -> str:
     return f"{host}:{port}"
 
 
+async def _drain(writer: GroupCommitWriter, quiet: float = 0.05, limit: float = 2.0) -> None:
+    """Answer late appends with UNAVAILABLE until callers stop sending.
+
+    ``server.stop()`` cancels calls that gRPC had received but not yet handed
+    to a handler (clients see CANCELLED, which they do not retry). So first the
+    writer refuses new appends with ShuttingDown (UNAVAILABLE, recoverable),
+    and the server stops only once nothing has been queued or refused for
+    ``quiet`` seconds (at most ``limit``).
+    """
+    writer.refuse_new()
+    loop = asyncio.get_running_loop()
+    end = loop.time() + limit
+    while loop.time() < end:
+        await asyncio.sleep(quiet)
+        if writer.quiet_for(quiet):
+            return
+
+
 async def serve(config: Config) -> None:
     """Run the daemon until SIGTERM/SIGINT. Raises DataDirLocked, BindError."""
     lock = DataDirLock(config.data_dir).acquire()
@@ -131,6 +151,7 @@ async def _run(config: Config, store: LmdbEventStore) -> None:
         log.info("shutting down: draining in-flight calls")
         await health_servicer.enter_graceful_shutdown()
         hub.shut_down()
+        await _drain(writer)
         await server.stop(config.shutdown_grace_seconds)
     finally:
         await writer.stop()

@@ -76,12 +76,21 @@ class GroupCommitWriter:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="lighthouse-writer")
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._last_refusal = 0.0
 
     def add_listener(self, listener: CommitListener) -> None:
         self._listeners.append(listener)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="group-commit")
+
+    def refuse_new(self) -> None:
+        """From now on appends fail at once with ShuttingDown (UNAVAILABLE)."""
+        self._closing = True
+
+    def quiet_for(self, seconds: float) -> bool:
+        """Nothing queued and no append refused for ``seconds`` (drain is done)."""
+        return self._queue.empty() and time.monotonic() - self._last_refusal >= seconds
 
     async def stop(self) -> None:
         """Refuse new appends, commit everything already queued, then stop."""
@@ -98,6 +107,7 @@ class GroupCommitWriter:
 
     async def append(self, command: AppendCommand) -> AppendResult:
         if self._closing:
+            self._last_refusal = time.monotonic()
             raise ShuttingDown("the store is shutting down; retry later")
         if (
             self._queue.qsize() >= self._max_queue
