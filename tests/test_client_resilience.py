@@ -251,3 +251,34 @@ def test_outbox_queues_while_down_and_flushes_in_order(
         client.flush_outbox()
         assert len([e for e in client.read_all() if e.event_type == "E"]) == 1000
     outbox.close()
+
+
+def test_async_degraded_mode_and_outbox(daemon: DaemonProcess, tmp_path: Path) -> None:
+    cache = ReadCache()
+    outbox = Outbox(tmp_path / "outbox")
+    breaker = CircuitBreaker(failure_threshold=1, reset_timeout=0.3)
+
+    async def main() -> None:
+        async with AsyncStoreClient(daemon.address, timeout=1.0, cache=cache, outbox=outbox,
+                                    breaker=breaker, outbox_flush_interval=0.1) as client:
+            await client.append("s", [NewEvent("A"), NewEvent("B")])
+            fresh = await client.read_stream("s")
+            await asyncio.to_thread(daemon.stop)
+            stale = await client.read_stream("s")
+            assert stale.stale and stale.events == fresh.events
+            queued = await client.append("s", NewEvent("C"), 1)
+            assert queued.queued and len(outbox) == 1
+            await asyncio.to_thread(daemon.start)
+            for _ in range(200):  # the background flusher sends it once the breaker half-opens
+                if not len(outbox):
+                    break
+                await asyncio.sleep(0.05)
+            assert len(outbox) == 0
+            again = await client.read_stream("s")
+            assert not again.stale and [e.event_type for e in again] == ["A", "B", "C"]
+
+    try:
+        asyncio.run(main())
+    finally:
+        outbox.close()
+        cache.close()
