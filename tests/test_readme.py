@@ -45,3 +45,22 @@ def test_readme_grpcurl_examples_run_as_written(daemon: DaemonProcess) -> None:
     info = json.loads(outputs["lighthouse.store.v1.EventStoreService/GetInfo"])
     assert info["head_position"] == "1" and info["durability"] == "DURABILITY_FSYNC"
     assert json.loads(outputs["grpc.health.v1.Health/Check"]) == {"status": "SERVING"}
+
+
+def readme_python_examples() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+
+
+def test_readme_python_examples_run_as_written(daemon: DaemonProcess) -> None:
+    examples = readme_python_examples()
+    assert len(examples) >= 4, "README lost its client examples"
+    for code in examples:
+        assert README_ADDRESS in code
+        proc = subprocess.run(
+            [sys.executable, "-c", code.replace(README_ADDRESS, daemon.address)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 0, f"{code}\n{proc.stderr}"
+        assert proc.stdout.strip(), code
