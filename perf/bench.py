@@ -18,6 +18,7 @@ errored, 3 with --strict when a SPEC §6 target was missed.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shutil
 import signal
@@ -41,10 +42,11 @@ PERF_DIR = Path(__file__).resolve().parent
 REPO = PERF_DIR.parent
 CONCURRENT_CLIENTS = 8
 NOISY_CPU = 0.25  # cores used by other processes during a window before we warn
-# Measured on the 2-core machines (perf/README.md): separate processes leave
-# the server's core to the server; threads and one asyncio loop are capped by
-# the client's own GIL first.
-DEFAULT_CLIENTS = "processes"
+# Chosen by --compare-clients on the 2-core machines (perf/README.md): one
+# grpc.aio client process costs the least client CPU per call, so it leaves the
+# most CPU to the server, which then runs at ~1 core (the bottleneck) while the
+# client process stays well under one core (not capped by its own GIL).
+DEFAULT_CLIENTS = "asyncio"
 
 
 @dataclass(frozen=True)
@@ -81,14 +83,15 @@ class Bench:
         self.pool: ClientPool | None = None
         self.echo: echo_server.EchoServer | None = None
         self.daemon: Any = None
+        self._env: Any = None  # read-only handle on the daemon's LMDB env (commit counter)
 
     # -- setup -------------------------------------------------------------
 
     def start(self) -> None:
         from lighthouse_store.testing import DaemonProcess
 
-        needed = CONCURRENT_CLIENTS if self.args.compare_clients else max(2, self.arr.processes)
-        log(f"starting {needed} client processes, the echo server and the daemon")
+        needed = CONCURRENT_CLIENTS if self.args.compare_clients else self.arr.processes
+        log(f"starting {needed} client process(es), the echo server and the daemon")
         self.pool = ClientPool(needed)
         self.echo = echo_server.EchoServer(PERF_DIR / "echo_server.py", self.work / "echo.log")
         self.echo.start()
@@ -106,6 +109,7 @@ class Bench:
     def stop(self) -> None:
         """Stop everything this run started, each by its PID; never raises."""
         for name, fn in (
+            ("LMDB handle", self._env.close if self._env is not None else None),
             ("client pool", self.pool.close if self.pool else None),
             ("echo server", self.echo.stop if self.echo else None),
             ("daemon", self.daemon.stop if self.daemon is not None else None),
@@ -118,6 +122,22 @@ class Bench:
                 log(f"stopping the {name} failed: {exc!r}")
                 if name == "daemon" and self.daemon.running():
                     self.daemon.kill9()
+
+    def commits(self) -> float:
+        """LMDB write transactions committed so far in the daemon's env (last_txnid).
+
+        Read from the env's meta pages through a read-only handle, without a read
+        transaction, so the daemon is not held up. NaN if it cannot be read.
+        """
+        try:
+            if self._env is None:
+                import lmdb
+
+                path = self.work / "data" / "lmdb"  # the layout in lighthouse_store/lmdb_store.py
+                self._env = lmdb.open(str(path), readonly=True, create=False, max_dbs=16)
+            return float(self._env.info()["last_txnid"])
+        except Exception:
+            return math.nan
 
     def daemon_info(self) -> dict[str, Any]:
         info = self.daemon.stub().GetInfo(pb.GetInfoRequest(), timeout=10)
@@ -133,8 +153,10 @@ class Bench:
 
     def run(self, phase: str, spec: Spec, arr: Arrangement = SEQUENTIAL) -> Run:
         assert self.pool is not None and self.echo is not None
-        server = self.echo.pid if spec.address == self.echo.address else self.daemon.pid
-        run = self.pool.run(spec, arr, server_pid=server)
+        to_echo = spec.address == self.echo.address
+        server = self.echo.pid if to_echo else self.daemon.pid
+        probe = self.commits if spec.op == "append" else None
+        run = self.pool.run(spec, arr, server_pid=server, probe=probe)
         errors = sum(r.errors for r in run.results)
         if errors:
             first = next(r.first_error for r in run.results if r.first_error)
@@ -284,7 +306,10 @@ def _rate(run: Run, calls: bool = False) -> float:
 def _conc(prefix: str, run: Run, calls: bool = False, prefix_latency: str = "") -> dict[str, float]:
     lat = _latencies(run)
     p = prefix_latency or prefix
-    return {
+    appends = sum(r.calls for r in run.results)
+    delta = run.probe_delta
+    per_commit = {f"{prefix}_appends_per_commit": appends / delta} if delta > 0 else {}
+    return per_commit | {
         f"{prefix}_rate": _rate(run, calls),
         f"{prefix}_server_cpu": run.server_cpu,
         f"{prefix}_clients_cpu": run.clients_cpu,
@@ -369,7 +394,6 @@ def main(argv: list[str] | None = None) -> int:
         "mode": "quick" if args.quick else "full",
         "sizes": asdict(sizes),
         "event_bytes": 1024,
-        "durability": "fsync",
         "concurrent_clients": bench.arr.describe(),
         "machine": report.machine_info(work, REPO),
     }
@@ -379,6 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         bench.start()
         doc["daemon"] = bench.daemon_info()
+        doc["durability"] = doc["daemon"]["durability"]
         if doc["daemon"]["durability"] != "DURABILITY_FSYNC" and not args.daemon_arg:
             bench.errors.append(f"daemon durability is {doc['daemon']['durability']}")
         for i in range(args.repeat):
@@ -405,9 +430,11 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(work, ignore_errors=True)
 
+    for run in runs:
+        run |= report.ratios(run)
     values = report.medians(runs) if runs else {}
-    values |= report.ratios(values)
-    other = [v for run in runs for k, v in run.items() if k.endswith("_other_cpu")]
+    compared = list(doc.get("client_arrangements", {}).values())
+    other = [v for run in runs + compared for k, v in run.items() if k.endswith("_other_cpu")]
     doc |= {
         "elapsed_s": round(time.monotonic() - t0, 1),
         "noise": {

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -71,6 +72,7 @@ class Run:
     server_cpu: float  # CPU seconds per wall second (1.0 = one core busy)
     clients_cpu: float  # the same, summed over the client processes
     machine_cpu: float  # the same, for the whole machine (all processes)
+    probe_delta: float = 0.0  # how much the caller's probe counter grew meanwhile
 
     @property
     def other_cpu(self) -> float:
@@ -127,8 +129,14 @@ class ClientPool:
     def size(self) -> int:
         return len(self._procs)
 
-    def run(self, spec: Spec, arr: Arrangement, server_pid: int = 0) -> Run:
-        """Run spec on every client of arr: one Result per client, and CPU use."""
+    def run(
+        self,
+        spec: Spec,
+        arr: Arrangement,
+        server_pid: int = 0,
+        probe: Callable[[], float] | None = None,
+    ) -> Run:
+        """Run spec on every client of arr: one Result per client, CPU use, probe delta."""
         if arr.processes > len(self._conns):
             raise ValueError(f"pool has {len(self._conns)} processes, run needs {arr.processes}")
         conns = self._conns[: arr.processes]
@@ -146,6 +154,7 @@ class ClientPool:
         server0 = cpu_seconds(server_pid)
         clients0 = sum(cpu_seconds(pid) for pid in pids)
         machine0 = machine_cpu_seconds()
+        probe0 = probe() if probe else 0.0
         limit = spec.duration_s + RPC_TIMEOUT_S * 6
         results: list[Result] = []
         for conn in conns:
@@ -157,6 +166,7 @@ class ClientPool:
             server_cpu=(cpu_seconds(server_pid) - server0) / wall,
             clients_cpu=(sum(cpu_seconds(pid) for pid in pids) - clients0) / wall,
             machine_cpu=(machine_cpu_seconds() - machine0) / wall,
+            probe_delta=(probe() - probe0) if probe else 0.0,
         )
 
     def _expect(self, conn: Connection, kind: str, timeout: float) -> Any:
