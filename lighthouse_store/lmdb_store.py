@@ -211,13 +211,18 @@ class LmdbEventStore(EventStore):
             actual = "no_stream" if raw is None else str(next_rev - 1)
             raise WrongExpectedRevision(cmd.stream, str(exp), actual)
         field = records.stream_field(cmd.stream)
-        put = txn.put
-        for i, event in enumerate(cmd.events):
-            position = _U64.pack(head + 1 + i)
-            rec = records.encode_record(event.proposed, field, next_rev + i, head + 1 + i, stamp)
-            put(position, rec, db=self._log, append=True)
-            put(_IDX.pack(sid, next_rev + i), position, db=self._idx)
-            put(event.event_id, position, db=self._ids)
+        ts_field = records.timestamp_field(stamp)
+        put, encode, pack, pack_idx = txn.put, records.encode_record, _U64.pack, _IDX.pack
+        log, idx, ids = self._log, self._idx, self._ids
+        position, revision = head, next_rev
+        for event in cmd.events:
+            position += 1
+            key = pack(position)
+            record = encode(event.proposed, field, revision, position, ts_field)
+            put(key, record, db=log, append=True)
+            put(pack_idx(sid, revision), key, db=idx)
+            put(event.event_id, key, db=ids)
+            revision += 1
         n = len(cmd.events)
         put(name, _STREAM.pack(sid, next_rev + n, head + n), db=self._streams)
         result = AppendResult(head + 1, head + n, next_rev + n - 1)

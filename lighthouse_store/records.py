@@ -30,7 +30,8 @@ _TAG_STREAM = b"\x32"  # field 6, length-delimited
 _TAG_REVISION = b"\x38"  # field 7, varint
 _TAG_POSITION = b"\x40"  # field 8, varint
 _TAG_RECORDED_AT = b"\x4a"  # field 9, length-delimited (Timestamp)
-_TAG_EVENTS = b"\x0a"  # field 1 of ReadResponse / EventBatch / GetEventResponse
+_TAG_EVENTS = b"\x0a"
+_CHECKSUM_TAG = bytes((CHECKSUM_TAG,))  # field 1 of ReadResponse / EventBatch / GetEventResponse
 
 
 def varint(n: int) -> bytes:
@@ -51,26 +52,22 @@ def stream_field(stream: str) -> bytes:
     return _TAG_STREAM + varint(len(raw)) + raw
 
 
-def encode_record(
-    proposed: bytes, stream_fld: bytes, revision: int, position: int, recorded_at_ns: int
-) -> bytes:
-    """Build a stored record from a ProposedEvent's bytes and what the store assigns."""
+def timestamp_field(recorded_at_ns: int) -> bytes:
+    """Field 9 of RecordedEvent (a Timestamp); computed once per transaction."""
     seconds, nanos = divmod(recorded_at_ns, 1_000_000_000)
     ts = b"\x08" + varint(seconds) + b"\x10" + varint(nanos)
-    body = b"".join(
-        (
-            proposed,
-            stream_fld,
-            _TAG_REVISION,
-            varint(revision),
-            _TAG_POSITION,
-            varint(position),
-            _TAG_RECORDED_AT,
-            varint(len(ts)),
-            ts,
-        )
+    return _TAG_RECORDED_AT + varint(len(ts)) + ts
+
+
+def encode_record(
+    proposed: bytes, stream_fld: bytes, revision: int, position: int, ts_field: bytes
+) -> bytes:
+    """Build a stored record from a ProposedEvent's bytes and what the store assigns."""
+    tail = b"".join(
+        (stream_fld, _TAG_REVISION, varint(revision), _TAG_POSITION, varint(position), ts_field)
     )
-    return body + bytes((CHECKSUM_TAG,)) + zlib.crc32(body).to_bytes(4, "little")
+    crc = zlib.crc32(tail, zlib.crc32(proposed))
+    return b"".join((proposed, tail, _CHECKSUM_TAG, crc.to_bytes(4, "little")))
 
 
 def verify(record: bytes, position: int) -> bytes:

@@ -74,23 +74,36 @@ def append_command(req: pb.AppendRequest, limits: Limits) -> AppendCommand:
     seen: set[bytes] = set()
     events: list[NewEvent] = []
     total = 0
+    max_data = limits.max_event_data_bytes
+    uuid_match = _UUID_RE.match
+    control = _CONTROL_RE.search
+    # The hot loop checks cheaply and only builds messages (field names) on failure.
     for i, event in enumerate(req.events):
-        at = f"events[{i}]"
-        raw_id, canonical = event_id(event.event_id, f"{at}.event_id")
+        text = event.event_id
+        if not uuid_match(text):
+            event_id(text, f"events[{i}].event_id")  # raises with the precise reason
+        raw_id = bytes.fromhex(text.replace("-", ""))
+        if raw_id == _NIL:
+            event_id(text, f"events[{i}].event_id")
         if raw_id in seen:
-            raise InvalidArgument(f"{at}.event_id: {canonical} appears twice in this append")
-        seen.add(raw_id)
-        _label(f"{at}.event_type", event.event_type)
-        if len(event.data) > limits.max_event_data_bytes:
             raise InvalidArgument(
-                f"{at}.data: {len(event.data)} bytes is more than the limit of "
-                f"{limits.max_event_data_bytes}"
+                f"events[{i}].event_id: {text.lower()} appears twice in this append"
+            )
+        seen.add(raw_id)
+        event_type = event.event_type
+        if not event_type or len(event_type) > _MAX_NAME or control(event_type):
+            _label(f"events[{i}].event_type", event_type)
+        size = len(event.data)
+        if size > max_data:
+            raise InvalidArgument(
+                f"events[{i}].data: {size} bytes is more than the limit of {max_data}"
             )
         if event.content_type:
-            _label(f"{at}.content_type", event.content_type)
-        _metadata(f"{at}.metadata", event.metadata, limits)
-        if canonical != event.event_id:
-            event.event_id = canonical
+            _label(f"events[{i}].content_type", event.content_type)
+        if len(event.metadata):
+            _metadata(f"events[{i}].metadata", event.metadata, limits)
+        if not text.islower() and text != text.lower():
+            event.event_id = text.lower()
         proposed = event.SerializeToString()
         total += len(proposed)
         events.append(NewEvent(raw_id, proposed))

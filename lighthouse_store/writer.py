@@ -1,12 +1,17 @@
 """The one write path: a group-commit writer in front of ``EventStore.commit``.
 
-Append RPCs queue here; one task takes everything queued (up to
+Append RPCs queue here; one dedicated thread takes everything queued (up to
 ``max_batch_appends`` appends / ``max_batch_bytes`` bytes), commits it in one
-transaction with one fsync on a dedicated thread, then answers each caller.
-While a commit runs, new appends queue up and form the next group, so the
-fsync cost is shared by everyone who arrived meanwhile (as etcd's WAL and
-KurrentDB's writer do). The queue is bounded by count and bytes: beyond that
-an append fails at once with :class:`Overloaded` instead of growing memory.
+transaction with one fsync, then hands the results back to the event loop in
+one callback, which answers each caller. While a commit runs, new appends
+queue up and form the next group, so the fsync cost is shared by everyone
+who arrived meanwhile (as etcd's WAL and KurrentDB's writer do). The queue is
+bounded by count and bytes: beyond that an append fails at once with
+:class:`Overloaded` instead of growing memory.
+
+The hand-off is a ``queue.SimpleQueue`` (the thread blocks in C, without the
+GIL) and one ``call_soon_threadsafe`` per group: no executor, no per-append
+thread hop.
 
 Consumer checkpoints (subscription acks) take the same path: the latest
 position per consumer waits in memory and rides along with the next group,
@@ -15,16 +20,18 @@ or, when no append comes, with a checkpoint-only commit at most every
 
 Commit timing, metrics and fault hooks belong here and nowhere else:
 :class:`CommitInfo` listeners run on the event loop after every commit (the
-subscription fan-out hangs off this too).
+subscription fan-out hangs off this too); ``faults.after_commit`` runs on the
+writer thread between the durable commit and the answers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import queue
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from lighthouse_store.errors import Overloaded, ShuttingDown, StorageFailure, StoreError
@@ -68,21 +75,26 @@ class GroupCommitWriter:
         self._max_batch_appends = max_batch_appends
         self._max_batch_bytes = max_batch_bytes
         self._checkpoint_delay = checkpoint_delay
-        self._queue: asyncio.Queue[_Item | str] = asyncio.Queue()
-        self._queued_bytes = 0
-        self._checkpoints: dict[str, int] = {}
-        self._flush_scheduled = False
+        self._inbox: queue.SimpleQueue[_Item | str] = queue.SimpleQueue()
+        # Owned by the event loop thread:
+        self._pending = 0  # appends queued or being committed
+        self._pending_bytes = 0
         self._listeners: list[CommitListener] = []
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="lighthouse-writer")
-        self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._last_refusal = 0.0
+        self._flush_scheduled = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # Shared with the writer thread:
+        self._checkpoints: dict[str, int] = {}
+        self._checkpoints_lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="lighthouse-writer", daemon=True)
 
     def add_listener(self, listener: CommitListener) -> None:
         self._listeners.append(listener)
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="group-commit")
+        self._loop = asyncio.get_running_loop()
+        self._thread.start()
 
     def refuse_new(self) -> None:
         """From now on appends fail at once with ShuttingDown (UNAVAILABLE)."""
@@ -90,53 +102,60 @@ class GroupCommitWriter:
 
     def quiet_for(self, seconds: float) -> bool:
         """Nothing queued and no append refused for ``seconds`` (drain is done)."""
-        return self._queue.empty() and time.monotonic() - self._last_refusal >= seconds
+        return self._pending == 0 and time.monotonic() - self._last_refusal >= seconds
 
     async def stop(self) -> None:
         """Refuse new appends, commit everything already queued, then stop."""
         self._closing = True
-        if self._task is not None:
-            self._queue.put_nowait(_STOP)
-            await self._task
-            self._task = None
-        self._executor.shutdown(wait=True)
+        if self._thread.is_alive():
+            self._inbox.put(_STOP)
+            await asyncio.to_thread(self._thread.join)
+            await asyncio.sleep(0)  # run the last batch's answers
 
     @property
     def queue_depth(self) -> int:
-        return self._queue.qsize()
+        return self._pending
 
     async def append(self, command: AppendCommand) -> AppendResult:
         if self._closing:
             self._last_refusal = time.monotonic()
             raise ShuttingDown("the store is shutting down; retry later")
         if (
-            self._queue.qsize() >= self._max_queue
-            or self._queued_bytes + command.size > self._max_queued_bytes
+            self._pending >= self._max_queue
+            or self._pending_bytes + command.size > self._max_queued_bytes
         ):
             raise Overloaded("too many appends queued; retry shortly", retry_after_ms=50)
-        future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
-        self._queued_bytes += command.size
-        self._queue.put_nowait((command, future))
+        assert self._loop is not None, "writer not started"
+        future: asyncio.Future[AppendResult] = self._loop.create_future()
+        self._pending += 1
+        self._pending_bytes += command.size
+        self._inbox.put((command, future))
         return await future
 
     def checkpoint(self, consumer: str, position: int) -> None:
         """Store a consumer's position with the next commit (listeners hear when)."""
-        if position <= self._checkpoints.get(consumer, -1):
-            return
-        self._checkpoints[consumer] = position
-        if not self._flush_scheduled and not self._closing:
+        with self._checkpoints_lock:
+            if position <= self._checkpoints.get(consumer, -1):
+                return
+            self._checkpoints[consumer] = position
+        if not self._flush_scheduled and not self._closing and self._loop is not None:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_later(
-                self._checkpoint_delay, self._queue.put_nowait, _FLUSH
-            )
+            self._loop.call_later(self._checkpoint_delay, self._flush_soon)
 
-    async def _run(self) -> None:
+    def _flush_soon(self) -> None:
+        # Checkpoints set from here on schedule another flush; those set before
+        # are in this one (or rode along with an append group already).
+        self._flush_scheduled = False
+        self._inbox.put(_FLUSH)
+
+    # -- the writer thread ---------------------------------------------------
+
+    def _run(self) -> None:
         stopping = False
         while not stopping:
-            first = await self._queue.get()
+            item: _Item | str | None = self._inbox.get()
             batch: list[_Item] = []
             size = 0
-            item: _Item | str | None = first
             while item is not None:
                 if item == _STOP:
                     stopping = True
@@ -146,29 +165,18 @@ class GroupCommitWriter:
                 if len(batch) >= self._max_batch_appends or size >= self._max_batch_bytes:
                     break
                 try:
-                    item = self._queue.get_nowait()
-                except asyncio.QueueEmpty:
+                    item = self._inbox.get_nowait()
+                except queue.Empty:
                     item = None
-            self._queued_bytes -= size
-            if batch or self._checkpoints:
-                await self._commit(batch)
+            with self._checkpoints_lock:
+                checkpoints, self._checkpoints = self._checkpoints, {}
+            if batch or checkpoints:
+                self._commit(batch, size, checkpoints)
 
-    def _requeue(self, checkpoints: dict[str, int]) -> dict[str, int]:
-        """Put back checkpoints whose commit failed (unless newer ones came)."""
-        for consumer, position in checkpoints.items():
-            self._checkpoints[consumer] = max(position, self._checkpoints.get(consumer, -1))
-        return {}
-
-    async def _commit(self, batch: list[_Item]) -> None:
-        loop = asyncio.get_running_loop()
-        checkpoints, self._checkpoints = self._checkpoints, {}
-        self._flush_scheduled = False
-        commands = [command for command, _ in batch]
+    def _commit(self, batch: list[_Item], size: int, checkpoints: dict[str, int]) -> None:
         started = time.perf_counter()
         try:
-            results = await loop.run_in_executor(
-                self._executor, self._store.commit, commands, checkpoints
-            )
+            results = self._store.commit([command for command, _ in batch], checkpoints)
         except StoreError as exc:
             log.error("group commit of %d appends failed: %s", len(batch), exc.message)
             results = [exc] * len(batch)
@@ -181,6 +189,27 @@ class GroupCommitWriter:
             self._store.head_position(), len(batch), checkpoints, time.perf_counter() - started
         )
         self._faults.after_commit(len(batch))
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._finish, batch, size, results, info)
+
+    def _requeue(self, checkpoints: dict[str, int]) -> dict[str, int]:
+        """Put back checkpoints whose commit failed (unless newer ones came)."""
+        with self._checkpoints_lock:
+            for consumer, position in checkpoints.items():
+                self._checkpoints[consumer] = max(position, self._checkpoints.get(consumer, -1))
+        return {}
+
+    # -- back on the event loop ------------------------------------------------
+
+    def _finish(
+        self,
+        batch: list[_Item],
+        size: int,
+        results: list[AppendResult | StoreError],
+        info: CommitInfo,
+    ) -> None:
+        self._pending -= len(batch)
+        self._pending_bytes -= size
         for (_, future), result in zip(batch, results, strict=True):
             if future.done():  # the caller went away; the append stands
                 continue
