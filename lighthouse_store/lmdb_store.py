@@ -153,22 +153,16 @@ class LmdbEventStore(EventStore):
         self, commands: Sequence[AppendCommand], checkpoints: Mapping[str, int] | None = None
     ) -> list[AppendResult | StoreError]:
         stamp = max(self._clock(), self._last_ts)
-        head = self._head
-        next_sid = self._next_stream_id
+        group = _Group(self._head, self._next_stream_id, records.timestamp_field(stamp))
         results: list[AppendResult | StoreError] = []
         txn = self._env.begin(write=True)
         try:
             for cmd in commands:
                 try:
-                    result, next_sid = self._apply(txn, cmd, head, stamp, next_sid)
+                    results.append(self._apply(txn, group, cmd))
                 except StoreError as exc:
                     results.append(exc)
-                    continue
-                results.append(result)
-                if not result.duplicate:
-                    head = result.last_position
-            if next_sid != self._next_stream_id:
-                txn.put(b"next_stream_id", _U64.pack(next_sid), db=self._meta)
+            self._write(txn, group)
             for consumer, position in (checkpoints or {}).items():
                 key = consumer.encode()
                 stored = txn.get(key, db=self._consumers)
@@ -184,51 +178,70 @@ class LmdbEventStore(EventStore):
         except BaseException:
             txn.abort()
             raise
-        if head != self._head:
-            self._head, self._last_ts = head, stamp
-        self._next_stream_id = next_sid
+        if group.head != self._head:
+            self._head, self._last_ts = group.head, stamp
+        self._next_stream_id = group.next_sid
         return results
 
-    def _apply(
-        self, txn: Any, cmd: AppendCommand, head: int, stamp: int, next_sid: int
-    ) -> tuple[AppendResult, int]:
-        """Check, then write, one append. Raises before any put if a check fails."""
-        known = [txn.get(e.event_id, db=self._ids) for e in cmd.events]
+    def _write(self, txn: Any, group: _Group) -> None:
+        """Put a group's writes: a few C calls (py-lmdb releases the GIL in each)
+        instead of several per event, in key order for B-tree locality."""
+        if group.log:
+            txn.cursor(db=self._log).putmulti(group.log, append=True)
+            txn.cursor(db=self._idx).putmulti(sorted(group.idx))
+            txn.cursor(db=self._ids).putmulti(sorted(group.ids.items()))
+            txn.cursor(db=self._streams).putmulti(
+                sorted((name, _STREAM.pack(*state)) for name, state in group.streams.items())
+            )
+        if group.next_sid != self._next_stream_id:
+            txn.put(b"next_stream_id", _U64.pack(group.next_sid), db=self._meta)
+
+    def _apply(self, txn: Any, group: _Group, cmd: AppendCommand) -> AppendResult:
+        """Check one append against the store and the group so far, then stage
+        its writes. Raises before staging anything if a check fails."""
+        get, staged_ids = txn.get, group.ids
+        known = [staged_ids.get(e.event_id) or get(e.event_id, db=self._ids) for e in cmd.events]
         if any(p is not None for p in known):
-            return self._replayed(txn, cmd, known), next_sid
+            return self._replayed(txn, group, cmd, known)
         name = cmd.stream.encode()
-        raw = txn.get(name, db=self._streams)
-        if raw is None:
-            sid, next_rev = next_sid, 0
-        else:
-            sid, next_rev, _ = _STREAM.unpack(raw)
+        state = group.streams.get(name)
+        if state is None:
+            raw = get(name, db=self._streams)
+            state = None if raw is None else _STREAM.unpack(raw)
+        exists = state is not None
+        sid, next_rev = (state[0], state[1]) if state is not None else (group.next_sid, 0)
         exp = cmd.expected
         if exp.kind is not ExpectedKind.ANY and not (
-            (exp.kind is ExpectedKind.NO_STREAM and raw is None)
-            or (exp.kind is ExpectedKind.STREAM_EXISTS and raw is not None)
-            or (exp.kind is ExpectedKind.EXACT and raw is not None and next_rev - 1 == exp.revision)
+            (exp.kind is ExpectedKind.NO_STREAM and not exists)
+            or (exp.kind is ExpectedKind.STREAM_EXISTS and exists)
+            or (exp.kind is ExpectedKind.EXACT and exists and next_rev - 1 == exp.revision)
         ):
-            actual = "no_stream" if raw is None else str(next_rev - 1)
+            actual = str(next_rev - 1) if exists else "no_stream"
             raise WrongExpectedRevision(cmd.stream, str(exp), actual)
+        if not exists:
+            group.next_sid += 1
         field = records.stream_field(cmd.stream)
-        ts_field = records.timestamp_field(stamp)
-        put, encode, pack, pack_idx = txn.put, records.encode_record, _U64.pack, _IDX.pack
-        log, idx, ids = self._log, self._idx, self._ids
-        position, revision = head, next_rev
+        ts_field = group.ts_field
+        encode, pack, pack_idx = records.encode_record, _U64.pack, _IDX.pack
+        log, idx, staged = group.log.append, group.idx.append, group.records
+        first = group.head + 1
+        position, revision = group.head, next_rev
         for event in cmd.events:
             position += 1
             key = pack(position)
             record = encode(event.proposed, field, revision, position, ts_field)
-            put(key, record, db=log, append=True)
-            put(pack_idx(sid, revision), key, db=idx)
-            put(event.event_id, key, db=ids)
+            log((key, record))
+            staged[position] = record
+            idx((pack_idx(sid, revision), key))
+            staged_ids[event.event_id] = key
             revision += 1
-        n = len(cmd.events)
-        put(name, _STREAM.pack(sid, next_rev + n, head + n), db=self._streams)
-        result = AppendResult(head + 1, head + n, next_rev + n - 1)
-        return result, (next_sid + 1 if raw is None else next_sid)
+        group.streams[name] = (sid, revision, position)
+        group.head = position
+        return AppendResult(first, position, revision - 1)
 
-    def _replayed(self, txn: Any, cmd: AppendCommand, known: list[bytes | None]) -> AppendResult:
+    def _replayed(
+        self, txn: Any, group: _Group, cmd: AppendCommand, known: list[bytes | None]
+    ) -> AppendResult:
         """An append whose ids exist: the original result if it is a true retry."""
         if any(p is None for p in known):
             raise EventIdConflict(
@@ -239,9 +252,8 @@ class LmdbEventStore(EventStore):
         positions = [_U64.unpack(p)[0] for p in known if p is not None]
         last = None
         for i, (event, position) in enumerate(zip(cmd.events, positions, strict=True)):
-            stored = records.decode(
-                records.verify(txn.get(_U64.pack(position), db=self._log), position)
-            )
+            raw = group.records.get(position) or txn.get(_U64.pack(position), db=self._log)
+            stored = records.decode(records.verify(raw, position))
             if (
                 position != positions[0] + i
                 or stored.stream != cmd.stream
@@ -419,3 +431,20 @@ def _matches(query: ReadQuery, record: bytes) -> bool:
     return not (
         query.correlation_id and event.metadata.get("correlation_id") != query.correlation_id
     )
+
+
+class _Group:
+    """The writes of one commit, staged so that later appends in the group see
+    earlier ones, and put in a few calls at the end (``_write``)."""
+
+    __slots__ = ("head", "ids", "idx", "log", "next_sid", "records", "streams", "ts_field")
+
+    def __init__(self, head: int, next_sid: int, ts_field: bytes) -> None:
+        self.head = head
+        self.next_sid = next_sid
+        self.ts_field = ts_field
+        self.log: list[tuple[bytes, bytes]] = []  # position -> record, ascending
+        self.idx: list[tuple[bytes, bytes]] = []  # stream_id + revision -> position
+        self.ids: dict[bytes, bytes] = {}  # event id -> position
+        self.streams: dict[bytes, tuple[int, int, int]] = {}  # name -> id, next rev, last pos
+        self.records: dict[int, bytes] = {}  # position -> record, for in-group retries
