@@ -33,9 +33,13 @@ Write path
 (``writer.py``) and applies a whole group of appends in one write
 transaction: for each append, in arrival order, it first checks (idempotency
 via ``event_ids``, then the expected revision via ``streams``), and only if
-every check passes does it put the records, so a failed append leaves
-nothing behind while the others in the group still commit. Checks see the
-appends earlier in the same transaction. Positions are ``head + 1 ...``;
+every check passes does it stage the append's records, so a failed append
+leaves nothing behind while the others in the group still commit. Checks see
+the appends staged earlier in the same group. The staged writes go in with a
+few ``putmulti`` calls at the end (the log with ``MDB_APPEND``, the indexes in
+key order): py-lmdb releases the GIL around each call, and a handful per group
+instead of several per event keeps the event loop and the writer from
+trading the GIL back and forth. Positions are ``head + 1 ...``;
 ``recorded_at`` is taken once per transaction and never goes below the
 previous transaction's, so it never decreases with position. In ``fsync``
 durability the commit is an LMDB sync commit (``fdatasync``) before any

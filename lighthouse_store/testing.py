@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -83,8 +84,11 @@ class DaemonProcess:
         )
         assert self.proc.stdout is not None
         deadline = time.monotonic() + timeout
-        line = b""
-        while time.monotonic() < deadline:
+        while (remaining := deadline - time.monotonic()) > 0:
+            # Wait for a line without blocking past the deadline (a hung daemon).
+            readable, _, _ = select.select([self.proc.stdout], [], [], remaining)
+            if not readable:
+                break
             line = self.proc.stdout.readline()
             if not line:
                 break
@@ -97,7 +101,10 @@ class DaemonProcess:
                 # Keep the port so a restart comes back on the same address.
                 self.port = int(self.address.rsplit(":", 1)[1])
                 return self
-        code = self.proc.poll()
+        try:
+            code: int | None = self.proc.wait(1)  # reap it, so the exit code is known
+        except subprocess.TimeoutExpired:
+            code = None  # still running but never said it was ready
         self._reap(kill=True)
         raise DaemonStartError(
             f"daemon did not become ready (exit code {code}); log:\n{self.log_text()[-4000:]}"
