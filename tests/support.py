@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -302,3 +302,13 @@ class ThreadErrors:
     def raise_first(self) -> None:
         if self.errors:
             raise self.errors[0]
+
+
+def run_threads(target: Callable[[int], None], n: int, timeout: float = 240.0) -> None:
+    """Run ``target(i)`` for i in range(n) on n threads; wait (bounded) for all."""
+    threads = [threading.Thread(target=target, args=(i,)) for i in range(n)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout)
+        assert not th.is_alive(), f"thread {th.name} still running after {timeout}s"

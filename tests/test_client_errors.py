@@ -11,7 +11,7 @@ import grpc
 import pytest
 from google.protobuf.duration_pb2 import Duration
 from google.rpc import error_details_pb2, status_pb2
-from support import DaemonFactory
+from support import DaemonFactory, run_threads
 
 from lighthouse_client import (
     Corruption,
@@ -140,11 +140,7 @@ def test_overloaded_appends_are_retried_until_they_land(daemon_factory: DaemonFa
             except BaseException as exc:
                 failures.append(exc)
 
-        threads = [threading.Thread(target=writer, args=(t,)) for t in range(12)]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join(120)
+        run_threads(writer, 12, 120)
         assert not failures, failures
         stored = client.read_all()
         assert sorted(e.event_id for e in stored) == sorted(e.event_id for e in sent)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import lmdb
 import pytest
+from support import run_threads
 
 from lighthouse_client._cache import ReadCache
 from lighthouse_client._outbox import DeadLetter, Outbox, OutboxEntry
@@ -183,11 +184,7 @@ def test_concurrent_enqueues_get_distinct_increasing_seqs(box: Outbox) -> None:
             with lock:
                 got.append(entry)
 
-    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_threads(work, 4, 240)
     seqs = [e.seq for e in got]
     assert len(set(seqs)) == 100
     assert box.pending() == sorted(got, key=lambda e: e.seq)

@@ -21,6 +21,7 @@ from support import (
     read_all,
     read_pages,
     read_stream,
+    run_threads,
     ts_ns,
 )
 
@@ -77,12 +78,7 @@ def test_exactly_one_writer_wins_each_round(daemon: DaemonProcess) -> None:
             errors.add(exc)
             barrier.abort()
 
-    threads = [threading.Thread(target=writer, args=(w,)) for w in range(WRITERS)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(300)
-        assert not t.is_alive(), "writer thread hung"
+    run_threads(writer, WRITERS, 300)
     errors.raise_first()
     assert len(outcomes) == WRITERS * ROUNDS
 
@@ -132,12 +128,7 @@ def test_gapless_positions_across_10000_events(daemon: DaemonProcess) -> None:
         except BaseException as exc:
             errors.add(exc)
 
-    threads = [threading.Thread(target=writer, args=(t,)) for t in range(threads_n)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join(300)
-        assert not th.is_alive()
+    run_threads(writer, threads_n, 300)
     errors.raise_first()
 
     total = threads_n * batches * batch_size
@@ -193,11 +184,7 @@ def test_concurrent_idempotent_retries(daemon: DaemonProcess) -> None:
         except BaseException as exc:
             errors.add(exc)
 
-    threads = [threading.Thread(target=sender, args=(i,)) for i in range(8)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join(120)
+    run_threads(sender, 8, 120)
     errors.raise_first()
     assert len(results) == 8
     assert all(r == results[0] for r in results)
@@ -234,12 +221,7 @@ def test_queue_limit_rejects_or_accepts_cleanly(daemon_factory: DaemonFactory) -
         except BaseException as exc:
             errors.add(exc)
 
-    threads = [threading.Thread(target=writer, args=(t,)) for t in range(8)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join(240)
-        assert not th.is_alive()
+    run_threads(writer, 8, 240)
     errors.raise_first()
     assert acked, "no append got through at all"
     stub: Any = stubs[0]

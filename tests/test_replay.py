@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 import pytest
-from support import RPC_TIMEOUT, ThreadErrors, head, new_id, rss_anon_kib
+from support import RPC_TIMEOUT, ThreadErrors, head, new_id, rss_anon_kib, run_threads
 
 from lighthouse_client import pb
 from lighthouse_store.testing import DaemonProcess
@@ -42,12 +42,7 @@ def fill(daemon: DaemonProcess) -> None:
         except BaseException as exc:
             errors.add(exc)
 
-    threads = [threading.Thread(target=writer, args=(t,)) for t in range(2)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join(240)
-        assert not th.is_alive()
+    run_threads(writer, 2, 240)
     errors.raise_first()
 
 
