@@ -65,6 +65,10 @@ _SETTINGS: dict[str, tuple[str, str]] = {
     "durability": ("LIGHTHOUSE_DURABILITY", "fsync (default) or async"),
     "map_size": ("LIGHTHOUSE_MAP_SIZE", "LMDB map size in bytes (default 64 GiB)"),
     "max_queue": ("LIGHTHOUSE_MAX_QUEUE", "queued appends before RESOURCE_EXHAUSTED"),
+    "max_batch_appends": (
+        "LIGHTHOUSE_MAX_BATCH_APPENDS",
+        "most appends grouped into one transaction and fsync (1 turns group commit off)",
+    ),
     "max_event_data_bytes": ("LIGHTHOUSE_MAX_EVENT_DATA_BYTES", "max data bytes per event"),
     "max_events_per_append": ("LIGHTHOUSE_MAX_EVENTS_PER_APPEND", "max events per append"),
     "max_append_bytes": ("LIGHTHOUSE_MAX_APPEND_BYTES", "max bytes per append"),
@@ -100,7 +104,7 @@ def from_args(args: argparse.Namespace, environ: Mapping[str, str] | None = None
             kwargs["data_dir"] = Path(raw["data_dir"])
         if "durability" in raw:
             kwargs["durability"] = Durability(raw["durability"])
-        for name in ("map_size", "max_queue"):
+        for name in ("map_size", "max_queue", "max_batch_appends"):
             if name in raw:
                 kwargs[name] = _size(name, raw[name])
         return Config(**kwargs)  # type: ignore[arg-type]
