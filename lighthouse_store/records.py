@@ -35,15 +35,25 @@ _CHECKSUM_TAG = bytes((CHECKSUM_TAG,))  # field 1 of ReadResponse / EventBatch /
 
 
 def varint(n: int) -> bytes:
-    """Protobuf base-128 varint of a non-negative int."""
+    """Protobuf base-128 varint of a non-negative int (unrolled up to 4 bytes:
+    revisions and positions below 2**28 take no loop)."""
     if n < 0x80:
-        return bytes((n,))
+        return _SMALL[n]
+    if n < 0x4000:
+        return bytes((n & 0x7F | 0x80, n >> 7))
+    if n < 0x200000:
+        return bytes((n & 0x7F | 0x80, n >> 7 & 0x7F | 0x80, n >> 14))
+    if n < 0x10000000:
+        return bytes((n & 0x7F | 0x80, n >> 7 & 0x7F | 0x80, n >> 14 & 0x7F | 0x80, n >> 21))
     out = bytearray()
     while n > 0x7F:
         out.append((n & 0x7F) | 0x80)
         n >>= 7
     out.append(n)
     return bytes(out)
+
+
+_SMALL = [bytes((i,)) for i in range(0x80)]
 
 
 def stream_field(stream: str) -> bytes:

@@ -34,7 +34,11 @@ def test_a_record_parses_as_a_recorded_event_with_every_field() -> None:
     assert event.checksum != 0
 
 
-@pytest.mark.parametrize("value", [0, 1, 127, 128, 300, 2**32, 2**63 - 1, 2**64 - 1])
+@pytest.mark.parametrize(
+    "value",
+    [0, 1, 127, 128, 300, 2**14 - 1, 2**14, 2**21 - 1, 2**21, 2**28 - 1, 2**28, 2**32, 2**63 - 1,
+     2**64 - 1],
+)
 def test_varint_matches_protobuf(value: int) -> None:
     encoded = pb.AppendResponse(last_position=value).SerializeToString()
     expected = encoded[1:] if value else b"\x00"
