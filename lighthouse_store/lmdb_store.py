@@ -191,9 +191,16 @@ class LmdbEventStore(EventStore):
         """Put a group's writes: a few C calls (py-lmdb releases the GIL in each)
         instead of several per event, in key order for B-tree locality."""
         if group.log:
-            txn.cursor(db=self._log).putmulti(group.log, append=True)
-            txn.cursor(db=self._idx).putmulti(sorted(group.idx))
-            txn.cursor(db=self._ids).putmulti(sorted(group.ids.items()))
+            # Every log, index and id key is new. If one existed, the in-memory
+            # head disagrees with the disk: refuse the commit, never overwrite.
+            for db, items, append in (
+                (self._log, group.log, True),
+                (self._idx, sorted(group.idx), False),
+                (self._ids, sorted(group.ids.items()), False),
+            ):
+                _, added = txn.cursor(db=db).putmulti(items, overwrite=False, append=append)
+                if added != len(items):
+                    raise StorageFailure("the store is inconsistent: a new key already exists")
             txn.cursor(db=self._streams).putmulti(
                 sorted((name, _STREAM.pack(*state)) for name, state in group.streams.items())
             )

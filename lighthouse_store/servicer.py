@@ -21,11 +21,12 @@ from concurrent.futures import Executor
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError, Message
 
 from lighthouse_client import pb
 from lighthouse_store import __version__, records, status, validation
 from lighthouse_store.config import Config, Durability
-from lighthouse_store.errors import EventNotFound, StoreError
+from lighthouse_store.errors import EventNotFound, InvalidArgument, StoreError
 from lighthouse_store.store import EventStore
 from lighthouse_store.subscriptions import SubscriptionHub
 from lighthouse_store.writer import GroupCommitWriter
@@ -99,10 +100,8 @@ class EventStoreServicer:
         self._readers = readers
 
     @_guard
-    async def append(
-        self, request: pb.AppendRequest, context: grpc.aio.ServicerContext
-    ) -> pb.AppendResponse:
-        command = validation.append_command(request, self._config.limits)
+    async def append(self, raw: bytes, context: grpc.aio.ServicerContext) -> pb.AppendResponse:
+        command = validation.append_command(_parse(pb.AppendRequest, raw), self._config.limits)
         result = await self._writer.append(command)
         return pb.AppendResponse(
             first_position=result.first_position,
@@ -111,10 +110,8 @@ class EventStoreServicer:
         )
 
     @_guard_stream
-    async def read(
-        self, request: pb.ReadRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[bytes]:
-        query = validation.read_query(request)
+    async def read(self, raw: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        query = validation.read_query(_parse(pb.ReadRequest, raw))
         loop = asyncio.get_running_loop()
         read_page = self._store.read_page
         cfg = self._config
@@ -130,19 +127,16 @@ class EventStoreServicer:
             cursor = page.cursor
 
     @_guard
-    async def get_event(
-        self, request: pb.GetEventRequest, context: grpc.aio.ServicerContext
-    ) -> bytes:
-        raw_id, canonical = validation.event_id(request.event_id)
+    async def get_event(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        raw_id, canonical = validation.event_id(_parse(pb.GetEventRequest, raw).event_id)
         record = self._store.get_event(raw_id)  # one B-tree lookup: cheaper than a thread hop
         if record is None:
             raise EventNotFound(canonical)
         return records.repeated_events([record])  # GetEventResponse.event is field 1
 
     @_guard
-    async def get_info(
-        self, request: pb.GetInfoRequest, context: grpc.aio.ServicerContext
-    ) -> pb.GetInfoResponse:
+    async def get_info(self, raw: bytes, context: grpc.aio.ServicerContext) -> pb.GetInfoResponse:
+        _parse(pb.GetInfoRequest, raw)
         limits = self._config.limits
         return pb.GetInfoResponse(
             head_position=self._store.head_position(),
@@ -160,14 +154,32 @@ class EventStoreServicer:
 
     @_guard_stream
     async def subscribe(
-        self, requests: AsyncIterator[pb.SubscribeRequest], context: grpc.aio.ServicerContext
+        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
-        async for message in self._hub.serve(requests):
+        async for message in self._hub.serve(_parsed(requests)):
             yield message
 
 
 def _raw(message: bytes) -> bytes:
     return message
+
+
+_M = TypeVar("_M", bound=Message)
+
+
+def _parse(cls: type[_M], raw: bytes) -> _M:
+    """Requests arrive as bytes and are parsed here, inside the error guard: a
+    malformed message (bad wire format, invalid UTF-8) is INVALID_ARGUMENT
+    like any other bad input, not gRPC's UNKNOWN with an exception name."""
+    try:
+        return cls.FromString(raw)
+    except DecodeError:
+        raise InvalidArgument(f"request: not a valid {cls.DESCRIPTOR.name}") from None
+
+
+async def _parsed(requests: AsyncIterator[bytes]) -> AsyncIterator[pb.SubscribeRequest]:
+    async for raw in requests:
+        yield _parse(pb.SubscribeRequest, raw)
 
 
 def method_handlers(servicer: EventStoreServicer) -> dict[str, grpc.RpcMethodHandler]:
@@ -176,27 +188,27 @@ def method_handlers(servicer: EventStoreServicer) -> dict[str, grpc.RpcMethodHan
     handlers = {
         "Append": grpc.unary_unary_rpc_method_handler(
             servicer.append,
-            request_deserializer=pb.AppendRequest.FromString,
+            request_deserializer=_raw,
             response_serializer=pb.AppendResponse.SerializeToString,
         ),
         "Read": grpc.unary_stream_rpc_method_handler(
             servicer.read,
-            request_deserializer=pb.ReadRequest.FromString,
+            request_deserializer=_raw,
             response_serializer=_raw,
         ),
         "GetEvent": grpc.unary_unary_rpc_method_handler(
             servicer.get_event,
-            request_deserializer=pb.GetEventRequest.FromString,
+            request_deserializer=_raw,
             response_serializer=_raw,
         ),
         "GetInfo": grpc.unary_unary_rpc_method_handler(
             servicer.get_info,
-            request_deserializer=pb.GetInfoRequest.FromString,
+            request_deserializer=_raw,
             response_serializer=pb.GetInfoResponse.SerializeToString,
         ),
         "Subscribe": grpc.stream_stream_rpc_method_handler(
             servicer.subscribe,
-            request_deserializer=pb.SubscribeRequest.FromString,
+            request_deserializer=_raw,
             response_serializer=_raw,
         ),
     }

@@ -65,6 +65,7 @@ class SubscriptionSettings:
     fell_behind_events: int = 10_000
     default_heartbeat_ms: int = 5_000
     default_checkpoint_interval: int = 1_000
+    max_scan: int = 8_000  # records visited per page, at most
 
 
 class SubscriptionHub:
@@ -249,7 +250,10 @@ class Session:
         if self.credits is not None:
             want = min(want, self.credits)
         query = dataclasses.replace(self.query, start=self.cursor + 1)
-        scan = self.checkpoint_interval if self.query.filtered else 0
+        # A filtered page visits at most checkpoint_interval records, and never
+        # more than a plain page's budget: one read transaction stays short and
+        # a reader thread is never held long, whatever the client asked for.
+        scan = min(self.checkpoint_interval, self.settings.max_scan) if self.query.filtered else 0
         args = (query, None, want, self.settings.page_bytes, scan)
         if head - self.cursor <= self.settings.inline_read_events:
             return self.hub.store.read_page(*args)

@@ -138,6 +138,9 @@ class GroupCommitWriter:
             if position <= self._checkpoints.get(consumer, -1):
                 return
             self._checkpoints[consumer] = position
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
         if not self._flush_scheduled and not self._closing and self._loop is not None:
             self._flush_scheduled = True
             self._loop.call_later(self._checkpoint_delay, self._flush_soon)
@@ -197,6 +200,8 @@ class GroupCommitWriter:
         with self._checkpoints_lock:
             for consumer, position in checkpoints.items():
                 self._checkpoints[consumer] = max(position, self._checkpoints.get(consumer, -1))
+        if checkpoints and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._schedule_flush)
         return {}
 
     # -- back on the event loop ------------------------------------------------

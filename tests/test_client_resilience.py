@@ -7,8 +7,10 @@ import asyncio
 import os
 import threading
 import time
+import uuid
 from pathlib import Path
 
+import lmdb
 import pytest
 from support import DaemonFactory
 
@@ -64,20 +66,29 @@ def test_an_append_whose_reply_was_lost_is_written_once(
     with StoreClient(daemon.address, timeout=60.0) as client:
         client.append("s", NewEvent("first"))
         watcher_done = threading.Event()
+        event = NewEvent("lost-reply")
+        durable_before_restart: list[bool] = []
 
         def restart_when_dead() -> None:
             assert daemon.proc is not None
             daemon.proc.wait(60)
+            # The daemon died after the commit: the event is on disk already.
+            env = lmdb.open(str(daemon.data_dir / "lmdb"), max_dbs=8, readonly=True, lock=False)
+            with env.begin() as txn:
+                key = uuid.UUID(event.event_id).bytes
+                durable_before_restart.append(txn.get(key, db=env.open_db(b"event_ids", txn=txn))
+                                              is not None)
+            env.close()
             daemon.env = dict(os.environ)  # back without the fault
             daemon.start()
             watcher_done.set()
 
         t = threading.Thread(target=restart_when_dead)
         t.start()
-        event = NewEvent("lost-reply")
         result = client.append("s", event, 0)
         t.join(60)
         assert watcher_done.is_set(), "the fault hook did not fire"
+        assert durable_before_restart == [True], "the reply was lost before the commit, not after"
         assert result.last_revision == 1
         events = client.read_stream("s")
         assert [e.event_id for e in events].count(event.event_id) == 1
@@ -282,3 +293,46 @@ def test_async_degraded_mode_and_outbox(daemon: DaemonProcess, tmp_path: Path) -
     finally:
         outbox.close()
         cache.close()
+
+
+def test_subscription_with_buffered_events_survives_a_restart(daemon: DaemonProcess) -> None:
+    with StoreClient(daemon.address, timeout=30.0) as client:
+        client.append("s", [NewEvent("E") for _ in range(100)])
+        sub = client.subscribe(start="start", window=1000)
+        seen = [next(sub).position for _ in range(4)]  # the rest of the batch is buffered
+        daemon.stop()
+        daemon.start()
+        client.append("s", [NewEvent("E") for _ in range(10)])
+        for event in sub:
+            seen.append(event.position)
+            if len(seen) == 110:
+                break
+        sub.close()
+        assert seen == list(range(1, 111))
+
+
+def test_an_ack_made_while_disconnected_is_flushed_on_close(daemon: DaemonProcess) -> None:
+    with StoreClient(daemon.address, timeout=30.0) as client:
+        client.append("s", [NewEvent("E") for _ in range(20)])
+        sub = client.subscribe(consumer="late-acker", start="start")
+        for event in sub:
+            if event.position == 10:
+                break
+        daemon.stop()
+        sub.ack(10)  # the stream is broken now
+        daemon.start()
+        sub.close(flush_timeout=30.0)  # reconnects, re-sends the ack, waits for it
+        again = client.subscribe(consumer="late-acker", start="start")
+        assert next(again).position == 11
+        again.close()
+
+
+def test_an_oversized_append_is_invalid_not_retried(daemon: DaemonProcess) -> None:
+    from lighthouse_client import InvalidRequest
+
+    with StoreClient(daemon.address, timeout=30.0) as client:
+        huge = [NewEvent("Big", bytes(1024 * 1024)) for _ in range(21)]  # over gRPC's limit
+        with pytest.raises(InvalidRequest) as err:  # a retry loop would end in Overloaded
+            client.append("s", huge)
+        assert "larger than max" in err.value.message
+        assert client.info().head_position == 0

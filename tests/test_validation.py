@@ -323,3 +323,27 @@ def test_daemon_still_healthy_after_bad_input(env: Env) -> None:
     names = {e.stream for p in env.stub.Read(pb.ReadRequest(stream="$all")) for e in p.events}
     allowed = {"existing", "ids", "types", "sizes", "counts", "bytes", "md", "after", *GOOD_STREAMS}
     assert names <= allowed, names - allowed
+
+
+@pytest.mark.parametrize("method", ["Append", "Read", "GetEvent", "GetInfo"])
+def test_malformed_wire_bytes_are_invalid_argument(daemon: DaemonProcess, method: str) -> None:
+    channel = daemon.channel()
+    call = channel.unary_unary(
+        f"/lighthouse.store.v1.EventStoreService/{method}",
+        request_serializer=None,
+        response_deserializer=None,
+    )
+    bad = b"\x0a\x02\xff\xfe"  # field 1, a string holding invalid UTF-8
+    try:
+        if method == "Read":
+            list(channel.unary_stream(
+                f"/lighthouse.store.v1.EventStoreService/{method}")(bad, timeout=30))
+        else:
+            call(bad, timeout=30)
+    except grpc.RpcError as err:
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err
+        assert "not a valid" in (err.details() or "")
+        assert "DecodeError" not in (err.details() or "")
+    else:
+        if method != "GetInfo":  # GetInfoRequest has no field 1: unknown fields are fine
+            raise AssertionError("malformed request accepted")

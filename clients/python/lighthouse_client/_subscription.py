@@ -35,6 +35,10 @@ if TYPE_CHECKING:
 
 Start = Literal["start", "end"] | int
 
+# A write on a finished call raises InvalidStateError in grpc.aio, not RpcError;
+# either way the next read fails too and the subscription reconnects.
+_WRITE_FAILED = (grpc.RpcError, asyncio.InvalidStateError)
+
 _MIN_BACKOFF = 0.05
 _MAX_BACKOFF = 2.0
 
@@ -100,17 +104,18 @@ class AsyncSubscription:
             return
         self._acked = pos
         if self._call is not None:
-            with contextlib.suppress(grpc.RpcError):  # re-sent after reconnecting
+            with contextlib.suppress(*_WRITE_FAILED):  # re-sent after reconnecting
                 await self._call.write(pb.SubscribeRequest(ack_position=pos))
 
     async def close(self, flush_timeout: float = 5.0) -> None:
         """Flush the last ack (waiting for the daemon to confirm it), then stop."""
         deadline = time.monotonic() + flush_timeout
         try:
+            # _receive reconnects if the stream broke; _connect re-sends the ack.
             while (
                 self.consumer
+                and not self._closed
                 and self._acked > self._stored_ack
-                and self._call is not None
                 and time.monotonic() < deadline
             ):
                 await asyncio.wait_for(self._receive(), max(0.01, deadline - time.monotonic()))
@@ -138,7 +143,7 @@ class AsyncSubscription:
         if self._consumed >= max(1, self._window // 2) and self._call is not None:
             credits, self._consumed = self._consumed, 0
             # If this fails, the next read fails too and reconnects with a full window.
-            with contextlib.suppress(grpc.RpcError):
+            with contextlib.suppress(*_WRITE_FAILED):
                 await self._call.write(pb.SubscribeRequest(credits=credits))
 
     async def _connect(self) -> None:
@@ -170,6 +175,9 @@ class AsyncSubscription:
             msg = await self._call.read()
         except grpc.RpcError as exc:
             await self._broken(handle_rpc_error(exc))
+            return
+        except asyncio.InvalidStateError:  # a write raced the call's end
+            await self._broken(Unavailable("the subscription stream ended"))
             return
         if msg is grpc.aio.EOF:
             await self._broken(Unavailable("the subscription stream ended"))

@@ -49,8 +49,11 @@ from lighthouse_client._types import (
 )
 from lighthouse_client.exceptions import (
     DeadlineExceeded,
+    EventIdConflict,
+    InvalidRequest,
     StoreError,
     Unavailable,
+    WrongExpectedRevision,
     handle_rpc_error,
 )
 
@@ -74,6 +77,8 @@ CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
 
 # Errors that mean "the daemon could not be reached" (as opposed to "it said no").
 UNREACHABLE = (Unavailable, DeadlineExceeded)
+# Outbox entries the daemon refused for good; anything else keeps them queued.
+_DEAD_LETTER = (WrongExpectedRevision, EventIdConflict, InvalidRequest)
 
 
 class AsyncStoreClient:
@@ -215,9 +220,11 @@ class AsyncStoreClient:
     async def flush_outbox(self, *, timeout: float | None = None) -> int:
         """Send queued appends in order; returns how many were written.
 
-        Stops at the first one the daemon cannot take yet (it stays queued).
-        One the daemon rejects (wrong expected revision, id conflict, invalid)
-        goes to the dead-letter list and to ``on_conflict``; nothing is dropped.
+        Stops at the first one the daemon cannot take yet (it stays queued, and
+        so does everything behind it): unreachable, overloaded, or a node that
+        needs a restart. One the daemon rejects for good (wrong expected
+        revision, id conflict, invalid request) goes to the dead-letter list and
+        to ``on_conflict``; nothing is dropped.
         """
         if self.outbox is None:
             return 0
@@ -230,8 +237,8 @@ class AsyncStoreClient:
                 try:
                     await self._call(functools.partial(self._append_once, request), timeout)
                 except StoreError as exc:
-                    if exc.retryable:
-                        break
+                    if not isinstance(exc, _DEAD_LETTER):
+                        break  # retryable, or the node is broken: keep it queued, in order
                     dead = self.outbox.dead_letter(entry.seq, f"{type(exc).__name__}: {exc}")
                     log.warning("outbox entry %d dead-lettered: %s", entry.seq, exc)
                     if self.on_conflict is not None:
@@ -347,7 +354,9 @@ class AsyncStoreClient:
         try:
             await self._call(attempt, timeout)
         except UNREACHABLE as exc:
-            if self.cache is None:
+            if self.cache is None or got:
+                # With events already flowing the daemon is reachable, only slow:
+                # a stale answer would hide that; the caller sees the error.
                 raise
             answer = cached()
             if answer is None:

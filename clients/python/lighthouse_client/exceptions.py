@@ -175,6 +175,11 @@ def handle_rpc_error(error: grpc.RpcError) -> StoreError:
     trailers = error.trailing_metadata() if hasattr(error, "trailing_metadata") else None
     details = _rpc_status.parse(trailers)
     cls = _BY_REASON.get(details.reason) or _BY_CODE.get(code, StoreError)
+    if code is grpc.StatusCode.RESOURCE_EXHAUSTED and not details.reason and (
+        "larger than max" in message
+    ):
+        # gRPC's own message-size limit: the request can never succeed as it is.
+        cls = InvalidRequest
     if code is grpc.StatusCode.INTERNAL and not details.reason:
         # The daemon's own INTERNAL errors carry an ErrorInfo; one without is
         # gRPC's transport failing under the call (e.g. a stream cut short).
