@@ -8,8 +8,10 @@
 It starts a daemon (fresh temp data dir, fsync durability) and an empty-RPC echo
 server (perf/echo_server.py), both on 127.0.0.1, plus client worker processes,
 and measures, with 1 KiB events: single-event append latency, 8 concurrent
-appenders, 100-event batches, a full $all replay, GetEvent latency; and the
-floors: empty gRPC round trips and raw LMDB fsync'd commits. It prints a table
+appenders, 100-event batches, a full $all replay, GetEvent latency, and the
+subscriptions (subscription_phases.py): append-to-subscriber delivery latency,
+100-subscriber fan-out, resume from a named checkpoint; and the floors: empty
+gRPC round trips and raw LMDB fsync'd commits. It prints a table
 with ratios and SPEC §6 pass/fail marks, and writes JSON (perf/results/).
 Exit status: 0 done (targets missed or not), 1 a phase failed or an RPC
 errored, 3 with --strict when a SPEC §6 target was missed.
@@ -32,8 +34,10 @@ from typing import Any
 
 import echo_server
 import floors
+import machine
 import report
 from pool import MODES, SEQUENTIAL, Arrangement, ClientPool, Run, arrangement, machine_cpu_seconds
+from subscription_phases import FULL_SUBS, QUICK_SUBS, SubscriptionPhases
 from workloads import Spec
 
 from lighthouse_client import pb
@@ -78,6 +82,7 @@ class Bench:
         self.args = args
         self.work = work
         self.sizes = sizes
+        self.subs = QUICK_SUBS if args.quick else FULL_SUBS
         self.arr = arrangement(args.clients, CONCURRENT_CLIENTS)
         self.errors: list[str] = []
         self.pool: ClientPool | None = None
@@ -91,6 +96,7 @@ class Bench:
         from lighthouse_store.testing import DaemonProcess
 
         needed = CONCURRENT_CLIENTS if self.args.compare_clients else self.arr.processes
+        needed = max(needed, self.subs.fanout_processes + 1)  # fan-out: subscribers + writer
         log(f"starting {needed} client process(es), the echo server and the daemon")
         self.pool = ClientPool(needed)
         self.echo = echo_server.EchoServer(PERF_DIR / "echo_server.py", self.work / "echo.log")
@@ -257,6 +263,12 @@ class Bench:
         )
         lat = report.latency_ms("get", _latencies(self.run("get_event", get_spec)))
         m |= {k: v for k, v in lat.items() if k in ("get_p50_ms", "get_p99_ms")}
+
+        assert self.pool is not None
+        subs = SubscriptionPhases(self.pool, daemon, self.daemon.pid, self.subs, self.errors, log)
+        m |= subs.resume(int(self.daemon_info()["head_position"]))
+        m |= subs.delivery()
+        m |= subs.fanout()
         return m
 
     def fill(self, events: int) -> None:
@@ -392,10 +404,10 @@ def main(argv: list[str] | None = None) -> int:
         "started_at": started.isoformat(),
         "command": [Path(sys.argv[0]).name, *(sys.argv[1:] if argv is None else argv)],
         "mode": "quick" if args.quick else "full",
-        "sizes": asdict(sizes),
+        "sizes": asdict(sizes) | {"subscriptions": asdict(bench.subs)},
         "event_bytes": 1024,
         "concurrent_clients": bench.arr.describe(),
-        "machine": report.machine_info(work, REPO),
+        "machine": machine.machine_info(work, REPO),
     }
     runs: list[dict[str, float]] = []
     failed = ""

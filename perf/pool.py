@@ -169,6 +169,14 @@ class ClientPool:
             probe_delta=(probe() - probe0) if probe else 0.0,
         )
 
+    def start_job(self, index: int, job: Callable[..., Any], *args: Any) -> None:
+        """Have client process ``index`` run ``job(conn, *args)`` (a module-level function)."""
+        self._conns[index].send(("job", job, args))
+
+    def expect(self, index: int, kind: str, timeout: float) -> Any:
+        """The payload of the next message of client process ``index``, of this kind."""
+        return self._expect(self._conns[index], kind, timeout)
+
     def _expect(self, conn: Connection, kind: str, timeout: float) -> Any:
         if not conn.poll(timeout):
             raise TimeoutError(f"client process sent no {kind!r} within {timeout:.0f} s")

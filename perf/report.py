@@ -3,14 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
-import platform
 import statistics
-import subprocess
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +52,9 @@ RATIOS: dict[str, tuple[str, str, str]] = {
     "batch1_vs_lmdb_100put": ("batch1_rate", "lmdb100_events_per_s", "batch over raw storage"),
     "get_p50_vs_empty_rpc_p50": ("get_p50_ms", "echo_seq_p50_ms", "lookup over gRPC"),
     "get_p99_vs_empty_rpc_p99": ("get_p99_ms", "echo_seq_p99_ms", "lookup over gRPC"),
+    # Delivery needs the append committed first: append latency is its lower bound.
+    "delivery_p50_vs_append_p50": ("delivery_p50_ms", "append_seq_p50_ms", "delivery over append"),
+    "delivery_p99_vs_append_p99": ("delivery_p99_ms", "append_seq_p99_ms", "delivery over append"),
 }
 
 
@@ -93,6 +91,10 @@ TARGETS = [
     Target("batch1_rate", ">=", 60000.0, "batched append >= 60,000 ev/s"),
     Target("replay_rate", ">=", 250000.0, "full replay >= 250,000 ev/s"),
     Target("get_p99_ms", "<=", 1.0, "GetEvent p99 <= 1 ms"),
+    Target("delivery_p50_ms", "<=", 2.0, "delivery p50 <= 2 ms"),
+    Target("delivery_p99_ms", "<=", 10.0, "delivery p99 <= 10 ms"),
+    Target("fanout_rate", ">=", 100_000.0, "100-subscriber fan-out >= 100,000 deliveries/s"),
+    Target("resume_p99_ms", "<=", 50.0, "resume from checkpoint <= 50 ms (p99)"),
 ]
 
 
@@ -117,7 +119,9 @@ def evaluate(values: dict[str, float]) -> list[dict[str, Any]]:
 Row = tuple[str, str, str, str, str, str]
 
 
-def _rows(clients_label: str, replay_events: int) -> list[tuple[str, list[Row]]]:
+def _rows(clients_label: str, sizes: dict[str, Any]) -> list[tuple[str, list[Row]]]:
+    replay_events = sizes["replay_events"]
+    sub = sizes.get("subscriptions", {})
     seq: list[Row] = [
         (f"p{p}", f"append_seq_{k}_ms", "ms", f"empty RPC p{p}", f"echo_seq_{k}_ms", "ms")
         for p, k in (("50", "p50"), ("95", "p95"), ("99", "p99"), ("99.9", "p999"))
@@ -180,6 +184,41 @@ def _rows(clients_label: str, replay_events: int) -> list[tuple[str, list[Row]]]
             ],
         ),
         (
+            f"append-to-subscriber delivery: 1 subscriber (from_end), 1 client appending"
+            f" {sub.get('delivery_rate', 0):g} single events/s, send to receive",
+            [
+                ("p50", "delivery_p50_ms", "ms", "append p50", "append_seq_p50_ms", "ms"),
+                ("p99", "delivery_p99_ms", "ms", "append p99", "append_seq_p99_ms", "ms"),
+                ("max", "delivery_max_ms", "ms", "", "", ""),
+                ("paced appends' own p50", "delivery_append_p50_ms", "ms", "", "", ""),
+                ("server CPU", "delivery_server_cpu", "cores", "", "", ""),
+            ],
+        ),
+        (
+            f"fan-out: {sub.get('fanout_subscribers', 0)} subscribers (from_end) in"
+            f" {sub.get('fanout_processes', 0)} client processes, 1 writer appending"
+            f" {sub.get('fanout_events', 0):,} events in batches of {sub.get('fanout_batch', 0)}",
+            [
+                ("deliveries", "fanout_rate", "deliveries/s", "", "", ""),
+                ("first append to last delivery", "fanout_s", "s", "", "", ""),
+                ("writer's append rate", "fanout_write_rate", "ev/s", "", "", ""),
+                ("events per message", "fanout_events_per_message", "x", "", "", ""),
+                ("server CPU", "fanout_server_cpu", "cores", "", "", ""),
+                ("clients CPU (all)", "fanout_clients_cpu", "cores", "", "", ""),
+                ("busiest client process", "fanout_busiest_client_cpu", "cores", "", "", ""),
+            ],
+        ),
+        (
+            f"resume a named consumer: new stream to first event, warm channel,"
+            f" {sub.get('resume_repeats', 0)} resumes",
+            [
+                ("p50", "resume_p50_ms", "ms", "", "", ""),
+                ("p99", "resume_p99_ms", "ms", "", "", ""),
+                ("events in the first message", "resume_first_batch_events", "x", "", "", ""),
+                ("ack to checkpoint stored", "resume_ack_stored_ms", "ms", "", "", ""),
+            ],
+        ),
+        (
             "floors (same run)",
             [
                 ("empty RPC p50, 1 client", "echo_seq_p50_ms", "ms", "", "", ""),
@@ -201,11 +240,13 @@ def _fmt(value: float | None, unit: str) -> str:
     if unit == "cores":
         return f"{value:.2f} cores"
     if unit == "x":
-        return f"{value:.2f}"
+        return f"{value:.2f}" if value < 100 else f"{value:,.0f}"
+    if unit == "s":
+        return f"{value:.2f} s"
     return f"{value:,.0f} {unit}"
 
 
-def render(values: dict[str, float], clients_label: str, replay_events: int) -> str:
+def render(values: dict[str, float], clients_label: str, sizes: dict[str, Any]) -> str:
     """The results table: value, floor, ratio, and the target marks of each row."""
     marks: dict[str, list[str]] = {}
     for t in TARGETS:
@@ -217,7 +258,7 @@ def render(values: dict[str, float], clients_label: str, replay_events: int) -> 
     # The ratio target is shown on the row that computes that ratio.
     row_ratio = {("append_conc_rate", "echo_conc_rate"): "append_conc_vs_empty_rpc_conc"}
     lines: list[str] = []
-    for title, rows in _rows(clients_label, replay_events):
+    for title, rows in _rows(clients_label, sizes):
         lines.append(title)
         for label, key, unit, floor_label, floor_key, floor_unit in rows:
             value = values.get(key)
@@ -250,7 +291,7 @@ def summary(doc: dict[str, Any], values: dict[str, float], noisy_cpu: float) -> 
         "sizes: " + json.dumps(doc["sizes"]),
     ]
     if runs:
-        lines.append(render(values, doc["concurrent_clients"], doc["sizes"]["replay_events"]))
+        lines.append(render(values, doc["concurrent_clients"], doc["sizes"]))
     if "client_arrangements" in doc:
         lines.append("client arrangements (8 clients; CPU in cores):")
         for mode, r in doc["client_arrangements"].items():
@@ -277,83 +318,7 @@ def _num(x: float) -> str:
     return f"{x:,.0f}" if x >= 10 else f"{x:g}"
 
 
-# -- machine info and the results file -----------------------------------------------
-
-
-def _version(dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
-def _fs_type(path: Path) -> str:
-    """The file system type of the mount holding path (from /proc/mounts)."""
-    try:
-        best, fstype = "", "unknown"
-        target = str(path.resolve())
-        for line in Path("/proc/mounts").read_text().splitlines():
-            parts = line.split()
-            mnt = parts[1]
-            inside = target == mnt or target.startswith(mnt.rstrip("/") + "/")
-            if len(parts) > 2 and inside and len(mnt) >= len(best):
-                best, fstype = mnt, parts[2]
-        return fstype
-    except OSError:
-        return "unknown"
-
-
-def _git_commit(repo: Path) -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=5
-        )
-        return out.stdout.strip() if out.returncode == 0 else ""
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
-def machine_info(work_dir: Path, repo: Path) -> dict[str, Any]:
-    import lmdb
-
-    try:
-        cpus_usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cpus_usable = os.cpu_count() or 0
-    mem_kib = 0
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                mem_kib = int(line.split()[1])
-    except OSError:
-        pass
-    return {
-        "nproc": cpus_usable,
-        "cpu_count": os.cpu_count(),
-        "cpu_model": _cpu_model(),
-        "memory_gib": round(mem_kib / 1024**2, 1),
-        "loadavg_at_start": list(os.getloadavg()),
-        "platform": platform.platform(),
-        "python": sys.version.split()[0],
-        "python_implementation": platform.python_implementation(),
-        "grpcio": _version("grpcio"),
-        "protobuf": _version("protobuf"),
-        "lmdb": _version("lmdb"),
-        "liblmdb": ".".join(str(x) for x in lmdb.version()),
-        "lighthouse_store": _version("lighthouse-store"),
-        "work_dir_fs": _fs_type(work_dir),
-        "git_commit": _git_commit(repo),
-    }
+# -- the results file ------------------------------------------------------------
 
 
 def write_json(path: Path, doc: dict[str, Any]) -> None:

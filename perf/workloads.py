@@ -344,8 +344,11 @@ def worker_main(conn: Connection) -> None:
             msg = conn.recv()
             if msg[0] == "exit":
                 return
-            _, spec, style, base_index, n = msg
             try:
+                if msg[0] == "job":  # ("job", fn, args): fn(conn, *args), e.g. subscribers.py
+                    conn.send(("result", msg[1](conn, *msg[2])))
+                    continue
+                _, spec, style, base_index, n = msg
                 runner = _run_async if style == "asyncio" else _run_sync
                 conn.send(("result", runner(conn, spec, base_index, n)))
             except Exception:
