@@ -109,8 +109,10 @@ class LmdbEventStore(EventStore):
         durability: Durability,
         max_readers: int = 1024,
         clock: Callable[[], int] = time.time_ns,
+        tail_bytes: int = 16 * 1024 * 1024,
     ) -> None:
         self._clock = clock
+        self._tail = _Tail(tail_bytes)
         path = Path(data_dir) / "lmdb"
         path.mkdir(parents=True, exist_ok=True)
         durable = durability is Durability.FSYNC
@@ -173,6 +175,7 @@ class LmdbEventStore(EventStore):
                 if stored is None or _U64.unpack(stored)[0] < position:  # never backwards
                     txn.put(key, _U64.pack(position), db=self._consumers)
             txn.commit()
+            self._tail.add(group.records)  # only once durable: readers never see more
         except lmdb.MapFullError:
             txn.abort()
             raise StorageFull("the store is full (LMDB map size reached)") from None
@@ -308,22 +311,33 @@ class LmdbEventStore(EventStore):
                 cursor = self._start(txn, query)
                 if cursor is None:
                     return Page([], None)
-            get = txn.get
-            log = self._log
+            get, recent, log, verify = txn.get, self._tail.get, self._log, records.verify
+
+            def record_at(position: int, key: bytes) -> bytes:
+                # The in-memory tail holds the exact bytes committed moments ago;
+                # anything read from the disk has its checksum checked.
+                record = recent(position)
+                if record is None:
+                    raw = get(key, db=log)
+                    if raw is None:
+                        raise Corruption(f"log has no event at position {position}", position)
+                    record = verify(raw, position)
+                return record
+
             if query.stream is None:
 
-                def fetch(key: int) -> tuple[int, bytes | None]:
-                    return key, get(_U64.pack(key), db=log)
+                def fetch(key: int) -> bytes:
+                    return record_at(key, _U64.pack(key))
 
             else:
                 sid = self._stream_id(txn, query.stream)
                 idx = self._idx
 
-                def fetch(key: int) -> tuple[int, bytes | None]:
+                def fetch(key: int) -> bytes:
                     raw = get(_IDX.pack(sid, key), db=idx)
                     if raw is None:
                         raise Corruption(f"stream index entry missing for revision {key}", 0)
-                    return _U64.unpack(raw)[0], get(raw, db=log)
+                    return record_at(_U64.unpack(raw)[0], raw)
 
             scan = max_scan or max_events * _SCAN_FACTOR
             return self._page(query, cursor, max_events, max_bytes, scan, fetch)
@@ -335,22 +349,18 @@ class LmdbEventStore(EventStore):
         max_events: int,
         max_bytes: int,
         budget: int,
-        fetch: Callable[[int], tuple[int, bytes | None]],
+        fetch: Callable[[int], bytes],
     ) -> Page:
         step = -1 if query.backwards else 1
         key, stop, remaining = cursor.next_key, cursor.stop_key, cursor.remaining
         out: list[bytes] = []
         size = 0
-        verify = records.verify
         done = False
         while budget > 0 and len(out) < max_events and size < max_bytes:
             if (key > stop) if step > 0 else (key < stop):
                 done = True
                 break
-            position, record = fetch(key)
-            if record is None:
-                raise Corruption(f"log has no event at position {position}", position)
-            verify(record, position)
+            record = fetch(key)
             key += step
             budget -= 1
             if query.filtered and not _matches(query, record):
@@ -459,3 +469,32 @@ class _Group:
         self.ids: dict[bytes, bytes] = {}  # event id -> position
         self.streams: dict[bytes, tuple[int, int, int]] = {}  # name -> id, next rev, last pos
         self.records: dict[int, bytes] = {}  # position -> record, for in-group retries
+
+
+class _Tail:
+    """The most recently committed records, by position, bounded in bytes.
+
+    Live subscribers (and any read near the head) take records from here
+    instead of LMDB: the writer adds a group's records right after its commit
+    is durable, so every subscriber of a fan-out shares one copy and nobody
+    re-reads and re-checks what was just written. Dict reads and writes are
+    atomic under the GIL; a position evicted under a reader's feet is simply
+    read from LMDB.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self._max_bytes = max_bytes
+        self._records: dict[int, bytes] = {}
+        self._bytes = 0
+
+    def get(self, position: int) -> bytes | None:
+        return self._records.get(position)
+
+    def add(self, committed: dict[int, bytes]) -> None:
+        records = self._records
+        for position, record in committed.items():  # ascending positions
+            records[position] = record
+            self._bytes += len(record)
+        while self._bytes > self._max_bytes and records:
+            oldest = next(iter(records))
+            self._bytes -= len(records.pop(oldest))
