@@ -88,6 +88,7 @@ class Bench:
         self.pool: ClientPool | None = None
         self.echo: echo_server.EchoServer | None = None
         self.daemon: Any = None
+        self.nogroup: Any = None
         self._env: Any = None  # read-only handle on the daemon's LMDB env (commit counter)
 
     # -- setup -------------------------------------------------------------
@@ -106,8 +107,17 @@ class Bench:
             self.work / "data", extra_args=extra, log_path=self.work / "daemon.log"
         )
         self.daemon.start()
+        # The same daemon with group commit off: one transaction and one fsync
+        # per append, to show what grouping gains under the same 8 clients.
+        self.nogroup = DaemonProcess(
+            self.work / "data-nogroup",
+            extra_args=[*extra, "--max-batch-appends", "1"],
+            log_path=self.work / "daemon-nogroup.log",
+        )
+        self.nogroup.start()
         log(
             f"daemon pid {self.daemon.pid} at {self.daemon.address}; "
+            f"no-group-commit daemon pid {self.nogroup.pid}; "
             f"echo server pid {self.echo.pid} at {self.echo.address}; "
             f"client pids {self.pool.pids}"
         )
@@ -119,6 +129,7 @@ class Bench:
             ("client pool", self.pool.close if self.pool else None),
             ("echo server", self.echo.stop if self.echo else None),
             ("daemon", self.daemon.stop if self.daemon is not None else None),
+            ("no-group daemon", self.nogroup.stop if self.nogroup is not None else None),
         ):
             if fn is None:
                 continue
@@ -128,6 +139,8 @@ class Bench:
                 log(f"stopping the {name} failed: {exc!r}")
                 if name == "daemon" and self.daemon.running():
                     self.daemon.kill9()
+                if name == "no-group daemon" and self.nogroup.running():
+                    self.nogroup.kill9()
 
     def commits(self) -> float:
         """LMDB write transactions committed so far in the daemon's env (last_txnid).
@@ -226,6 +239,8 @@ class Bench:
         log(f"{CONCURRENT_CLIENTS} concurrent clients ({label}), {s.window_s:g} s windows")
         m |= _conc("echo_conc", self.window("echo", echo, self.arr), calls=True)
         m |= _conc("append_conc", self.window("append", daemon, self.arr, stream="bench-conc"))
+        nogroup = self.window("append", self.nogroup.address, self.arr, stream="bench-nogroup")
+        m["nogroup_conc_rate"] = _rate(nogroup)
 
         log("batched appends, 100 events per call: 1 client, then 2")
         batch1 = self.window("append", daemon, SEQUENTIAL, batch=100, stream="bench-batch")

@@ -49,6 +49,11 @@ RATIOS: dict[str, tuple[str, str, str]] = {
         "lmdb1_commits_per_s",
         "> 1: group commit beats one fsync per call",
     ),
+    "group_commit_gain": (
+        "append_conc_rate",
+        "nogroup_conc_rate",
+        "> 1: group commit beats one fsync per call (same daemon, --max-batch-appends 1)",
+    ),
     "batch1_vs_lmdb_100put": ("batch1_rate", "lmdb100_events_per_s", "batch over raw storage"),
     "get_p50_vs_empty_rpc_p50": ("get_p50_ms", "echo_seq_p50_ms", "lookup over gRPC"),
     "get_p99_vs_empty_rpc_p99": ("get_p99_ms", "echo_seq_p99_ms", "lookup over gRPC"),
@@ -134,6 +139,14 @@ def _rows(clients_label: str, sizes: dict[str, Any]) -> list[tuple[str, list[Row
             [
                 ("rate", "append_conc_rate", "ev/s", "empty RPC rate", "echo_conc_rate", rpc),
                 ("rate", "append_conc_rate", "ev/s", "1-put fsync", "lmdb1_commits_per_s", lmdb1),
+                (
+                    "rate",
+                    "append_conc_rate",
+                    "ev/s",
+                    "no group commit",
+                    "nogroup_conc_rate",
+                    "ev/s",
+                ),
                 ("call p50", "append_conc_p50_ms", "ms", "empty RPC p50", "echo_conc_p50_ms", "ms"),
                 ("call p99", "append_conc_p99_ms", "ms", "empty RPC p99", "echo_conc_p99_ms", "ms"),
                 (

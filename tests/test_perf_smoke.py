@@ -1,0 +1,28 @@
+"""The perf harness runs end to end (a smoke run: no speed is asserted here;
+speed is judged by `./dev perf`, against baselines measured in the same run)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_perf_quick_runs_and_writes_results(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    proc = subprocess.run(
+        [sys.executable, "perf/bench.py", "--quick", "--out", str(out), "--tmp-dir", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads(out.read_text())
+    text = json.dumps(results)
+    for metric in ("append_seq_p50_ms", "append_conc_rate", "nogroup_conc_rate", "batch1_rate",
+                   "replay_rate", "get_p99_ms", "delivery_p50_ms", "fanout_rate", "resume_p99_ms"):
+        assert metric in text, f"{metric} missing from the results"
