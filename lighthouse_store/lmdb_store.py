@@ -485,6 +485,7 @@ class _Tail:
     def __init__(self, max_bytes: int) -> None:
         self._max_bytes = max_bytes
         self._records: dict[int, bytes] = {}
+        self._first = 0  # lowest position held (the log is gapless, so they are contiguous)
         self._bytes = 0
 
     def get(self, position: int) -> bytes | None:
@@ -493,8 +494,10 @@ class _Tail:
     def add(self, committed: dict[int, bytes]) -> None:
         records = self._records
         for position, record in committed.items():  # ascending positions
+            if not records:
+                self._first = position
             records[position] = record
             self._bytes += len(record)
         while self._bytes > self._max_bytes and records:
-            oldest = next(iter(records))
-            self._bytes -= len(records.pop(oldest))
+            self._bytes -= len(records.pop(self._first))
+            self._first += 1

@@ -280,3 +280,20 @@ class TestLmdbEventStore(EventStoreContract):
             assert isinstance(ok, AppendResult) and ok.first_position == 2
         finally:
             store.close()
+
+    def test_the_in_memory_tail_stays_bounded_and_reads_fall_back_to_disk(
+        self, tmp_path: Path
+    ) -> None:
+        store = LmdbEventStore(tmp_path / "tail", map_size=64 << 20,
+                               durability=Durability.ASYNC, tail_bytes=20_000)
+        try:
+            for _ in range(50):
+                store.commit([cmd("s", *[event(data=bytes(300)) for _ in range(10)])])
+            tail = store._tail
+            assert tail._bytes <= 20_000
+            held = sorted(tail._records)
+            assert held == list(range(held[0], 501)) and held[0] > 1  # contiguous, newest
+            page = store.read_page(ReadQuery(), None, 1000, 1 << 30)
+            assert [records.decode(r).position for r in page.records] == list(range(1, 501))
+        finally:
+            store.close()
