@@ -30,6 +30,7 @@ from typing import Any
 
 import grpc
 from workloads import (
+    APPEND_METHOD,
     CHANNEL_OPTIONS,
     CONTENT_TYPE,
     EVENT_BYTES,
@@ -292,7 +293,7 @@ def batch_writer(
     channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
     try:
         grpc.channel_ready_future(channel).result(timeout=RPC_TIMEOUT_S)
-        append = pb_grpc.EventStoreServiceStub(channel).Append
+        append = channel.unary_unary(APPEND_METHOD, _registered_method=True)  # pre-serialized
         res.first_ns = time.monotonic_ns()
         deadline = res.first_ns + int(cap_s * 1e9)
         for request in calls:
