@@ -98,8 +98,9 @@ def append_command(req: pb.AppendRequest, limits: Limits) -> AppendCommand:
             raise InvalidArgument(
                 f"events[{i}].data: {size} bytes is more than the limit of {max_data}"
             )
-        if event.content_type:
-            _label(f"events[{i}].content_type", event.content_type)
+        content_type = event.content_type
+        if content_type and (len(content_type) > _MAX_NAME or control(content_type)):
+            _label(f"events[{i}].content_type", content_type)
         if len(event.metadata):
             _metadata(f"events[{i}].metadata", event.metadata, limits)
         if not text.islower() and text != text.lower():
