@@ -8,6 +8,10 @@
   that position are dropped if the daemon sends them again (a named consumer
   restarts from its stored checkpoint), so the caller sees every event exactly
   once and in order across reconnects.
+- ``caught_up`` turns true when the daemon says the subscription reached the
+  head; events received before that marker may still be waiting in the
+  local buffer (at most ``window`` of them), so compare positions with
+  ``info().head_position`` when "processed everything up to now" matters.
 - Acks (named consumers): ``ack()`` sends the position; the daemon stores acks
   in batches and confirms them; ``close()`` waits (bounded) for the
   confirmation of the last ack, and an ack made while disconnected is re-sent
