@@ -112,10 +112,6 @@ class GroupCommitWriter:
             await asyncio.to_thread(self._thread.join)
             await asyncio.sleep(0)  # run the last batch's answers
 
-    @property
-    def queue_depth(self) -> int:
-        return self._pending
-
     async def append(self, command: AppendCommand) -> AppendResult:
         if self._closing:
             self._last_refusal = time.monotonic()
