@@ -51,6 +51,18 @@ def event_id(text: str, field: str = "event_id") -> tuple[bytes, str]:
     return raw, text.lower()
 
 
+# Event types and content types seen valid before: most appends repeat a few,
+# so the regex runs once per distinct value (bounded, so it cannot grow forever).
+_good_labels: set[str] = set()
+_GOOD_LABELS_MAX = 4096
+
+
+def _remember(label: str) -> None:
+    if len(_good_labels) >= _GOOD_LABELS_MAX:
+        _good_labels.clear()
+    _good_labels.add(label)
+
+
 def _label(field: str, text: str) -> str:
     if not text:
         raise InvalidArgument(f"{field}: must not be empty")
@@ -76,37 +88,39 @@ def append_command(req: pb.AppendRequest, limits: Limits) -> AppendCommand:
     total = 0
     max_data = limits.max_event_data_bytes
     uuid_match = _UUID_RE.match
-    control = _CONTROL_RE.search
+    fromhex = bytes.fromhex
+    good = _good_labels
     # The hot loop checks cheaply and only builds messages (field names) on failure.
     for i, event in enumerate(req.events):
         text = event.event_id
         if not uuid_match(text):
             event_id(text, f"events[{i}].event_id")  # raises with the precise reason
-        raw_id = bytes.fromhex(text.replace("-", ""))
-        if raw_id == _NIL:
-            event_id(text, f"events[{i}].event_id")
-        if raw_id in seen:
+        raw_id = fromhex(text.replace("-", ""))
+        if raw_id in seen or raw_id == _NIL:
+            event_id(text, f"events[{i}].event_id")  # the nil UUID
             raise InvalidArgument(
                 f"events[{i}].event_id: {text.lower()} appears twice in this append"
             )
         seen.add(raw_id)
         event_type = event.event_type
-        if not event_type or len(event_type) > _MAX_NAME or control(event_type):
+        if event_type not in good:
             _label(f"events[{i}].event_type", event_type)
-        size = len(event.data)
-        if size > max_data:
-            raise InvalidArgument(
-                f"events[{i}].data: {size} bytes is more than the limit of {max_data}"
-            )
+            _remember(event_type)
         content_type = event.content_type
-        if content_type and (len(content_type) > _MAX_NAME or control(content_type)):
+        if content_type and content_type not in good:
             _label(f"events[{i}].content_type", content_type)
-        if len(event.metadata):
+            _remember(content_type)
+        if event.metadata:
             _metadata(f"events[{i}].metadata", event.metadata, limits)
         if not text.islower() and text != text.lower():
             event.event_id = text.lower()
         proposed = event.SerializeToString()
-        total += len(proposed)
+        size = len(proposed)
+        if size > max_data and len(event.data) > max_data:  # data is part of proposed
+            raise InvalidArgument(
+                f"events[{i}].data: {len(event.data)} bytes is more than the limit of {max_data}"
+            )
+        total += size
         events.append(NewEvent(raw_id, proposed))
     if total > limits.max_append_bytes:
         raise InvalidArgument(
