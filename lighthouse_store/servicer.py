@@ -1,9 +1,10 @@
 """The gRPC servicer: protobuf in, domain calls, protobuf (or stored bytes) out.
 
-Read, GetEvent and Subscribe answer with stored records as they are on disk: a stored
-record is already a serialized RecordedEvent (``records.py``), so those
-methods are registered with an identity response serializer and build their
-responses by concatenation, never parsing or re-encoding an event.
+Every method is registered with identity (de)serializers: requests are parsed
+inside the error guard, and responses are bytes. Read, GetEvent and Subscribe
+answer with stored records as they are on disk (a stored record is already a
+serialized RecordedEvent, ``records.py``), building their responses by
+concatenation, never parsing or re-encoding an event.
 
 Errors: handlers raise domain errors; :func:`_guard` turns them into a gRPC
 status through ``status.to_status`` (the one mapping), and anything
@@ -100,14 +101,14 @@ class EventStoreServicer:
         self._readers = readers
 
     @_guard
-    async def append(self, raw: bytes, context: grpc.aio.ServicerContext) -> pb.AppendResponse:
+    async def append(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
         command = validation.append_command(_parse(pb.AppendRequest, raw), self._config.limits)
         result = await self._writer.append(command)
         return pb.AppendResponse(
             first_position=result.first_position,
             last_position=result.last_position,
             last_revision=result.last_revision,
-        )
+        ).SerializeToString()
 
     @_guard_stream
     async def read(self, raw: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
@@ -135,7 +136,7 @@ class EventStoreServicer:
         return records.repeated_events([record])  # GetEventResponse.event is field 1
 
     @_guard
-    async def get_info(self, raw: bytes, context: grpc.aio.ServicerContext) -> pb.GetInfoResponse:
+    async def get_info(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
         _parse(pb.GetInfoRequest, raw)
         limits = self._config.limits
         return pb.GetInfoResponse(
@@ -150,7 +151,7 @@ class EventStoreServicer:
                 max_metadata_bytes=limits.max_metadata_bytes,
             ),
             subscriber_count=self._hub.count,
-        )
+        ).SerializeToString()
 
     @_guard_stream
     async def subscribe(
@@ -182,35 +183,30 @@ async def _parsed(requests: AsyncIterator[bytes]) -> AsyncIterator[pb.SubscribeR
         yield _parse(pb.SubscribeRequest, raw)
 
 
+_FACTORIES = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
+
+
 def method_handlers(servicer: EventStoreServicer) -> dict[str, grpc.RpcMethodHandler]:
-    """The service's handlers, keyed by the method names in the descriptor."""
-    methods = {m.name: m for m in SERVICE.methods}
-    handlers = {
-        "Append": grpc.unary_unary_rpc_method_handler(
-            servicer.append,
-            request_deserializer=_raw,
-            response_serializer=pb.AppendResponse.SerializeToString,
-        ),
-        "Read": grpc.unary_stream_rpc_method_handler(
-            servicer.read,
-            request_deserializer=_raw,
-            response_serializer=_raw,
-        ),
-        "GetEvent": grpc.unary_unary_rpc_method_handler(
-            servicer.get_event,
-            request_deserializer=_raw,
-            response_serializer=_raw,
-        ),
-        "GetInfo": grpc.unary_unary_rpc_method_handler(
-            servicer.get_info,
-            request_deserializer=_raw,
-            response_serializer=pb.GetInfoResponse.SerializeToString,
-        ),
-        "Subscribe": grpc.stream_stream_rpc_method_handler(
-            servicer.subscribe,
-            request_deserializer=_raw,
-            response_serializer=_raw,
-        ),
+    """The service's handlers, one per method in the descriptor. Every handler
+    takes and returns bytes (requests are parsed inside the error guard,
+    responses are serialized or concatenated by the handler), so the only
+    per-method choice is the streaming shape, read from the descriptor."""
+    implementations = {
+        "Append": servicer.append,
+        "Read": servicer.read,
+        "GetEvent": servicer.get_event,
+        "GetInfo": servicer.get_info,
+        "Subscribe": servicer.subscribe,
     }
-    assert handlers.keys() == methods.keys(), "handlers out of step with the proto"
-    return handlers
+    methods = {m.name: m for m in SERVICE.methods}
+    assert implementations.keys() == methods.keys(), "handlers out of step with the proto"
+    return {
+        name: _FACTORIES[(m.client_streaming, m.server_streaming)](
+            implementations[name], request_deserializer=_raw, response_serializer=_raw
+        )
+        for name, m in methods.items()
+    }
