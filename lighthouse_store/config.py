@@ -42,6 +42,8 @@ class Config:
     # LMDB map size: the most the store can hold. Virtual address space only;
     # the file grows as data is written.
     map_size: int = 64 * GIB
+    # Zero-filled space kept ahead of LMDB's write head (prealloc.py); 0 = off.
+    preallocate: int = 64 * MIB
     limits: Limits = field(default_factory=Limits)
     # Group commit: appends queued beyond max_queue fail at once with
     # RESOURCE_EXHAUSTED; one transaction takes at most max_batch_appends
@@ -64,6 +66,10 @@ _SETTINGS: dict[str, tuple[str, str]] = {
     "data_dir": ("LIGHTHOUSE_DATA_DIR", "data directory (default ./data)"),
     "durability": ("LIGHTHOUSE_DURABILITY", "fsync (default) or async"),
     "map_size": ("LIGHTHOUSE_MAP_SIZE", "LMDB map size in bytes (default 64 GiB)"),
+    "preallocate": (
+        "LIGHTHOUSE_PREALLOCATE",
+        "bytes of zero-filled space kept ahead of the data file's end (default 64 MiB; 0 = off)",
+    ),
     "max_queue": ("LIGHTHOUSE_MAX_QUEUE", "queued appends before RESOURCE_EXHAUSTED"),
     "max_batch_appends": (
         "LIGHTHOUSE_MAX_BATCH_APPENDS",
@@ -107,6 +113,8 @@ def from_args(args: argparse.Namespace, environ: Mapping[str, str] | None = None
         for name in ("map_size", "max_queue", "max_batch_appends"):
             if name in raw:
                 kwargs[name] = _size(name, raw[name])
+        if "preallocate" in raw:
+            kwargs["preallocate"] = _size("preallocate", raw["preallocate"], allow_zero=True)
         return Config(**kwargs)  # type: ignore[arg-type]
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
@@ -119,8 +127,8 @@ class ConfigError(ValueError):
 _SUFFIXES = {"k": KIB, "m": MIB, "g": GIB, "t": 1024 * GIB}
 
 
-def _size(name: str, text: str) -> int:
-    """Parse '4096', '64k', '1M', '64GiB' into a positive int."""
+def _size(name: str, text: str, *, allow_zero: bool = False) -> int:
+    """Parse '4096', '64k', '1M', '64GiB' into a positive (or zero) int."""
     s = text.strip().lower().removesuffix("ib").removesuffix("b")
     mult = 1
     if s and s[-1] in _SUFFIXES:
@@ -130,7 +138,7 @@ def _size(name: str, text: str) -> int:
         value = int(s) * mult
     except ValueError:
         raise ConfigError(f"{name}: not a size: {text!r}") from None
-    if value <= 0:
+    if value < 0 or (value == 0 and not allow_zero):
         raise ConfigError(f"{name}: must be positive, got {text!r}")
     return value
 

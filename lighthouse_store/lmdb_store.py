@@ -5,6 +5,9 @@ On-disk format, version 1
 
 One LMDB environment in ``<data_dir>/lmdb/`` (``data.mdb``, ``lock.mdb``).
 The daemon's single-instance lock is ``<data_dir>/LOCK`` (``lock.py``).
+``data.mdb`` may run past LMDB's last page: zero-filled space kept ahead of
+the write head so that commits overwrite allocated blocks instead of growing
+the file (``prealloc.py``); LMDB never reads it.
 All integers are unsigned 64-bit big-endian, so byte order is numeric order
 and cursors walk positions and revisions in order.
 
@@ -61,6 +64,7 @@ along a stream.
 from __future__ import annotations
 
 import struct
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -79,6 +83,7 @@ from lighthouse_store.errors import (
     StreamNotFound,
     WrongExpectedRevision,
 )
+from lighthouse_store.prealloc import Preallocator
 from lighthouse_store.store import (
     AppendCommand,
     AppendResult,
@@ -110,6 +115,7 @@ class LmdbEventStore(EventStore):
         max_readers: int = 1024,
         clock: Callable[[], int] = time.time_ns,
         tail_bytes: int = 16 * 1024 * 1024,
+        preallocate: int = 0,
     ) -> None:
         self._clock = clock
         self._tail = _Tail(tail_bytes)
@@ -141,6 +147,21 @@ class LmdbEventStore(EventStore):
             raw = txn.get(b"next_stream_id", db=self._meta)
             self._next_stream_id = _U64.unpack(raw)[0] if raw else 1
             self._head, self._last_ts = self._load_head(txn)
+        # Held around every commit (the only time LMDB writes the file) and by
+        # the preallocator around each write of zeros past the end of the file.
+        self._file_lock = threading.Lock()
+        self._page_size = int(self._env.stat()["psize"])
+        self._prealloc = (
+            Preallocator(
+                path / "data.mdb",
+                ahead=preallocate,
+                used_bytes=self.used_bytes,
+                file_lock=self._file_lock,
+                sync=durable,
+            ).start()
+            if preallocate
+            else None
+        )
 
     def _load_head(self, txn: Any) -> tuple[int, int]:
         cur = txn.cursor(db=self._log)
@@ -154,6 +175,10 @@ class LmdbEventStore(EventStore):
 
     def head_position(self) -> int:
         return self._head
+
+    def used_bytes(self) -> int:
+        """Bytes of ``data.mdb`` that LMDB uses (the file may be longer: ``prealloc.py``)."""
+        return (int(self._env.info()["last_pgno"]) + 1) * self._page_size
 
     def commit(
         self, commands: Sequence[AppendCommand], checkpoints: Mapping[str, int] | None = None
@@ -174,7 +199,8 @@ class LmdbEventStore(EventStore):
                 stored = txn.get(key, db=self._consumers)
                 if stored is None or _U64.unpack(stored)[0] < position:  # never backwards
                     txn.put(key, _U64.pack(position), db=self._consumers)
-            txn.commit()
+            with self._file_lock:
+                txn.commit()
             self._tail.add(group.records)  # only once durable: readers never see more
         except lmdb.MapFullError:
             txn.abort()
@@ -426,6 +452,8 @@ class LmdbEventStore(EventStore):
         return ReadCursor(start, stop, query.max_count or -1)
 
     def close(self) -> None:
+        if self._prealloc is not None:
+            self._prealloc.close()
         self._env.close()
 
 

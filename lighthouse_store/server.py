@@ -108,7 +108,10 @@ async def serve(config: Config) -> None:
     lock = DataDirLock(config.data_dir).acquire()
     try:
         store = LmdbEventStore(
-            config.data_dir, map_size=config.map_size, durability=config.durability
+            config.data_dir,
+            map_size=config.map_size,
+            durability=config.durability,
+            preallocate=config.preallocate,
         )
         try:
             await _run(config, store)

@@ -1,0 +1,94 @@
+#!/usr/bin/env python3
+"""Store commits with and without the zero-filled space ahead (``prealloc.py``).
+
+    .venv/bin/python perf/commit_bench.py [--commits 1500] [--rounds 3]
+
+In-process, no gRPC: ``LmdbEventStore.commit`` of one 100-event append (1 KiB
+events, UUIDv7 ids as the client library makes them) at a time, on fresh
+stores in a temp dir, in each durability: once with ``preallocate=0`` (LMDB grows the file itself)
+and once with the daemon's default, alternating, ``--rounds`` times each.
+Prints median commit times and the ratio; every loop is bounded by
+``--commits`` and by a time cap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from lighthouse_client import pb, uuid7
+from lighthouse_store.config import Config, Durability
+from lighthouse_store.lmdb_store import LmdbEventStore
+from lighthouse_store.store import AppendCommand, Expected, NewEvent
+
+TIME_CAP_S = 60.0
+
+
+def append(payload: bytes, n: int = 100) -> AppendCommand:
+    events = []
+    for _ in range(n):
+        eid = uuid7()  # the client library's default: time-ordered, so index inserts are local
+        proposed = pb.ProposedEvent(event_id=eid, event_type="Bench", data=payload)
+        events.append(NewEvent(bytes.fromhex(eid.replace("-", "")), proposed.SerializeToString()))
+    return AppendCommand("bench", Expected(), tuple(events), sum(len(e.proposed) for e in events))
+
+
+def median_commit_us(path: Path, durability: Durability, preallocate: int, commits: int) -> float:
+    payload = bytes(1024)
+    commands = [append(payload) for _ in range(commits)]
+    store = LmdbEventStore(
+        path, map_size=8 << 30, durability=durability, preallocate=preallocate
+    )
+    try:
+        if preallocate:  # start from a filled state, as a running daemon is
+            end = time.monotonic() + 10
+            while path.joinpath("lmdb", "data.mdb").stat().st_size < preallocate:
+                if time.monotonic() > end:
+                    break
+                time.sleep(0.01)
+        times = []
+        stop = time.monotonic() + TIME_CAP_S
+        for command in commands:
+            t = time.perf_counter_ns()
+            store.commit([command])
+            times.append(time.perf_counter_ns() - t)
+            if time.monotonic() > stop:
+                break
+        return statistics.median(times[len(times) // 10 :]) / 1e3
+    finally:
+        store.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--commits", type=int, default=1500)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--tmp-dir", default=None)
+    args = parser.parse_args()
+    default = Config().preallocate
+    with tempfile.TemporaryDirectory(dir=args.tmp_dir) as tmp:
+        for durability in Durability:
+            runs: dict[int, list[float]] = {0: [], default: []}
+            for r in range(args.rounds):
+                for prealloc in runs:
+                    path = Path(tmp) / f"{durability.value}-{prealloc}-{r}"
+                    runs[prealloc].append(
+                        median_commit_us(path, durability, prealloc, args.commits)
+                    )
+            off, on = (statistics.median(runs[k]) for k in (0, default))
+            print(
+                f"{durability.value:5s} 100-event commit, median of {args.rounds} rounds: "
+                f"growing the file {off:.0f} us, preallocated {on:.0f} us "
+                f"({off / on:.2f}x faster)   runs: off {[round(x) for x in runs[0]]} "
+                f"on {[round(x) for x in runs[default]]}",
+                flush=True,
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

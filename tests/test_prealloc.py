@@ -1,0 +1,160 @@
+"""The zero-filled space ahead of LMDB's write head (``prealloc.py``), on real
+LMDB files: it is kept, it never clobbers a committed page, and its failures
+never reach a commit."""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from test_store_contract import cmd, event
+
+from lighthouse_client import pb
+from lighthouse_store import config
+from lighthouse_store.config import Durability
+from lighthouse_store.lmdb_store import LmdbEventStore
+from lighthouse_store.prealloc import Preallocator
+from lighthouse_store.store import ReadQuery
+
+MIB = 1024 * 1024
+
+
+def data_file(path: Path) -> Path:
+    return path / "lmdb" / "data.mdb"
+
+
+def wait_until(predicate: object, timeout: float = 20.0) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.01)
+    raise AssertionError("condition not reached in time")
+
+
+def read_all(store: LmdbEventStore) -> list[pb.RecordedEvent]:
+    out: list[pb.RecordedEvent] = []
+    cursor = None
+    while True:
+        page = store.read_page(ReadQuery(), cursor, 1000, 1 << 30)
+        out += [pb.RecordedEvent.FromString(r) for r in page.records]
+        if page.cursor is None:
+            return out
+        cursor = page.cursor
+
+
+@pytest.mark.parametrize("durability", list(Durability))
+def test_the_file_is_kept_zero_filled_ahead_of_the_used_pages(
+    tmp_path: Path, durability: Durability
+) -> None:
+    store = LmdbEventStore(tmp_path, map_size=1 << 30, durability=durability, preallocate=4 * MIB)
+    try:
+        wait_until(lambda: data_file(tmp_path).stat().st_size >= store.used_bytes() + 4 * MIB)
+        payload = os.urandom(1000)
+        for _ in range(30):  # ~3 MiB of events: into the zeros and past them
+            store.commit([cmd("s", *(event(data=payload) for _ in range(100)))])
+        used = store.used_bytes()
+        assert used > 3 * MIB
+        wait_until(lambda: data_file(tmp_path).stat().st_size >= store.used_bytes() + 4 * MIB)
+        with data_file(tmp_path).open("rb") as f:  # everything past the used pages is zeros
+            f.seek(used)
+            assert f.read().count(0) == data_file(tmp_path).stat().st_size - used
+    finally:
+        store.close()
+
+
+def test_filling_while_commits_run_never_clobbers_a_committed_page(tmp_path: Path) -> None:
+    """A filler that writes a small step every millisecond, racing a writer
+    that keeps growing the file: every event reads back intact (each record's
+    checksum is verified on read) after a reopen without the filler."""
+    store = LmdbEventStore(tmp_path, map_size=1 << 30, durability=Durability.ASYNC)
+    filler = Preallocator(
+        data_file(tmp_path),
+        ahead=256 * 1024,
+        used_bytes=store.used_bytes,
+        file_lock=store._file_lock,
+        sync=False,
+        step=16 * 1024,
+        interval_s=0.001,
+    ).start()
+    written: list[bytes] = []
+    try:
+        for i in range(40):
+            batch = [event(data=os.urandom(900 + i)) for _ in range(50)]
+            store.commit([cmd(f"s-{i % 3}", *batch)])
+            written += [e.proposed for e in batch]
+    finally:
+        filler.close()
+        store.close()
+    assert data_file(tmp_path).stat().st_size > 0
+    reopened = LmdbEventStore(tmp_path, map_size=1 << 30, durability=Durability.ASYNC)
+    try:
+        events = read_all(reopened)
+        assert [e.position for e in events] == list(range(1, len(written) + 1))
+        assert [pb.ProposedEvent.FromString(p).data for p in written] == [e.data for e in events]
+    finally:
+        reopened.close()
+
+
+def test_a_failing_fill_is_logged_once_and_commits_go_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = LmdbEventStore(tmp_path, map_size=1 << 30, durability=Durability.FSYNC)
+    calls = threading.Semaphore(0)
+
+    def disk_full() -> int:
+        calls.release()
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    filler = Preallocator(
+        data_file(tmp_path),
+        ahead=MIB,
+        used_bytes=disk_full,
+        file_lock=store._file_lock,
+        sync=True,
+        interval_s=0.001,
+        retry_after_s=0.001,
+    )
+    try:
+        with caplog.at_level(logging.WARNING, logger="lighthouse_store.prealloc"):
+            filler.start()
+            for _ in range(3):  # three failed attempts, one warning
+                assert calls.acquire(timeout=10)
+            assert filler.failed
+            result = store.commit([cmd("s", event())])
+        assert not isinstance(result[0], Exception)
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert warnings == [
+            "cannot preallocate the data file (No space left on device); retrying later"
+        ]
+    finally:
+        filler.close()
+        store.close()
+    assert len(read_all_reopened(tmp_path)) == 1
+
+
+def read_all_reopened(path: Path) -> list[pb.RecordedEvent]:
+    store = LmdbEventStore(path, map_size=1 << 30, durability=Durability.FSYNC)
+    try:
+        return read_all(store)
+    finally:
+        store.close()
+
+
+def test_the_setting_accepts_zero_and_sizes_and_rejects_negatives() -> None:
+    parser = argparse.ArgumentParser()
+    config.add_arguments(parser)
+    assert config.Config().preallocate == 64 * MIB
+    assert config.from_args(parser.parse_args(["--preallocate", "0"]), {}).preallocate == 0
+    env = {"LIGHTHOUSE_PREALLOCATE": "16MiB"}
+    assert config.from_args(parser.parse_args([]), env).preallocate == 16 * MIB
+    with pytest.raises(config.ConfigError, match="preallocate"):
+        config.from_args(parser.parse_args(["--preallocate=-1"]), {})
+    with pytest.raises(config.ConfigError, match="map_size"):
+        config.from_args(parser.parse_args(["--map-size", "0"]), {})
