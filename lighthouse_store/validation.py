@@ -7,6 +7,7 @@ whose message names the field, before anything is queued or written.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -76,57 +77,95 @@ def _label(field: str, text: str) -> str:
 def append_command(req: pb.AppendRequest, limits: Limits) -> AppendCommand:
     stream = stream_name(req.stream)
     expected = _expected(req)
-    n = len(req.events)
+    # Fields this server does not know are dropped, not stored: a stored record
+    # is the event's bytes plus the store's own fields (records.py), and it must
+    # hold nothing a client made up (RecordedEvent's fields 6-10 among them).
+    req.DiscardUnknownFields()
+    events = req.events
+    n = len(events)
     if n == 0:
         raise InvalidArgument("events: an append needs at least one event")
     if n > limits.max_events_per_append:
         raise InvalidArgument(
             f"events: {n} events is more than the limit of {limits.max_events_per_append}"
         )
-    seen: set[bytes] = set()
-    events: list[NewEvent] = []
-    total = 0
-    max_data = limits.max_event_data_bytes
-    uuid_match = _UUID_RE.match
-    fromhex = bytes.fromhex
-    good = _good_labels
-    # The hot loop checks cheaply and only builds messages (field names) on failure.
-    for i, event in enumerate(req.events):
-        text = event.event_id
-        if not uuid_match(text):
-            event_id(text, f"events[{i}].event_id")  # raises with the precise reason
-        raw_id = fromhex(text.replace("-", ""))
-        if raw_id in seen or raw_id == _NIL:
-            event_id(text, f"events[{i}].event_id")  # the nil UUID
-            raise InvalidArgument(
-                f"events[{i}].event_id: {text.lower()} appears twice in this append"
-            )
-        seen.add(raw_id)
-        event_type = event.event_type
-        if event_type not in good:
-            _label(f"events[{i}].event_type", event_type)
-            _remember(event_type)
-        content_type = event.content_type
-        if content_type and content_type not in good:
-            _label(f"events[{i}].content_type", content_type)
-            _remember(content_type)
-        if event.metadata:
-            _metadata(f"events[{i}].metadata", event.metadata, limits)
-        if not text.islower() and text != text.lower():
-            event.event_id = text.lower()
-        proposed = event.SerializeToString()
-        size = len(proposed)
-        if size > max_data and len(event.data) > max_data:  # data is part of proposed
-            raise InvalidArgument(
-                f"events[{i}].data: {len(event.data)} bytes is more than the limit of {max_data}"
-            )
-        total += size
-        events.append(NewEvent(raw_id, proposed))
+    new_events = _checked_at_once(events, limits) or _checked_one_by_one(events, limits)
+    total = sum(len(e.proposed) for e in new_events)
     if total > limits.max_append_bytes:
         raise InvalidArgument(
             f"events: {total} bytes is more than the limit of {limits.max_append_bytes} per append"
         )
-    return AppendCommand(stream, expected, tuple(events), total)
+    return AppendCommand(stream, expected, new_events, total)
+
+
+# Canonical lowercase UUIDs, back to back: the ids of a whole append are checked
+# with one match over their concatenation (each is exactly 36 characters, so a
+# malformed one breaks the match).
+_CANONICAL_IDS_RE = re.compile(
+    r"(?:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})+\Z"
+)
+
+
+def _checked_at_once(events: Sequence[pb.ProposedEvent], limits: Limits) -> tuple[NewEvent, ...]:
+    """The common case, checked with a few whole-append operations instead of
+    several per event: canonical lowercase ids, no duplicates, type labels seen
+    before, data within the limit. Returns () if any of that does not hold;
+    the caller then checks one event at a time and names what is wrong."""
+    ids = [e.event_id for e in events]
+    joined = "".join(ids)
+    if not _CANONICAL_IDS_RE.match(joined):
+        return ()
+    blob = bytes.fromhex(joined.replace("-", ""))
+    raw_ids = [blob[i : i + 16] for i in range(0, len(blob), 16)]
+    distinct = set(raw_ids)
+    if len(distinct) != len(raw_ids) or _NIL in distinct:
+        return ()
+    good = _good_labels
+    if not good.issuperset([e.event_type for e in events]):
+        return ()
+    if not good.issuperset([c for e in events if (c := e.content_type)]):
+        return ()
+    for i, event in enumerate(events):
+        if event.metadata:
+            _metadata(f"events[{i}].metadata", event.metadata, limits)
+    proposed = [e.SerializeToString() for e in events]
+    max_data = limits.max_event_data_bytes
+    if max(map(len, proposed)) > max_data:  # data is part of proposed: look closer
+        return ()
+    return tuple(map(NewEvent, raw_ids, proposed))
+
+
+def _checked_one_by_one(
+    events: Sequence[pb.ProposedEvent], limits: Limits
+) -> tuple[NewEvent, ...]:
+    """Check each event, naming the first bad field; lowercases ids."""
+    seen: set[bytes] = set()
+    out: list[NewEvent] = []
+    max_data = limits.max_event_data_bytes
+    for i, event in enumerate(events):
+        text = event.event_id
+        raw_id, canonical = event_id(text, f"events[{i}].event_id")
+        if raw_id in seen:
+            raise InvalidArgument(f"events[{i}].event_id: {canonical} appears twice in this append")
+        seen.add(raw_id)
+        event_type = event.event_type
+        if event_type not in _good_labels:
+            _label(f"events[{i}].event_type", event_type)
+            _remember(event_type)
+        content_type = event.content_type
+        if content_type and content_type not in _good_labels:
+            _label(f"events[{i}].content_type", content_type)
+            _remember(content_type)
+        if event.metadata:
+            _metadata(f"events[{i}].metadata", event.metadata, limits)
+        if len(event.data) > max_data:
+            raise InvalidArgument(
+                f"events[{i}].data: {len(event.data)} bytes is more than the limit of {max_data}"
+            )
+        if text != canonical:
+            event.event_id = canonical
+        out.append(NewEvent(raw_id, event.SerializeToString()))
+    return tuple(out)
 
 
 def _expected(req: pb.AppendRequest) -> Expected:

@@ -312,3 +312,29 @@ def test_get_event_unknown_is_not_found(daemon: DaemonProcess, stub: Any) -> Non
     )
     assert_clean_message(err, daemon.data_dir)
     assert error_info(err).metadata["failure_class"] in ("human_intervention", "recoverable")
+
+
+def test_unknown_fields_in_an_event_are_dropped_not_stored(daemon: DaemonProcess) -> None:
+    """A ProposedEvent carrying fields it does not have (here RecordedEvent's
+    revision, position and stream numbers, and a field 100) is stored as the
+    event alone: the record holds the store's own values and nothing more."""
+    sent = new_event("Forged", b"payload")
+    forged = sent.SerializeToString() + b"\x38\x63" + b"\x40\x63" + b"\x32\x04evil" + b"\xa0\x06\x01"
+    request = pb.AppendRequest(stream="clean").SerializeToString()
+    request += b"\x32" + bytes([len(forged)]) + forged  # events = 6
+    assert pb.AppendRequest.FromString(request).events[0].event_id == sent.event_id
+    call = daemon.channel().unary_unary(
+        "/lighthouse.store.v1.EventStoreService/Append", _registered_method=True
+    )
+    pb.AppendResponse.FromString(call(request, timeout=10))
+    read = daemon.channel().unary_stream(
+        "/lighthouse.store.v1.EventStoreService/Read", _registered_method=True
+    )
+    pages = list(read(pb.ReadRequest(stream="clean").SerializeToString(), timeout=10))
+    (record,) = [e for page in pages for e in pb.ReadResponse.FromString(page).events]
+    assert (record.stream, record.revision, record.position) == ("clean", 0, 1)
+    clean = pb.RecordedEvent()
+    clean.CopyFrom(record)
+    clean.DiscardUnknownFields()
+    assert clean.ByteSize() == record.ByteSize()
+    assert_matches(record, sent)
