@@ -319,7 +319,8 @@ def test_unknown_fields_in_an_event_are_dropped_not_stored(daemon: DaemonProcess
     revision, position and stream numbers, and a field 100) is stored as the
     event alone: the record holds the store's own values and nothing more."""
     sent = new_event("Forged", b"payload")
-    forged = sent.SerializeToString() + b"\x38\x63" + b"\x40\x63" + b"\x32\x04evil" + b"\xa0\x06\x01"
+    extra = b"\x38\x63" + b"\x40\x63" + b"\x32\x04evil" + b"\xa0\x06\x01"  # fields 7, 8, 6, 100
+    forged = sent.SerializeToString() + extra
     request = pb.AppendRequest(stream="clean").SerializeToString()
     request += b"\x32" + bytes([len(forged)]) + forged  # events = 6
     assert pb.AppendRequest.FromString(request).events[0].event_id == sent.event_id
