@@ -66,6 +66,7 @@ from __future__ import annotations
 import struct
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -513,19 +514,25 @@ class _Tail:
     def __init__(self, max_bytes: int) -> None:
         self._max_bytes = max_bytes
         self._records: dict[int, bytes] = {}
-        self._first = 0  # lowest position held (the log is gapless, so they are contiguous)
+        # One entry per committed group, oldest first: (first, last position,
+        # bytes). Whole groups are added and evicted, with dict-level calls
+        # rather than a Python step per record.
+        self._groups: deque[tuple[int, int, int]] = deque()
         self._bytes = 0
 
     def get(self, position: int) -> bytes | None:
         return self._records.get(position)
 
     def add(self, committed: dict[int, bytes]) -> None:
-        records = self._records
-        for position, record in committed.items():  # ascending positions
-            if not records:
-                self._first = position
-            records[position] = record
-            self._bytes += len(record)
-        while self._bytes > self._max_bytes and records:
-            self._bytes -= len(records.pop(self._first))
-            self._first += 1
+        if not committed:
+            return
+        size = sum(map(len, committed.values()))
+        self._records.update(committed)  # ascending positions, after those held
+        self._groups.append((next(iter(committed)), next(reversed(committed)), size))
+        self._bytes += size
+        records, groups = self._records, self._groups
+        while self._bytes > self._max_bytes and groups:
+            first, last, size = groups.popleft()
+            for position in range(first, last + 1):
+                del records[position]
+            self._bytes -= size
