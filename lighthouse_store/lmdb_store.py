@@ -241,8 +241,11 @@ class LmdbEventStore(EventStore):
         """Check one append against the store and the group so far, then stage
         its writes. Raises before staging anything if a check fails."""
         get, staged_ids = txn.get, group.ids
-        known = [staged_ids.get(e.event_id) or get(e.event_id, db=self._ids) for e in cmd.events]
-        if any(p is not None for p in known):
+        events = cmd.events
+        ids = [e.event_id for e in events]
+        # Usually none of the ids exists: one C call (getmulti) finds that out.
+        if not staged_ids.keys().isdisjoint(ids) or txn.cursor(db=self._ids).getmulti(ids):
+            known = [staged_ids.get(i) or get(i, db=self._ids) for i in ids]
             return self._replayed(txn, group, cmd, known)
         name = cmd.stream.encode()
         state = group.streams.get(name)
@@ -264,21 +267,20 @@ class LmdbEventStore(EventStore):
         field = records.stream_field(cmd.stream)
         ts_field = group.ts_field
         encode, pack, pack_idx = records.encode_record, _U64.pack, _IDX.pack
-        log, idx, staged = group.log.append, group.idx.append, group.records
-        first = group.head + 1
-        position, revision = group.head, next_rev
-        for event in cmd.events:
-            position += 1
-            key = pack(position)
-            record = encode(event.proposed, field, revision, position, ts_field)
-            log((key, record))
-            staged[position] = record
-            idx((pack_idx(sid, revision), key))
-            staged_ids[event.event_id] = key
-            revision += 1
-        group.streams[name] = (sid, revision, position)
-        group.head = position
-        return AppendResult(first, position, revision - 1)
+        first, n = group.head + 1, len(events)
+        positions, revisions = range(first, first + n), range(next_rev, next_rev + n)
+        keys = [pack(p) for p in positions]
+        recs = [
+            encode(e.proposed, field, r, p, ts_field)
+            for e, r, p in zip(events, revisions, positions, strict=True)
+        ]
+        group.log += zip(keys, recs, strict=True)
+        group.records.update(zip(positions, recs, strict=True))
+        group.idx += zip([pack_idx(sid, r) for r in revisions], keys, strict=True)
+        staged_ids.update(zip(ids, keys, strict=True))
+        group.streams[name] = (sid, next_rev + n, positions[-1])
+        group.head = positions[-1]
+        return AppendResult(first, positions[-1], revisions[-1])
 
     def _replayed(
         self, txn: Any, group: _Group, cmd: AppendCommand, known: list[bytes | None]

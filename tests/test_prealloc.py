@@ -11,8 +11,10 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+from support import DaemonFactory, new_id
 from test_store_contract import cmd, event
 
 from lighthouse_client import pb
@@ -158,3 +160,32 @@ def test_the_setting_accepts_zero_and_sizes_and_rejects_negatives() -> None:
         config.from_args(parser.parse_args(["--preallocate=-1"]), {})
     with pytest.raises(config.ConfigError, match="map_size"):
         config.from_args(parser.parse_args(["--map-size", "0"]), {})
+
+
+def test_a_daemon_keeps_its_data_file_preallocated(daemon_factory: DaemonFactory) -> None:
+    daemon = daemon_factory(extra_args=["--preallocate", "3MiB"])
+    stub = daemon.stub()
+    payload = os.urandom(1000)
+    for _ in range(20):  # ~2 MiB of events
+        stub.Append(
+            pb.AppendRequest(
+                stream="s",
+                events=[
+                    pb.ProposedEvent(event_id=new_id(), event_type="T", data=payload)
+                    for _ in range(100)
+                ],
+            ),
+            timeout=30,
+        )
+
+    def trailing_zeros() -> int:
+        data = data_file(daemon.data_dir).read_bytes()
+        return len(data) - len(data.rstrip(b"\0"))
+
+    wait_until(lambda: trailing_zeros() >= 3 * MIB)
+    assert len(read_all_via(stub)) == 2000
+
+
+def read_all_via(stub: Any) -> list[pb.RecordedEvent]:
+    pages = stub.Read(pb.ReadRequest(stream="s"), timeout=30)
+    return [e for page in pages for e in page.events]
