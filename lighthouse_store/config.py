@@ -42,7 +42,7 @@ class Config:
     # LMDB map size: the most the store can hold. Virtual address space only;
     # the file grows as data is written.
     map_size: int = 64 * GIB
-    # Zero-filled space kept ahead of LMDB's write head (prealloc.py); 0 = off.
+    # Space kept zero-filled past LMDB's used size in data.mdb (prealloc.py); 0 = off.
     preallocate: int = 64 * MIB
     limits: Limits = field(default_factory=Limits)
     # Group commit: appends queued beyond max_queue fail at once with
@@ -68,7 +68,7 @@ _SETTINGS: dict[str, tuple[str, str]] = {
     "map_size": ("LIGHTHOUSE_MAP_SIZE", "LMDB map size in bytes (default 64 GiB)"),
     "preallocate": (
         "LIGHTHOUSE_PREALLOCATE",
-        "bytes of zero-filled space kept ahead of the data file's end (default 64 MiB; 0 = off)",
+        "bytes kept zero-filled past the store's used size in data.mdb (default 64 MiB; 0 = off)",
     ),
     "max_queue": ("LIGHTHOUSE_MAX_QUEUE", "queued appends before RESOURCE_EXHAUSTED"),
     "max_batch_appends": (

@@ -5,9 +5,10 @@ On-disk format, version 1
 
 One LMDB environment in ``<data_dir>/lmdb/`` (``data.mdb``, ``lock.mdb``).
 The daemon's single-instance lock is ``<data_dir>/LOCK`` (``lock.py``).
-``data.mdb`` may run past LMDB's last page: zero-filled space kept ahead of
-the write head so that commits overwrite allocated blocks instead of growing
-the file (``prealloc.py``); LMDB never reads it.
+``data.mdb`` may run past LMDB's last page: space kept zero-filled ahead of
+LMDB's used size so that commits overwrite allocated blocks instead of growing
+the file (``prealloc.py``; after a crash it may also hold pages of a
+transaction that never committed). LMDB never reads it.
 All integers are unsigned 64-bit big-endian, so byte order is numeric order
 and cursors walk positions and revisions in order.
 
@@ -78,6 +79,7 @@ from lighthouse_store.config import Durability
 from lighthouse_store.errors import (
     Corruption,
     EventIdConflict,
+    InvalidArgument,
     StorageFailure,
     StorageFull,
     StoreError,
@@ -148,21 +150,23 @@ class LmdbEventStore(EventStore):
             raw = txn.get(b"next_stream_id", db=self._meta)
             self._next_stream_id = _U64.unpack(raw)[0] if raw else 1
             self._head, self._last_ts = self._load_head(txn)
-        # Held around every commit (the only time LMDB writes the file) and by
-        # the preallocator around each write of zeros past the end of the file.
+        # Held through every write transaction (the only times LMDB writes the
+        # file) and by the preallocator around each write of zeros past its end.
         self._file_lock = threading.Lock()
         self._page_size = int(self._env.stat()["psize"])
-        self._prealloc = (
-            Preallocator(
-                path / "data.mdb",
-                ahead=preallocate,
-                used_bytes=self.used_bytes,
-                file_lock=self._file_lock,
-                sync=durable,
-            ).start()
-            if preallocate
-            else None
-        )
+        self._prealloc: Preallocator | None = None
+        if preallocate:
+            try:
+                self._prealloc = Preallocator(
+                    path / "data.mdb",
+                    ahead=preallocate,
+                    used_bytes=self.used_bytes,
+                    file_lock=self._file_lock,
+                    sync=durable,
+                ).start()
+            except BaseException:
+                self._env.close()
+                raise
 
     def _load_head(self, txn: Any) -> tuple[int, int]:
         cur = txn.cursor(db=self._log)
@@ -187,31 +191,34 @@ class LmdbEventStore(EventStore):
         stamp = max(self._clock(), self._last_ts)
         group = _Group(self._head, self._next_stream_id, records.timestamp_field(stamp))
         results: list[AppendResult | StoreError] = []
-        txn = self._env.begin(write=True)
-        try:
-            for cmd in commands:
-                try:
-                    results.append(self._apply(txn, group, cmd))
-                except StoreError as exc:
-                    results.append(exc)
-            self._write(txn, group)
-            for consumer, position in (checkpoints or {}).items():
-                key = consumer.encode()
-                stored = txn.get(key, db=self._consumers)
-                if stored is None or _U64.unpack(stored)[0] < position:  # never backwards
-                    txn.put(key, _U64.pack(position), db=self._consumers)
-            with self._file_lock:
+        # The whole write transaction holds the file lock, not just its commit:
+        # LMDB also writes pages before the commit when a transaction's dirty
+        # pages outgrow its list of them (see prealloc.py).
+        with self._file_lock:
+            txn = self._env.begin(write=True)
+            try:
+                for cmd in commands:
+                    try:
+                        results.append(self._apply(txn, group, cmd))
+                    except StoreError as exc:
+                        results.append(exc)
+                self._write(txn, group)
+                for consumer, position in (checkpoints or {}).items():
+                    key = consumer.encode()
+                    stored = txn.get(key, db=self._consumers)
+                    if stored is None or _U64.unpack(stored)[0] < position:  # never backwards
+                        txn.put(key, _U64.pack(position), db=self._consumers)
                 txn.commit()
-            self._tail.add(group.records)  # only once durable: readers never see more
-        except lmdb.MapFullError:
-            txn.abort()
-            raise StorageFull("the store is full (LMDB map size reached)") from None
-        except lmdb.Error as exc:
-            txn.abort()
-            raise StorageFailure(f"storage write failed: {type(exc).__name__}") from exc
-        except BaseException:
-            txn.abort()
-            raise
+            except lmdb.MapFullError:
+                txn.abort()
+                raise StorageFull("the store is full (LMDB map size reached)") from None
+            except lmdb.Error as exc:
+                txn.abort()
+                raise StorageFailure(f"storage write failed: {type(exc).__name__}") from exc
+            except BaseException:
+                txn.abort()
+                raise
+        self._tail.add(group.records)  # only once durable: readers never see more
         if group.head != self._head:
             self._head, self._last_ts = group.head, stamp
         self._next_stream_id = group.next_sid
@@ -268,6 +275,8 @@ class LmdbEventStore(EventStore):
         ts_field = group.ts_field
         encode, pack, pack_idx = records.encode_record, _U64.pack, _IDX.pack
         first, n = group.head + 1, len(events)
+        if n == 0:  # validation never lets one through
+            raise InvalidArgument("events: an append needs at least one event")
         positions, revisions = range(first, first + n), range(next_rev, next_rev + n)
         keys = [pack(p) for p in positions]
         recs = [
@@ -517,8 +526,9 @@ class _Tail:
         self._max_bytes = max_bytes
         self._records: dict[int, bytes] = {}
         # One entry per committed group, oldest first: (first, last position,
-        # bytes). Whole groups are added and evicted, with dict-level calls
-        # rather than a Python step per record.
+        # bytes). Groups are added, and evicted while all of them must go, with
+        # dict-level calls rather than a Python step per record; the last one
+        # to go loses only as many of its oldest records as needed.
         self._groups: deque[tuple[int, int, int]] = deque()
         self._bytes = 0
 
@@ -533,8 +543,17 @@ class _Tail:
         self._groups.append((next(iter(committed)), next(reversed(committed)), size))
         self._bytes += size
         records, groups = self._records, self._groups
-        while self._bytes > self._max_bytes and groups:
-            first, last, size = groups.popleft()
-            for position in range(first, last + 1):
-                del records[position]
-            self._bytes -= size
+        while self._bytes > self._max_bytes:
+            first, last, size = groups[0]
+            if self._bytes - size >= self._max_bytes:  # all of the oldest group goes
+                groups.popleft()
+                for position in range(first, last + 1):
+                    del records[position]
+                self._bytes -= size
+                continue
+            while self._bytes > self._max_bytes:  # only its oldest records go
+                removed = len(records.pop(first))
+                self._bytes -= removed
+                size -= removed
+                first += 1
+            groups[0] = (first, last, size)

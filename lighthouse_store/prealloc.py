@@ -31,14 +31,18 @@ pages.
 Why it is safe
 ==============
 
-LMDB writes the file only inside a write transaction's commit, and only at
-pages up to that transaction's last page. The filler writes only at or past
-the current end of the file, and only while holding ``file_lock``, which the
-store holds around every commit; so it never writes where a commit is
-writing or has written. The zeros past ``last_pgno`` are invisible to LMDB:
-it reads only pages it has written, sizes its map from its meta page, and a
-copy (``mdb_env_copy``) stops at the last page. A crash in the middle of a
-fill leaves a few more zero pages, equally invisible.
+LMDB writes the file only during a write transaction: at its commit, and
+before it when the transaction's dirty pages outgrow LMDB's list of them
+(about 128K pages), in which case it writes some of them out early. The
+store holds ``file_lock`` through every write transaction, from begin to
+commit or abort, and the filler writes only while holding it, and only at or
+past the current end of the file; so it never writes where LMDB is writing or
+has written. The lock is in-process: it relies on this daemon being the only
+writer of its data dir (``lock.py``). The space past ``last_pgno`` is
+invisible to LMDB: it reads only pages it has written, sizes its map from its
+meta page, and a copy (``mdb_env_copy``) stops at the last page. After a crash
+it may hold a few more zero pages, or pages of a transaction that never
+committed: equally invisible, and overwritten as the store grows.
 
 The filler never fails a commit: if a write fails (a full disk, say), it logs
 it once and tries again later, and meanwhile LMDB grows the file itself, as
@@ -92,17 +96,20 @@ class Preallocator:
         return self
 
     def close(self) -> None:
+        """Stop filling (after at most the current step) and close the file."""
         self._stop.set()
         if self._thread.is_alive():
-            self._thread.join()
-        os.close(self._fd)
+            self._thread.join(timeout=30)
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
     def fill(self) -> int:
         """Append zero steps until the file is ``ahead`` past the used size
         (or asked to stop); return the bytes added. Raises OSError."""
         added = 0
         while not self._stop.is_set():
-            with self._lock:  # no commit is writing the file now
+            with self._lock:  # no write transaction is open
                 end = os.fstat(self._fd).st_size
                 if end - self._used_bytes() >= self._ahead:
                     return added

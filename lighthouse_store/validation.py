@@ -98,12 +98,11 @@ def append_command(req: pb.AppendRequest, limits: Limits) -> AppendCommand:
     return AppendCommand(stream, expected, new_events, total)
 
 
-# Canonical lowercase UUIDs, back to back: the ids of a whole append are checked
-# with one match over their concatenation (each is exactly 36 characters, so a
-# malformed one breaks the match).
-_CANONICAL_IDS_RE = re.compile(
-    r"(?:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})+\Z"
-)
+# Canonical lowercase UUIDs, one per line: the ids of a whole append are checked
+# with one match over "\n".join(ids). The separator matters: without it, ids
+# cut in the wrong places ("", or 10 + 62 characters) would still add up.
+_UUID = "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+_CANONICAL_IDS_RE = re.compile(f"{_UUID}(?:\\n{_UUID})*\\Z")
 
 
 def _checked_at_once(events: Sequence[pb.ProposedEvent], limits: Limits) -> tuple[NewEvent, ...]:
@@ -111,14 +110,13 @@ def _checked_at_once(events: Sequence[pb.ProposedEvent], limits: Limits) -> tupl
     several per event: canonical lowercase ids, no duplicates, type labels seen
     before, data within the limit. Returns () if any of that does not hold;
     the caller then checks one event at a time and names what is wrong."""
-    ids = [e.event_id for e in events]
-    joined = "".join(ids)
+    joined = "\n".join([e.event_id for e in events])
     if not _CANONICAL_IDS_RE.match(joined):
         return ()
-    blob = bytes.fromhex(joined.replace("-", ""))
+    blob = bytes.fromhex(joined.replace("-", "").replace("\n", ""))
     raw_ids = [blob[i : i + 16] for i in range(0, len(blob), 16)]
     distinct = set(raw_ids)
-    if len(distinct) != len(raw_ids) or _NIL in distinct:
+    if len(raw_ids) != len(events) or len(distinct) != len(raw_ids) or _NIL in distinct:
         return ()
     good = _good_labels
     if not good.issuperset([e.event_type for e in events]):
@@ -132,7 +130,7 @@ def _checked_at_once(events: Sequence[pb.ProposedEvent], limits: Limits) -> tupl
     max_data = limits.max_event_data_bytes
     if max(map(len, proposed)) > max_data:  # data is part of proposed: look closer
         return ()
-    return tuple(map(NewEvent, raw_ids, proposed))
+    return tuple(NewEvent(i, p) for i, p in zip(raw_ids, proposed, strict=True))
 
 
 def _checked_one_by_one(

@@ -332,6 +332,7 @@ def test_unknown_fields_in_an_event_are_dropped_not_stored(daemon: DaemonProcess
         "/lighthouse.store.v1.EventStoreService/Read", _registered_method=True
     )
     pages = list(read(pb.ReadRequest(stream="clean").SerializeToString(), timeout=10))
+    assert not any(b"evil" in page for page in pages)  # the forged stream field is gone
     (record,) = [e for page in pages for e in pb.ReadResponse.FromString(page).events]
     assert (record.stream, record.revision, record.position) == ("clean", 0, 1)
     clean = pb.RecordedEvent()

@@ -16,6 +16,14 @@ from lighthouse_store.errors import InvalidArgument
 LIMITS = Limits()
 
 
+@pytest.fixture(autouse=True)
+def _known_labels() -> None:
+    """The fast path takes only labels seen valid before: make "Placed" one,
+    so that what these tests send is a fast-path candidate."""
+    validation.append_command(request(str(uuid.uuid4())), LIMITS)
+    assert validation._checked_at_once(request(str(uuid.uuid4())).events, LIMITS)
+
+
 def request(*ids: str, event_type: str = "Placed", **metadata: str) -> pb.AppendRequest:
     return pb.AppendRequest(
         stream="orders",
@@ -33,6 +41,7 @@ def ids(n: int) -> list[str]:
 @pytest.mark.parametrize("metadata", [{}, {"correlation_id": "c-1"}])
 def test_both_paths_build_the_same_events(metadata: dict[str, str]) -> None:
     batch = ids(20)
+    assert validation._checked_at_once(request(*batch, **metadata).events, LIMITS)
     fast = validation.append_command(request(*batch, **metadata), LIMITS).events
     slow = validation._checked_one_by_one(request(*batch, **metadata).events, LIMITS)
     assert fast == slow
@@ -47,18 +56,28 @@ def test_the_fast_path_takes_a_clean_append_once_its_labels_are_known() -> None:
     )
 
 
+A, B = str(uuid.uuid4()), str(uuid.uuid4())
+
+
 @pytest.mark.parametrize(
     "batch",
     [
-        [str(uuid.uuid4()).upper()],  # canonicalized by the slow path
-        [str(uuid.uuid4()), "not-a-uuid"],
+        [A.upper()],  # canonicalized by the slow path
+        [A, "not-a-uuid"],
         ["00000000-0000-0000-0000-000000000000"],
-        [f"{uuid.uuid4()}"] * 2,
-        [str(uuid.uuid4())[:-1]],
+        [A, A],
+        [A[:-1]],
+        ["", A],  # an empty id next to a good one
+        [A[:10], A[10:] + B, ""],  # the right characters cut in the wrong places
+        [A[:10], A[10:] + B],
+        [A + "\n" + B],
     ],
 )
 def test_anything_unusual_goes_one_event_at_a_time(batch: list[str]) -> None:
     assert validation._checked_at_once(request(*batch).events, LIMITS) == ()
+    if batch[0] != A.upper():  # and the careful path names what is wrong
+        with pytest.raises(InvalidArgument, match=r"events\[\d\]\.event_id"):
+            validation.append_command(request(*batch), LIMITS)
 
 
 def test_uppercase_ids_are_stored_lowercase() -> None:

@@ -82,12 +82,12 @@ def test_filling_while_commits_run_never_clobbers_a_committed_page(tmp_path: Pat
         used_bytes=store.used_bytes,
         file_lock=store._file_lock,
         sync=False,
-        step=16 * 1024,
-        interval_s=0.001,
+        step=8 * 1024,
+        interval_s=0.0005,
     ).start()
     written: list[bytes] = []
     try:
-        for i in range(40):
+        for i in range(80):
             batch = [event(data=os.urandom(900 + i)) for _ in range(50)]
             store.commit([cmd(f"s-{i % 3}", *batch)])
             written += [e.proposed for e in batch]
@@ -102,6 +102,32 @@ def test_filling_while_commits_run_never_clobbers_a_committed_page(tmp_path: Pat
         assert [pb.ProposedEvent.FromString(p).data for p in written] == [e.data for e in events]
     finally:
         reopened.close()
+
+
+def test_a_write_transaction_holds_the_file_lock_from_begin_to_end(tmp_path: Path) -> None:
+    """LMDB may write pages before the commit (a transaction with very many
+    dirty pages spills some early), so the filler must be kept out of the
+    whole transaction, not just its commit."""
+    store = LmdbEventStore(tmp_path, map_size=1 << 30, durability=Durability.ASYNC)
+    seen: list[bool] = []
+    apply, write = store._apply, store._write
+
+    def watched_apply(*args: Any) -> Any:
+        seen.append(store._file_lock.locked())
+        return apply(*args)
+
+    def watched_write(*args: Any) -> Any:
+        seen.append(store._file_lock.locked())
+        return write(*args)
+
+    store._apply = watched_apply  # type: ignore[method-assign,assignment]
+    store._write = watched_write  # type: ignore[method-assign,assignment]
+    try:
+        store.commit([cmd("s", event()), cmd("t", event())])
+    finally:
+        store.close()
+    assert seen == [True, True, True]
+    assert not store._file_lock.locked()
 
 
 def test_a_failing_fill_is_logged_once_and_commits_go_on(

@@ -20,6 +20,7 @@ from support import (
     expect_code,
     head,
     new_event,
+    new_id,
     rpc_error,
     uuid7,
 )
@@ -142,6 +143,29 @@ def test_bad_event_id_is_named_by_index(env: Env) -> None:
     batch = events(3)
     batch[2].event_id = "nope"
     bad_append(env, append_request("s", batch), "events[2].event_id")
+
+
+@pytest.mark.parametrize(
+    "cut",
+    [
+        lambda a, b: [a[:10], a[10:] + b, ""],  # the right characters cut in the wrong places
+        lambda a, b: [a[:10], a[10:] + b],
+        lambda a, b: ["", a],
+        lambda a, b: [a + "\n" + b],
+    ],
+)
+def test_ids_of_a_batch_are_checked_one_by_one(
+    env: Env, cut: Callable[[str, str], list[str]]
+) -> None:
+    """A batch whose ids together hold the characters of good UUIDs, cut in the
+    wrong places, is rejected whole (not stored as fewer, oddly named events)."""
+    good_append(env, append_request("warm", events(2)))  # the event type is known now
+    ids = cut(new_id(), new_id())
+    batch = events(len(ids))
+    for ev, event_id in zip(batch, ids, strict=True):
+        ev.event_id = event_id
+    bad_append(env, append_request("cut", batch), "event_id")
+    expect_code(grpc.StatusCode.NOT_FOUND, env.stub.Read, pb.ReadRequest(stream="cut"))
 
 
 def test_uuid7_and_uuid4_accepted(env: Env) -> None:
@@ -321,7 +345,8 @@ def test_daemon_still_healthy_after_bad_input(env: Env) -> None:
     assert head(env.stub) == h + 3
     # Every recorded event is one of a good append: the stream names tell.
     names = {e.stream for p in env.stub.Read(pb.ReadRequest(stream="$all")) for e in p.events}
-    allowed = {"existing", "ids", "types", "sizes", "counts", "bytes", "md", "after", *GOOD_STREAMS}
+    allowed = {"existing", "ids", "warm", "types", "sizes", "counts", "bytes", "md", "after"}
+    allowed |= set(GOOD_STREAMS)
     assert names <= allowed, names - allowed
 
 
