@@ -123,9 +123,12 @@ def _checked_at_once(events: Sequence[pb.ProposedEvent], limits: Limits) -> tupl
         return ()
     if not good.issuperset([c for e in events if (c := e.content_type)]):
         return ()
-    for i, event in enumerate(events):
-        if event.metadata:
-            _metadata(f"events[{i}].metadata", event.metadata, limits)
+    try:
+        for i, event in enumerate(events):
+            if event.metadata:
+                _metadata(f"events[{i}].metadata", event.metadata, limits)
+    except InvalidArgument:
+        return ()  # the careful path reports the first problem, in event order
     proposed = [e.SerializeToString() for e in events]
     max_data = limits.max_event_data_bytes
     if max(map(len, proposed)) > max_data:  # data is part of proposed: look closer
