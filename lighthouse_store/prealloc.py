@@ -15,9 +15,21 @@ it leaves "unwritten" extents whose conversion on first write still needs a
 journal commit.
 
 Measured on the 2-core dev VM (ext4) with ``perf/commit_bench.py`` (one
-100-event append of 1 KiB events per commit, medians of 3 rounds): fsync
-durability 695 -> 567 us per commit (1.22x), async 622 -> 282 us (2.21x).
-``fallocate`` instead of zeros gave nothing measurable.
+100-event append of 1 KiB events per commit, medians of 3 rounds, both in the
+same run): fsync durability 753 -> 556 us per commit (1.35x); async 286 ->
+270 us (1.06x; an earlier run on the same machine gave 622 -> 282 us, so the
+async gain depends on the file system's state). Smaller fill steps (256 and
+512 KiB) gave 1.02x and 1.28x in fsync durability; ``fallocate`` instead of
+zeros gave nothing measurable.
+
+The cost: every byte of the data file is written twice (zeros, then data). On
+a disk that throttles sustained writes, as this VM's does (a plain loop of 1
+MiB writes and fdatasyncs: about 1.3 GB/s for the first ~600 MB, then about
+350 MB/s), a long ingest reaches the throttle sooner: ``perf/commit_bench.py
+--grow 14`` (2.8 million events) keeps the median commit at 600-660 us
+throughout, but past about 3 GB of data up to 13% of commits took over 3 ms,
+against about 0.4% with ``--preallocate 0`` (whose median rose to 1.1 ms
+instead). ``0`` turns it off.
 
 How
 ===

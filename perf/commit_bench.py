@@ -9,6 +9,11 @@ stores in a temp dir, in each durability: once with ``preallocate=0`` (LMDB grow
 and once with the daemon's default, alternating, ``--rounds`` times each.
 Prints median commit times and the ratio; every loop is bounded by
 ``--commits`` and by a time cap.
+
+``--grow BLOCKS`` instead commits BLOCKS blocks of 2,000 such appends (200,000
+events each) to one store, fsync durability, and prints the commit time per
+block as the data file grows (``--preallocate-mib`` sets the preallocation,
+default the daemon's; 0 = off): whether commits slow down as the store grows.
 """
 
 from __future__ import annotations
@@ -63,13 +68,48 @@ def median_commit_us(path: Path, durability: Durability, preallocate: int, commi
         store.close()
 
 
+def grow(path: Path, blocks: int, preallocate: int) -> None:
+    payload = bytes(1024)
+    store = LmdbEventStore(
+        path, map_size=64 << 30, durability=Durability.FSYNC, preallocate=preallocate
+    )
+    stop = time.monotonic() + blocks * TIME_CAP_S
+    try:
+        for block in range(1, blocks + 1):
+            times = []
+            for _ in range(2000):
+                command = append(payload)
+                t = time.perf_counter_ns()
+                store.commit([command])
+                times.append(time.perf_counter_ns() - t)
+            times.sort()
+            size = path.joinpath("lmdb", "data.mdb").stat().st_size
+            print(
+                f"{block * 200_000:>10,} events  data.mdb {size >> 20:>6,} MiB  commit "
+                f"p50 {times[len(times) // 2] / 1e3:5.0f} us  "
+                f"p99 {times[len(times) * 99 // 100] / 1e3:6.0f} us  "
+                f"over 3 ms {sum(t > 3_000_000 for t in times):4d} of 2000",
+                flush=True,
+            )
+            if time.monotonic() > stop:
+                break
+    finally:
+        store.close()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--commits", type=int, default=1500)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--grow", type=int, default=0, metavar="BLOCKS")
+    parser.add_argument("--preallocate-mib", type=int, default=Config().preallocate >> 20)
     parser.add_argument("--tmp-dir", default=None)
     args = parser.parse_args()
     default = Config().preallocate
+    if args.grow:
+        with tempfile.TemporaryDirectory(dir=args.tmp_dir) as tmp:
+            grow(Path(tmp) / "grow", min(args.grow, 100), args.preallocate_mib << 20)
+        return 0
     with tempfile.TemporaryDirectory(dir=args.tmp_dir) as tmp:
         for durability in Durability:
             runs: dict[int, list[float]] = {0: [], default: []}
