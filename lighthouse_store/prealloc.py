@@ -16,20 +16,23 @@ journal commit.
 
 Measured on the 2-core dev VM (ext4) with ``perf/commit_bench.py`` (one
 100-event append of 1 KiB events per commit, medians of 3 rounds, both in the
-same run): fsync durability 753 -> 556 us per commit (1.35x); async 286 ->
-270 us (1.06x; an earlier run on the same machine gave 622 -> 282 us, so the
-async gain depends on the file system's state). Smaller fill steps (256 and
-512 KiB) gave 1.02x and 1.28x in fsync durability; ``fallocate`` instead of
+same run): fsync durability 695 -> 538 us per commit (1.29x); async 275 ->
+249 us (1.11x; an earlier run on the same machine gave 622 -> 282 us, so the
+async gain depends on the file system's state). Fixed fill steps of 256 and
+512 KiB gave 1.02x and 1.28x in fsync durability; ``fallocate`` instead of
 zeros gave nothing measurable.
 
-The cost: every byte of the data file is written twice (zeros, then data). On
-a disk that throttles sustained writes, as this VM's does (a plain loop of 1
-MiB writes and fdatasyncs: about 1.3 GB/s for the first ~600 MB, then about
-350 MB/s), a long ingest reaches the throttle sooner: ``perf/commit_bench.py
---grow 14`` (2.8 million events) keeps the median commit at 600-660 us
-throughout, but past about 3 GB of data up to 13% of commits took over 3 ms,
-against about 0.4% with ``--preallocate 0`` (whose median rose to 1.1 ms
-instead). ``0`` turns it off.
+The cost: every byte of the data file is written twice (zeros, then data).
+On a disk that throttles sustained writes, as this VM's does (a plain loop of
+1 MiB writes and fdatasyncs: about 1.3 GB/s for the first ~600 MB, then about
+350 MB/s), a long ingest reaches the throttle sooner, and a fill step's write
+then holds the lock for milliseconds while a commit waits. So the step adapts:
+a step whose write took over 1 ms halves the next one (down to 64 KiB), a
+fast one doubles it (up to 1 MiB). ``perf/commit_bench.py --grow 14`` (2.8
+million events, past 3 GB of data): with fixed 1 MiB steps up to 13% of
+commits took over 3 ms; with adaptive steps at most 0.4%, the same as with
+``--preallocate 0``, and a median commit of 0.6-1.0 ms against 1.1 ms with
+``--preallocate 0``. ``0`` turns it off.
 
 How
 ===
@@ -66,12 +69,17 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 log = logging.getLogger("lighthouse_store.prealloc")
 
 STEP = 1024 * 1024
+MIN_STEP = 64 * 1024
+# A step whose write held the lock longer than this halves the next one (a
+# commit may be waiting); a fast one doubles it again, up to ``step``.
+SLOW_STEP_S = 0.001
 INTERVAL_S = 0.02
 RETRY_AFTER_ERROR_S = 5.0
 
@@ -90,12 +98,15 @@ class Preallocator:
         step: int = STEP,
         interval_s: float = INTERVAL_S,
         retry_after_s: float = RETRY_AFTER_ERROR_S,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self._ahead = ahead
         self._used_bytes = used_bytes
         self._lock = file_lock
         self._sync = sync
-        self._zeros = bytes(step)
+        self._zeros = memoryview(bytes(step))
+        self._step = step
+        self._clock = clock
         self._interval = interval_s
         self._retry_after = retry_after_s
         self._stop = threading.Event()
@@ -125,7 +136,13 @@ class Preallocator:
                 end = os.fstat(self._fd).st_size
                 if end - self._used_bytes() >= self._ahead:
                     return added
-                written = os.pwrite(self._fd, self._zeros, end)
+                started = self._clock()
+                written = os.pwrite(self._fd, self._zeros[: self._step], end)
+                held = self._clock() - started
+            if held > SLOW_STEP_S:
+                self._step = max(MIN_STEP, self._step // 2)
+            elif held < SLOW_STEP_S / 4:
+                self._step = min(len(self._zeros), self._step * 2)
             if self._sync:
                 os.fdatasync(self._fd)
             added += written

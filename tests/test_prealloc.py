@@ -18,7 +18,7 @@ from support import DaemonFactory, new_id
 from test_store_contract import cmd, event
 
 from lighthouse_client import pb
-from lighthouse_store import config
+from lighthouse_store import config, prealloc
 from lighthouse_store.config import Durability
 from lighthouse_store.lmdb_store import LmdbEventStore
 from lighthouse_store.prealloc import Preallocator
@@ -215,3 +215,39 @@ def test_a_daemon_keeps_its_data_file_preallocated(daemon_factory: DaemonFactory
 def read_all_via(stub: Any) -> list[pb.RecordedEvent]:
     pages = stub.Read(pb.ReadRequest(stream="s"), timeout=30)
     return [e for page in pages for e in page.events]
+
+
+def test_the_fill_step_shrinks_when_writes_hold_the_lock_long_and_grows_back(
+    tmp_path: Path,
+) -> None:
+    """A slow write (on a throttled disk) keeps commits waiting on the lock,
+    so the next step is smaller; fast writes bring it back. The clock is the
+    only fake here: the writes are real."""
+    path = tmp_path / "file"
+    path.write_bytes(b"")
+    now = [0.0]
+    tick = [0.002]  # every write seems to take 2 ms
+
+    def clock() -> float:
+        now[0] += tick[0]  # the time between two reads is one write
+        return now[0]
+
+    filler = Preallocator(
+        path,
+        ahead=4 * MIB,
+        used_bytes=lambda: 0,
+        file_lock=threading.Lock(),
+        sync=False,
+        clock=clock,
+    )
+    try:
+        filler.fill()
+        assert filler._step == prealloc.MIN_STEP
+        tick[0] = 0.0001  # fast writes now: back up to the full step
+        filler._ahead = 16 * MIB
+        filler.fill()
+        assert filler._step == prealloc.STEP
+        assert path.stat().st_size >= 16 * MIB
+        assert path.read_bytes().count(0) == path.stat().st_size
+    finally:
+        filler.close()
