@@ -249,6 +249,8 @@ class LmdbEventStore(EventStore):
         its writes. Raises before staging anything if a check fails."""
         get, staged_ids = txn.get, group.ids
         events = cmd.events
+        if not events:  # validation never lets one through
+            raise InvalidArgument("events: an append needs at least one event")
         ids = [e.event_id for e in events]
         # Usually none of the ids exists: one C call (getmulti) finds that out.
         if not staged_ids.keys().isdisjoint(ids) or txn.cursor(db=self._ids).getmulti(ids):
@@ -275,8 +277,6 @@ class LmdbEventStore(EventStore):
         ts_field = group.ts_field
         encode, pack, pack_idx = records.encode_record, _U64.pack, _IDX.pack
         first, n = group.head + 1, len(events)
-        if n == 0:  # validation never lets one through
-            raise InvalidArgument("events: an append needs at least one event")
         positions, revisions = range(first, first + n), range(next_rev, next_rev + n)
         keys = [pack(p) for p in positions]
         recs = [
