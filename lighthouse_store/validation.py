@@ -58,20 +58,19 @@ _good_labels: set[str] = set()
 _GOOD_LABELS_MAX = 4096
 
 
-def _remember(label: str) -> None:
-    if len(_good_labels) >= _GOOD_LABELS_MAX:
-        _good_labels.clear()
-    _good_labels.add(label)
-
-
-def _label(field: str, text: str) -> str:
+def _label(field: str, text: str) -> None:
+    """Check an event or content type, unless it was seen valid before."""
+    if text in _good_labels:
+        return
     if not text:
         raise InvalidArgument(f"{field}: must not be empty")
     if len(text) > _MAX_NAME:
         raise InvalidArgument(f"{field}: must be at most {_MAX_NAME} characters")
     if _CONTROL_RE.search(text):
         raise InvalidArgument(f"{field}: must not contain control characters")
-    return text
+    if len(_good_labels) >= _GOOD_LABELS_MAX:
+        _good_labels.clear()
+    _good_labels.add(text)
 
 
 def append_command(req: pb.AppendRequest, limits: Limits) -> AppendCommand:
@@ -149,14 +148,9 @@ def _checked_one_by_one(
         if raw_id in seen:
             raise InvalidArgument(f"events[{i}].event_id: {canonical} appears twice in this append")
         seen.add(raw_id)
-        event_type = event.event_type
-        if event_type not in _good_labels:
-            _label(f"events[{i}].event_type", event_type)
-            _remember(event_type)
-        content_type = event.content_type
-        if content_type and content_type not in _good_labels:
-            _label(f"events[{i}].content_type", content_type)
-            _remember(content_type)
+        _label(f"events[{i}].event_type", event.event_type)
+        if event.content_type:
+            _label(f"events[{i}].content_type", event.content_type)
         if event.metadata:
             _metadata(f"events[{i}].metadata", event.metadata, limits)
         if len(event.data) > max_data:

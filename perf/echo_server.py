@@ -20,15 +20,14 @@ import argparse
 import asyncio
 import json
 import os
-import select
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import grpc
+
+from lighthouse_store.testing import DaemonProcess
 
 SERVICE = "lighthouse.perf.v1.Echo"
 METHOD = f"/{SERVICE}/Echo"
@@ -81,62 +80,16 @@ async def serve(listen: str) -> None:
     await server.stop(grace=1.0)
 
 
-class EchoServer:
-    """The echo server as a subprocess (like ``DaemonProcess``), stopped by PID."""
+class EchoServer(DaemonProcess):
+    """The echo server as a subprocess, started (ready line), stopped and
+    killed by PID exactly as the daemon is: only its command differs."""
 
     def __init__(self, script: Path, log_path: Path) -> None:
+        super().__init__(log_path.parent, log_path=log_path)
         self.script = script
-        self.log_path = log_path
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.address = ""
-        self._log: IO[bytes] | None = None
 
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def start(self, timeout: float = 30.0) -> None:
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
-        cmd = [sys.executable, str(self.script), "--listen", "127.0.0.1:0"]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._log)
-        assert self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
-        buf = b""
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            readable, _, _ = select.select([fd], [], [], left)
-            chunk = os.read(fd, 4096) if readable else b""
-            if readable and not chunk:
-                break  # exited
-            buf += chunk
-            while b"\n" in buf:
-                line, buf = buf.split(b"\n", 1)
-                try:
-                    msg = json.loads(line)
-                except ValueError:
-                    continue
-                if msg.get("event") == "ready":
-                    self.address = str(msg["address"])
-                    return
-        self.stop()
-        raise RuntimeError(f"echo server did not become ready; log: {self.log_path}")
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL after 10 s; by PID."""
-        if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGTERM)
-                try:
-                    self.proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait(10)
-            if self.proc.stdout is not None:
-                self.proc.stdout.close()
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+    def command(self) -> list[str]:
+        return [sys.executable, str(self.script), "--listen", f"127.0.0.1:{self.port}"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -150,37 +150,36 @@ def _events_in(op: Op, spec: Spec, response: Any) -> int:
 APPEND_METHOD = "/lighthouse.store.v1.EventStoreService/Append"
 
 
-# -- synchronous clients ---------------------------------------------------
-
-
-def _sync_call(spec: Spec, channel: grpc.Channel) -> Callable[[Any], int]:
+def _method(spec: Spec, channel: grpc.Channel | grpc.aio.Channel) -> Any:
+    """The gRPC method a client of ``spec`` calls, on a sync or an asyncio channel."""
     if spec.op == "echo":
-        echo = channel.unary_unary(ECHO_METHOD, _registered_method=True)
-
-        def call_echo(request: Any) -> int:
-            echo(request, timeout=RPC_TIMEOUT_S)
-            return 0
-
-        return call_echo
+        return channel.unary_unary(ECHO_METHOD, _registered_method=True)
     stub = pb_grpc.EventStoreServiceStub(channel)
     if spec.op == "replay":
-
-        def call_replay(request: Any) -> int:
-            n = 0
-            for page in stub.Read(request, timeout=RPC_TIMEOUT_S * 4):
-                n += len(page.events)
-            return n
-
-        return call_replay
-    method = (
-        channel.unary_unary(
+        return stub.Read
+    if spec.op == "append":
+        return channel.unary_unary(
             APPEND_METHOD,
             _registered_method=True,
             response_deserializer=pb.AppendResponse.FromString,
         )
-        if spec.op == "append"
-        else stub.GetEvent
-    )
+    return stub.GetEvent
+
+
+# -- synchronous clients ---------------------------------------------------
+
+
+def _sync_call(spec: Spec, channel: grpc.Channel) -> Callable[[Any], int]:
+    method = _method(spec, channel)
+    if spec.op == "replay":
+
+        def call_replay(request: Any) -> int:
+            n = 0
+            for page in method(request, timeout=RPC_TIMEOUT_S * 4):
+                n += len(page.events)
+            return n
+
+        return call_replay
 
     def call_unary(request: Any) -> int:
         return _events_in(spec.op, spec, method(request, timeout=RPC_TIMEOUT_S))
@@ -277,33 +276,16 @@ def _recv_go(conn: Connection) -> int:
 
 
 def _async_call(spec: Spec, channel: grpc.aio.Channel) -> Callable[[Any], Awaitable[int]]:
-    if spec.op == "echo":
-        echo = channel.unary_unary(ECHO_METHOD, _registered_method=True)
-
-        async def call_echo(request: Any) -> int:
-            await echo(request, timeout=RPC_TIMEOUT_S)
-            return 0
-
-        return call_echo
-    stub = pb_grpc.EventStoreServiceStub(channel)
+    method = _method(spec, channel)
     if spec.op == "replay":
 
         async def call_replay(request: Any) -> int:
             n = 0
-            async for page in stub.Read(request, timeout=RPC_TIMEOUT_S * 4):
+            async for page in method(request, timeout=RPC_TIMEOUT_S * 4):
                 n += len(page.events)
             return n
 
         return call_replay
-    method = (
-        channel.unary_unary(
-            APPEND_METHOD,
-            _registered_method=True,
-            response_deserializer=pb.AppendResponse.FromString,
-        )
-        if spec.op == "append"
-        else stub.GetEvent
-    )
 
     async def call_unary(request: Any) -> int:
         return _events_in(spec.op, spec, await method(request, timeout=RPC_TIMEOUT_S))
