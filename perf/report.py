@@ -305,6 +305,8 @@ def summary(doc: dict[str, Any], values: dict[str, float], noisy_cpu: float) -> 
     ]
     if runs:
         lines.append(render(values, doc["concurrent_clients"], doc["sizes"]))
+    if runs > 1:
+        lines.append(per_round(doc["runs"]))
     if "client_arrangements" in doc:
         lines.append("client arrangements (8 clients; CPU in cores):")
         for mode, r in doc["client_arrangements"].items():
@@ -325,6 +327,25 @@ def summary(doc: dict[str, Any], values: dict[str, float], noisy_cpu: float) -> 
         lines.append(f"SPEC §6 targets missed: {', '.join(missed) if missed else 'none'}")
     lines += [f"ERROR: {err}" for err in doc["errors"]]
     return "\n".join(lines)
+
+
+# Throughputs whose medians hide a trend: one daemon serves every round, so
+# later rounds meet a bigger store and whatever the machine did meanwhile.
+_PER_ROUND = (
+    ("append_conc_rate", "8 appenders"),
+    ("batch1_rate", "batches 1 client"),
+    ("batch2_rate", "batches 2 clients"),
+)
+
+
+def per_round(runs: Sequence[dict[str, float]]) -> str:
+    """One line: each round's value of the throughputs in ``_PER_ROUND`` (ev/s)."""
+    parts = []
+    for key, label in _PER_ROUND:
+        values = [r[key] for r in runs if key in r]
+        if values:
+            parts.append(f"{label} " + ", ".join(f"{v / 1000:.1f}k" for v in values))
+    return "per round (ev/s, in order): " + "; ".join(parts)
 
 
 def _num(x: float) -> str:

@@ -220,7 +220,7 @@ def read_all_via(stub: Any) -> list[pb.RecordedEvent]:
 def test_the_fill_step_shrinks_when_writes_hold_the_lock_long_and_grows_back(
     tmp_path: Path,
 ) -> None:
-    """A slow write (on a throttled disk) keeps commits waiting on the lock,
+    """A slow write (fresh memory on the dev VM) keeps commits waiting on the lock,
     so the next step is smaller; fast writes bring it back. The clock is the
     only fake here: the writes are real."""
     path = tmp_path / "file"

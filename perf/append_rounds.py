@@ -1,0 +1,123 @@
+"""One sequential client appending, round after round, to daemons run with
+different flags: an A/B of a daemon setting on the path of a single writer.
+
+    .venv/bin/python perf/append_rounds.py --config= --config=--preallocate=0
+
+For each repeat, for each ``--config`` (extra daemon flags, split on spaces),
+it starts a daemon on a new data dir in fsync durability, makes 100 warm-up
+calls, then ``--rounds`` rounds of ``--calls`` appends of ``--events`` 1 KiB
+events each from one synchronous client (requests built as the harness
+builds them, ``workloads.Requests``), stops the daemon by its PID and deletes
+its data. Configs alternate, so a machine that changes speed meanwhile hurts
+each alike. Per round it prints the rate (events over the round's wall time,
+so slow calls count), p50 and p99 per call; then the median round.
+
+Rounds are kept apart because a long write load changes this machine as it
+goes (``vm_memory.py``): the last rounds of a run show it. Every loop is
+bounded by ``--calls`` and by ``--round-cap`` seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+from workloads import APPEND_METHOD, Requests, Spec
+
+from lighthouse_client import pb
+from lighthouse_store.testing import DaemonProcess
+
+
+def one_config(work: Path, flags: list[str], args: argparse.Namespace) -> str:
+    data = Path(tempfile.mkdtemp(prefix="data-", dir=work))
+    daemon = DaemonProcess(data, extra_args=["--durability", "fsync", *flags])
+    daemon.start()
+    rates: list[float] = []
+    p50s: list[float] = []
+    p99s: list[float] = []
+    try:
+        spec = Spec(
+            "append",
+            daemon.address,
+            duration_s=args.round_cap,
+            max_calls=args.calls,
+            events_per_call=args.events,
+        )
+        requests = Requests(spec, 0)
+        with grpc.insecure_channel(
+            daemon.address, options=[("grpc.max_send_message_length", 64 * 1024 * 1024)]
+        ) as channel:
+            call = channel.unary_unary(
+                APPEND_METHOD,
+                _registered_method=True,
+                response_deserializer=pb.AppendResponse.FromString,
+            )
+            for _ in range(100):
+                call(requests.next(), timeout=30)
+            for _ in range(args.rounds):
+                took: list[float] = []
+                started = time.perf_counter()
+                deadline = started + args.round_cap
+                while len(took) < args.calls and time.perf_counter() < deadline:
+                    request = requests.next()
+                    t0 = time.perf_counter()
+                    call(request, timeout=30)
+                    took.append(time.perf_counter() - t0)
+                rates.append(len(took) * args.events / (time.perf_counter() - started))
+                took.sort()
+                p50s.append(took[len(took) // 2] * 1e3)
+                p99s.append(took[int(len(took) * 0.99)] * 1e3)
+    finally:
+        daemon.stop()
+        shutil.rmtree(data, ignore_errors=True)
+    per_round = " ".join(
+        f"{r / 1000:.1f}k/{a:.2f}/{b:.2f}" for r, a, b in zip(rates, p50s, p99s, strict=True)
+    )
+    return (
+        f"median round {statistics.median(rates) / 1000:.1f}k ev/s, "
+        f"p50 {statistics.median(p50s):.3f} ms, p99 {statistics.median(p99s):.2f} ms"
+        f"   rounds (rate/p50/p99): {per_round}"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="FLAGS",
+        help="extra daemon flags: --config=--preallocate=0 (--config= for the defaults)",
+    )
+    parser.add_argument("--events", type=int, default=100, help="events per append")
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--calls", type=int, default=1500, help="appends per round")
+    parser.add_argument("--repeat", type=int, default=2, help="runs of every config")
+    parser.add_argument("--round-cap", type=float, default=30.0, help="seconds per round, at most")
+    args = parser.parse_args(argv)
+    configs = args.config or [""]
+    if not (
+        1 <= args.events <= 1000
+        and 1 <= args.rounds <= 50
+        and 1 <= args.calls <= 100_000
+        and 1 <= args.repeat <= 10
+        and 0 < args.round_cap <= 120
+    ):
+        parser.error(
+            "out of range: events 1..1000, rounds 1..50, calls 1..100000, "
+            "repeat 1..10, round-cap 0..120"
+        )
+    with tempfile.TemporaryDirectory(prefix="lighthouse-rounds-") as tmp:
+        for i in range(args.repeat):
+            for flags in configs:
+                line = one_config(Path(tmp), flags.split(), args)
+                print(f"run {i + 1} [{flags or 'defaults'}] {line}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
