@@ -39,11 +39,12 @@ Tried and measured worse: touching the fresh memory outside the lock
 (``fallocate`` the step, read it into the page cache, then write the zeros
 under the lock, which then only overwrites cached pages). One sequential
 client of 100-event appends through a daemon, 8 rounds of 1,500 calls on a
-fresh data dir, two runs each, median round: this design 67.8k and 69.4k
+fresh data dir, two runs each (what ``perf/append_rounds.py`` does; the
+variant's code is not kept), median round: this design 67.8k and 69.4k
 events/s (p99 2.2 ms); the variant 65.2k and 62.6k (p99 3.1-3.2 ms);
-``--preallocate 0`` 63.8k and 64.3k (p99 1.9 ms). The variant's extra
-journal work on the file (allocation, then conversion of the unwritten
-extents) lands in the commits' ``fdatasync``.
+``--preallocate 0`` 63.8k and 64.3k (p99 1.9 ms). Probably the variant's
+extra journal work on the file (allocation, then conversion of the unwritten
+extents) lands in the commits' ``fdatasync``; that was not checked.
 
 How
 ===
