@@ -67,7 +67,6 @@ from __future__ import annotations
 import struct
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -517,43 +516,37 @@ class _Tail:
     Live subscribers (and any read near the head) take records from here
     instead of LMDB: the writer adds a group's records right after its commit
     is durable, so every subscriber of a fan-out shares one copy and nobody
-    re-reads and re-checks what was just written. Dict reads and writes are
-    atomic under the GIL; a position evicted under a reader's feet is simply
-    read from LMDB.
+    re-reads and re-checks what was just written.
+
+    Two generations, so that adding a group costs one dict update and never a
+    Python step per record: records go into the young dict; once it holds half
+    the budget it becomes the old one, and the old one is dropped whole. The
+    tail therefore always holds at least the newest half of the budget, and at
+    most the budget plus one group (a group is bounded by the writer's
+    ``max_batch_bytes``). Readers look in the young dict, then the old one;
+    dict reads and the reference swaps are atomic under the GIL, and a record
+    that moves or goes between the two lookups is simply read from LMDB.
     """
 
     def __init__(self, max_bytes: int) -> None:
-        self._max_bytes = max_bytes
-        self._records: dict[int, bytes] = {}
-        # One entry per committed group, oldest first: (first, last position,
-        # bytes). Groups are added, and evicted while all of them must go, with
-        # dict-level calls rather than a Python step per record; the last one
-        # to go loses only as many of its oldest records as needed.
-        self._groups: deque[tuple[int, int, int]] = deque()
-        self._bytes = 0
+        self._half = max(1, max_bytes // 2)
+        self._young: dict[int, bytes] = {}
+        self._old: dict[int, bytes] = {}
+        self._young_bytes = 0
 
     def get(self, position: int) -> bytes | None:
-        return self._records.get(position)
+        record = self._young.get(position)
+        return record if record is not None else self._old.get(position)
+
+    def held_bytes(self) -> int:
+        return sum(map(len, self._young.values())) + sum(map(len, self._old.values()))
 
     def add(self, committed: dict[int, bytes]) -> None:
         if not committed:
             return
-        size = sum(map(len, committed.values()))
-        self._records.update(committed)  # ascending positions, after those held
-        self._groups.append((next(iter(committed)), next(reversed(committed)), size))
-        self._bytes += size
-        records, groups = self._records, self._groups
-        while self._bytes > self._max_bytes:
-            first, last, size = groups[0]
-            if self._bytes - size >= self._max_bytes:  # all of the oldest group goes
-                groups.popleft()
-                for position in range(first, last + 1):
-                    del records[position]
-                self._bytes -= size
-                continue
-            while self._bytes > self._max_bytes:  # only its oldest records go
-                removed = len(records.pop(first))
-                self._bytes -= removed
-                size -= removed
-                first += 1
-            groups[0] = (first, last, size)
+        self._young.update(committed)  # ascending positions, after those held
+        self._young_bytes += sum(map(len, committed.values()))
+        if self._young_bytes >= self._half:
+            self._old = self._young  # a reader in between finds it in either
+            self._young = {}
+            self._young_bytes = 0
