@@ -5,7 +5,8 @@
     .venv/bin/python perf/bench.py --quick      # smoke run, < 30 s
     .venv/bin/python perf/bench.py --repeat 3   # each measurement 3 times, medians
 
-It starts a daemon (fresh temp data dir, fsync durability) and an empty-RPC echo
+It starts a daemon (fresh temp data dir, fsync durability; new ones on empty
+stores for every round) and an empty-RPC echo
 server (perf/echo_server.py), both on 127.0.0.1, plus client worker processes,
 and measures, with 1 KiB events: single-event append latency, 8 concurrent
 appenders, 100-event batches, a full $all replay, GetEvent latency, and the
@@ -90,44 +91,51 @@ class Bench:
         self.daemon: Any = None
         self.nogroup: Any = None
         self._env: Any = None  # read-only handle on the daemon's LMDB env (commit counter)
+        self._generation = 0  # daemons started so far (pairs), names their data dirs
 
     # -- setup -------------------------------------------------------------
 
     def start(self) -> None:
-        from lighthouse_store.testing import DaemonProcess
-
         needed = CONCURRENT_CLIENTS if self.args.compare_clients else self.arr.processes
         needed = max(needed, self.subs.fanout_processes + 1)  # fan-out: subscribers + writer
         log(f"starting {needed} client process(es), the echo server and the daemon")
         self.pool = ClientPool(needed)
         self.echo = echo_server.EchoServer(PERF_DIR / "echo_server.py", self.work / "echo.log")
         self.echo.start()
-        extra = ["--durability", "fsync", *self.args.daemon_arg]
-        self.daemon = DaemonProcess(
-            self.work / "data", extra_args=extra, log_path=self.work / "daemon.log"
-        )
-        self.daemon.start()
-        # The same daemon with group commit off: one transaction and one fsync
-        # per append, to show what grouping gains under the same 8 clients.
-        self.nogroup = DaemonProcess(
-            self.work / "data-nogroup",
-            extra_args=[*extra, "--max-batch-appends", "1"],
-            log_path=self.work / "daemon-nogroup.log",
-        )
-        self.nogroup.start()
+        self.start_daemons()
         log(
-            f"daemon pid {self.daemon.pid} at {self.daemon.address}; "
-            f"no-group-commit daemon pid {self.nogroup.pid}; "
             f"echo server pid {self.echo.pid} at {self.echo.address}; "
             f"client pids {self.pool.pids}"
         )
 
-    def stop(self) -> None:
-        """Stop everything this run started, each by its PID; never raises."""
+    def start_daemons(self) -> None:
+        """The daemon, and the same daemon with group commit off, on new data dirs."""
+        from lighthouse_store.testing import DaemonProcess
+
+        self._generation += 1
+        g = self._generation
+        extra = ["--durability", "fsync", *self.args.daemon_arg]
+        self.daemon = DaemonProcess(
+            self.work / f"data-{g}", extra_args=extra, log_path=self.work / f"daemon-{g}.log"
+        )
+        self.daemon.start()
+        # One transaction and one fsync per append, to show what grouping gains
+        # under the same 8 clients.
+        self.nogroup = DaemonProcess(
+            self.work / f"data-nogroup-{g}",
+            extra_args=[*extra, "--max-batch-appends", "1"],
+            log_path=self.work / f"daemon-nogroup-{g}.log",
+        )
+        self.nogroup.start()
+        log(
+            f"daemon pid {self.daemon.pid} at {self.daemon.address}; "
+            f"no-group-commit daemon pid {self.nogroup.pid}"
+        )
+
+    def stop_daemons(self) -> None:
+        """Stop both daemons, each by its PID, and delete their data; never raises."""
         for name, fn in (
             ("LMDB handle", self._env.close if self._env is not None else None),
-            ("client pool", self.pool.close if self.pool else None),
-            ("echo server", self.echo.stop if self.echo else None),
             ("daemon", self.daemon.stop if self.daemon is not None else None),
             ("no-group daemon", self.nogroup.stop if self.nogroup is not None else None),
         ):
@@ -141,6 +149,30 @@ class Bench:
                     self.daemon.kill9()
                 if name == "no-group daemon" and self.nogroup.running():
                     self.nogroup.kill9()
+        self._env = None
+        for d in (self.daemon, self.nogroup):
+            if d is not None:
+                shutil.rmtree(d.data_dir, ignore_errors=True)
+
+    def fresh_daemons(self) -> None:
+        """Replace both daemons with new ones on empty stores: every round starts
+        from the same state, not from the store the rounds before it grew."""
+        self.stop_daemons()
+        self.start_daemons()
+
+    def stop(self) -> None:
+        """Stop everything this run started, each by its PID; never raises."""
+        self.stop_daemons()
+        for name, fn in (
+            ("client pool", self.pool.close if self.pool else None),
+            ("echo server", self.echo.stop if self.echo else None),
+        ):
+            if fn is None:
+                continue
+            try:
+                fn()
+            except Exception as exc:  # keep stopping the others
+                log(f"stopping the {name} failed: {exc!r}")
 
     def commits(self) -> float:
         """LMDB write transactions committed so far in the daemon's env (last_txnid).
@@ -152,7 +184,7 @@ class Bench:
             if self._env is None:
                 import lmdb
 
-                path = self.work / "data" / "lmdb"  # the layout in lighthouse_store/lmdb_store.py
+                path = self.daemon.data_dir / "lmdb"  # the layout in lighthouse_store/lmdb_store.py
                 self._env = lmdb.open(str(path), readonly=True, create=False, max_dbs=16)
             return float(self._env.info()["last_txnid"])
         except Exception:
@@ -436,6 +468,8 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(args.repeat):
             if args.repeat > 1:
                 log(f"round {i + 1} of {args.repeat}")
+            if i > 0:
+                bench.fresh_daemons()
             if args.wait_quiet > 0:
                 wait_quiet(args.wait_quiet)
             runs.append(bench.round())

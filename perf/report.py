@@ -329,8 +329,8 @@ def summary(doc: dict[str, Any], values: dict[str, float], noisy_cpu: float) -> 
     return "\n".join(lines)
 
 
-# Throughputs whose medians hide a trend: one daemon serves every round, so
-# later rounds meet a bigger store and whatever the machine did meanwhile.
+# Throughputs whose medians can hide a trend or an outlier (this machine's speed
+# changes over minutes): each round's value is printed as well.
 _PER_ROUND = (
     ("append_conc_rate", "8 appenders"),
     ("batch1_rate", "batches 1 client"),

@@ -13,8 +13,14 @@ cache (``copy_folio_from_iter_atomic``) goes from under 1% of the samples to
 19% once a gigabyte or so has been written, and the calls slow down by a
 fifth; a fresh daemon on a new data dir (its deleted predecessor having just
 freed its page cache) starts fast again, while the old one stays slow after a
-pause. Later rounds of ``perf/bench.py``, which keep one daemon and its data,
-report lower batch rates than the first. Earlier notes blamed a throttled
+pause. The evidence points to memory, not the size of the store: a fresh daemon on a new data
+dir, started while an earlier daemon's 1.7 GB of data was still on disk and
+in the page cache, ran at 52k events/s (p50 1.80 ms), against 62k for the
+earlier daemon's own rounds and 65k (p50 1.43 ms) for another fresh daemon
+started once both data dirs were deleted (a manual check with the client loop
+of ``append_rounds.py``). When ``perf/bench.py`` kept one daemon
+and its data for every round, later rounds reported lower batch rates than the
+first. Earlier notes blamed a throttled
 disk, but a plain loop of 1 MiB writes and fdatasyncs on a new file runs at
 the same ~330 MB/s from its first gigabyte to its last: the rate of fresh
 memory, not of the disk.
