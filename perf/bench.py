@@ -133,7 +133,8 @@ class Bench:
         )
 
     def stop_daemons(self) -> None:
-        """Stop both daemons, each by its PID, and delete their data; never raises."""
+        """Stop both daemons, each by its PID, and delete their data (unless
+        ``--keep``); never raises."""
         for name, fn in (
             ("LMDB handle", self._env.close if self._env is not None else None),
             ("daemon", self.daemon.stop if self.daemon is not None else None),
@@ -151,7 +152,7 @@ class Bench:
                     self.nogroup.kill9()
         self._env = None
         for d in (self.daemon, self.nogroup):
-            if d is not None:
+            if d is not None and not self.args.keep:
                 shutil.rmtree(d.data_dir, ignore_errors=True)
 
     def fresh_daemons(self) -> None:
