@@ -25,7 +25,8 @@ zeros gave nothing measurable.
 The cost: every byte of the data file is written twice (zeros, then data),
 and every new page of the file is fresh memory for the page cache. On the dev
 VM, fresh memory is slow to write (about 330 MB/s against 1,800 MB/s for
-memory in use: the host backs guest memory lazily, ``perf/vm_memory.py``), so
+memory in use, most likely because the host backs guest memory lazily:
+``perf/vm_memory.py``), so
 once a long ingest has used up the recently freed memory, a fill step's write
 holds the lock for milliseconds while a commit waits. So the step adapts:
 a step whose write took over 1 ms halves the next one (down to 64 KiB), a
@@ -35,16 +36,19 @@ commits took over 3 ms; with adaptive steps at most 0.4%, the same as with
 ``--preallocate 0``, and a median commit of 0.6-1.0 ms against 1.1 ms with
 ``--preallocate 0``. ``0`` turns it off.
 
-Tried and measured worse: touching the fresh memory outside the lock
-(``fallocate`` the step, read it into the page cache, then write the zeros
-under the lock, which then only overwrites cached pages). One sequential
-client of 100-event appends through a daemon, 8 rounds of 1,500 calls on a
-fresh data dir, two runs each (what ``perf/append_rounds.py`` does; the
-variant's code is not kept), median round: this design 67.8k and 69.4k
-events/s (p99 2.2 ms); the variant 65.2k and 62.6k (p99 3.1-3.2 ms);
-``--preallocate 0`` 63.8k and 64.3k (p99 1.9 ms). Probably the variant's
+Tried and not kept: touching the fresh memory outside the lock (``fallocate``
+the step, read it into the page cache, then write the zeros under the lock,
+which then only overwrites cached pages). One sequential client of 100-event
+appends through a daemon, 8 rounds of 1,500 calls on a fresh data dir, two
+runs each (what ``perf/append_rounds.py`` does; the variant's code is not
+kept), median round: this design 67.8k and 69.4k events/s (p99 2.2 ms); the
+variant 65.2k and 62.6k (p99 3.1-3.2 ms); ``--preallocate 0`` 63.8k and 64.3k
+(p99 1.9 ms). Rates that far apart are within this machine's noise (a later
+A/B of this design against ``--preallocate 0``, in the README, came out the
+other way round once), so the verdict is no gain for more code; only its
+higher p99 was seen in both runs. A guess at why, not checked: the variant's
 extra journal work on the file (allocation, then conversion of the unwritten
-extents) lands in the commits' ``fdatasync``; that was not checked.
+extents) lands in the commits' ``fdatasync``.
 
 How
 ===

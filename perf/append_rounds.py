@@ -13,8 +13,9 @@ each alike. Per round it prints the rate (events over the round's wall time,
 so slow calls count), p50 and p99 per call; then the median round.
 
 Rounds are kept apart because a long write load changes this machine as it
-goes (``vm_memory.py``): the last rounds of a run show it. Every loop is
-bounded by ``--calls`` and by ``--round-cap`` seconds.
+goes (``vm_memory.py``): the last rounds of a run show it. Every round is
+bounded by ``--calls`` and by ``--round-cap`` seconds (plus the call in
+flight, which has a 30 s deadline, as each warm-up call has).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -72,8 +74,13 @@ def one_config(work: Path, flags: list[str], args: argparse.Namespace) -> str:
                 took.sort()
                 p50s.append(took[len(took) // 2] * 1e3)
                 p99s.append(took[int(len(took) * 0.99)] * 1e3)
+    except Exception:
+        print(f"daemon log tail:\n{daemon.log_text()[-3000:]}", file=sys.stderr)
+        raise
     finally:
-        daemon.stop()
+        code = daemon.stop()
+        if code != 0:
+            print(f"the daemon exited with status {code}", file=sys.stderr)
         shutil.rmtree(data, ignore_errors=True)
     per_round = " ".join(
         f"{r / 1000:.1f}k/{a:.2f}/{b:.2f}" for r, a, b in zip(rates, p50s, p99s, strict=True)

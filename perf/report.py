@@ -339,12 +339,13 @@ _PER_ROUND = (
 
 
 def per_round(runs: Sequence[dict[str, float]]) -> str:
-    """One line: each round's value of the throughputs in ``_PER_ROUND`` (ev/s)."""
+    """One line: each round's value of the throughputs in ``_PER_ROUND`` (ev/s),
+    in round order; "-" where a round has no value."""
     parts = []
     for key, label in _PER_ROUND:
-        values = [r[key] for r in runs if key in r]
-        if values:
-            parts.append(f"{label} " + ", ".join(f"{v / 1000:.1f}k" for v in values))
+        if any(key in r for r in runs):
+            values = [f"{r[key] / 1000:.1f}k" if key in r else "-" for r in runs]
+            parts.append(f"{label} " + ", ".join(values))
     return "per round (ev/s, in order): " + "; ".join(parts)
 
 

@@ -2,10 +2,11 @@
 
     .venv/bin/python perf/vm_memory.py            # about 10 s with the defaults
 
-A diagnostic, not part of the harness. On the dev VM, guest memory that has
-been free for a while goes back to the host, and the first write to each such
-page then costs a fault in the host: about 330 MB/s, against about 1,800 MB/s
-for memory in use or freed only recently. The store meets this whenever the
+A diagnostic, not part of the harness. On the dev VM (a Firecracker VM),
+writing anonymous memory that has been free for a while runs at about
+330 MB/s, against about 1,800 MB/s for memory in use or freed only recently:
+most likely the host takes free guest memory back and the first write to
+each such page costs a fault in the host. The store meets this whenever the
 page cache grows: every new page of ``data.mdb`` (and every zero the
 preallocator writes) lands on such memory. In a kernel profile (``perf
 record -g``) of a daemon taking 100-event appends, the copy into the page
@@ -21,9 +22,11 @@ started once both data dirs were deleted (a manual check with the client loop
 of ``append_rounds.py``). When ``perf/bench.py`` kept one daemon
 and its data for every round, later rounds reported lower batch rates than the
 first. Earlier notes blamed a throttled
-disk, but a plain loop of 1 MiB writes and fdatasyncs on a new file runs at
-the same ~330 MB/s from its first gigabyte to its last: the rate of fresh
-memory, not of the disk.
+disk (about 1.3 GB/s for the first ~600 MB of a loop of 1 MiB writes and
+fdatasyncs, then about 350 MB/s); that shape fits memory as well, recently
+freed memory first and fresh memory after it. The same loop, rerun on a new
+file, now runs at a steady ~330 MB/s, which fits either, so it does not
+decide; the checks above are what point to memory.
 
 It maps ``--mib`` of anonymous memory and writes it in 64 MiB pieces, three
 times: fresh, again at once (now backed), and again after ``--pause``

@@ -37,15 +37,22 @@ def test_old_records_are_dropped_a_generation_at_a_time() -> None:
     assert held(tail, 12) == [7, 8, 9, 10, 11, 12]
 
 
-def test_a_group_over_the_budget_is_held_until_the_next_generation() -> None:
+def test_a_group_over_the_whole_budget_keeps_only_its_newest_half_budget() -> None:
     tail = _Tail(1000)
     tail.add(group(1, 3))
     tail.add(group(4, 25))  # 2,500 bytes on its own
-    assert held(tail, 28) == list(range(1, 29))
+    assert held(tail, 28) == list(range(24, 29))
+    assert tail.held_bytes() == 500
     tail.add(group(29, 5))  # half the budget: a new generation
     assert held(tail, 33) == list(range(29, 34))
     tail.add(group(34, 1))
     assert held(tail, 34) == list(range(29, 35))
+
+
+def test_a_zero_budget_holds_nothing() -> None:
+    tail = _Tail(0)
+    tail.add(group(1, 2))
+    assert held(tail, 2) == []
 
 
 def test_an_empty_group_changes_nothing() -> None:
