@@ -6,8 +6,8 @@ different flags: an A/B of a daemon setting on the path of a single writer.
 For each repeat, for each ``--config`` (extra daemon flags, split on spaces),
 it starts a daemon on a new data dir in fsync durability, makes 100 warm-up
 calls, then ``--rounds`` rounds of ``--calls`` appends of ``--events`` 1 KiB
-events each from one synchronous client (requests built as the harness
-builds them, ``workloads.Requests``), stops the daemon by its PID and deletes
+events each from one synchronous client (the harness's own,
+``workloads.SyncClient``), stops the daemon by its PID and deletes
 its data. Configs alternate, so a machine that changes speed meanwhile hurts
 each alike. Per round it prints the rate (events over the round's wall time,
 so slow calls count), p50 and p99 per call; then the median round.
@@ -28,10 +28,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import grpc
-from workloads import APPEND_METHOD, Requests, Spec
+import report
+from workloads import Result, Spec, SyncClient
 
-from lighthouse_client import pb
 from lighthouse_store.testing import DaemonProcess
 
 
@@ -48,32 +47,22 @@ def one_config(work: Path, flags: list[str], args: argparse.Namespace) -> str:
             daemon.address,
             duration_s=args.round_cap,
             max_calls=args.calls,
+            warmup_calls=100,
             events_per_call=args.events,
         )
-        requests = Requests(spec, 0)
-        with grpc.insecure_channel(
-            daemon.address, options=[("grpc.max_send_message_length", 64 * 1024 * 1024)]
-        ) as channel:
-            call = channel.unary_unary(
-                APPEND_METHOD,
-                _registered_method=True,
-                response_deserializer=pb.AppendResponse.FromString,
-            )
-            for _ in range(100):
-                call(requests.next(), timeout=30)
+        client = SyncClient(spec, 0)  # the harness's own client loop
+        try:
+            client.warmup()
             for _ in range(args.rounds):
-                took: list[float] = []
-                started = time.perf_counter()
-                deadline = started + args.round_cap
-                while len(took) < args.calls and time.perf_counter() < deadline:
-                    request = requests.next()
-                    t0 = time.perf_counter()
-                    call(request, timeout=30)
-                    took.append(time.perf_counter() - t0)
-                rates.append(len(took) * args.events / (time.perf_counter() - started))
-                took.sort()
-                p50s.append(took[len(took) // 2] * 1e3)
-                p99s.append(took[int(len(took) * 0.99)] * 1e3)
+                client.result = res = Result()
+                client.run(time.monotonic_ns())
+                if res.errors:
+                    raise RuntimeError(f"{res.errors} failed calls; first: {res.first_error}")
+                rates.append(res.events / ((res.end_ns - res.start_ns) / 1e9))
+                p50s.append(report.percentile(res.latencies_ns, 50) / 1e6)
+                p99s.append(report.percentile(res.latencies_ns, 99) / 1e6)
+        finally:
+            client.close()
     except Exception:
         print(f"daemon log tail:\n{daemon.log_text()[-3000:]}", file=sys.stderr)
         raise

@@ -28,6 +28,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -135,21 +136,13 @@ class Bench:
     def stop_daemons(self) -> None:
         """Stop both daemons, each by its PID, and delete their data (unless
         ``--keep``); never raises."""
-        for name, fn in (
-            ("LMDB handle", self._env.close if self._env is not None else None),
-            ("daemon", self.daemon.stop if self.daemon is not None else None),
-            ("no-group daemon", self.nogroup.stop if self.nogroup is not None else None),
-        ):
-            if fn is None:
-                continue
-            try:
-                fn()
-            except Exception as exc:  # keep stopping the others
-                log(f"stopping the {name} failed: {exc!r}")
-                if name == "daemon" and self.daemon.running():
-                    self.daemon.kill9()
-                if name == "no-group daemon" and self.nogroup.running():
-                    self.nogroup.kill9()
+        _stop_each(
+            [
+                ("LMDB handle", self._env.close if self._env is not None else None, None),
+                _daemon_step("daemon", self.daemon),
+                _daemon_step("no-group daemon", self.nogroup),
+            ]
+        )
         self._env = None
         for d in (self.daemon, self.nogroup):
             if d is not None and not self.args.keep:
@@ -164,16 +157,12 @@ class Bench:
     def stop(self) -> None:
         """Stop everything this run started, each by its PID; never raises."""
         self.stop_daemons()
-        for name, fn in (
-            ("client pool", self.pool.close if self.pool else None),
-            ("echo server", self.echo.stop if self.echo else None),
-        ):
-            if fn is None:
-                continue
-            try:
-                fn()
-            except Exception as exc:  # keep stopping the others
-                log(f"stopping the {name} failed: {exc!r}")
+        _stop_each(
+            [
+                ("client pool", self.pool.close if self.pool else None, None),
+                ("echo server", self.echo.stop if self.echo else None, None),
+            ]
+        )
 
     def commits(self) -> float:
         """LMDB write transactions committed so far in the daemon's env (last_txnid).
@@ -349,6 +338,30 @@ class Bench:
             out[mode] = echo | append
             out[mode]["ratio"] = append["append_rate"] / echo["echo_rate"]
         return out
+
+
+_StopStep = tuple[str, Callable[[], object] | None, Callable[[], object] | None]
+
+
+def _stop_each(steps: list[_StopStep]) -> None:
+    """Run each (name, stop, fallback) step; a failing stop is logged and its
+    fallback run, and the steps after it still run."""
+    for name, stop, fallback in steps:
+        if stop is None:
+            continue
+        try:
+            stop()
+        except Exception as exc:  # keep stopping the others
+            log(f"stopping the {name} failed: {exc!r}")
+            if fallback is not None:
+                fallback()
+
+
+def _daemon_step(name: str, daemon: Any) -> _StopStep:
+    """Stop a daemon by SIGTERM; if that fails and it still runs, kill -9 it."""
+    if daemon is None:
+        return (name, None, None)
+    return (name, daemon.stop, lambda: daemon.kill9() if daemon.running() else None)
 
 
 def _latencies(run: Run) -> list[int]:
