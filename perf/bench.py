@@ -219,7 +219,14 @@ class Bench:
         return self.run(f"{op} latency", spec)
 
     def window(
-        self, op: str, address: str, arr: Arrangement, *, batch: int = 1, stream: str = "bench"
+        self,
+        op: str,
+        address: str,
+        arr: Arrangement,
+        *,
+        batch: int = 1,
+        stream: str = "bench",
+        random_ids: bool = False,
     ) -> Run:
         s = self.sizes
         per_call_cap = 20_000 if batch == 1 else 2_000  # calls per second per client
@@ -231,8 +238,10 @@ class Bench:
             warmup_calls=20 if batch == 1 else 5,
             events_per_call=batch,
             stream=f"{stream}-{time.monotonic_ns()}",
+            random_ids=random_ids,
         )
-        return self.run(f"{op} x{batch} window ({arr.describe()})", spec, arr)
+        ids = ", random ids" if random_ids else ""
+        return self.run(f"{op} x{batch} window ({arr.describe()}{ids})", spec, arr)
 
     # -- one round of every measurement ------------------------------------------
 
@@ -272,6 +281,11 @@ class Bench:
             "batch2", self.window("append", daemon, two, batch=100, stream="bench-batch")
         )
         m |= {k: v for k, v in batch2.items() if not k.endswith("_ms")}
+        log("batched appends, 100 events per call, random (UUIDv4-like) ids: 1 client")
+        batch_v4 = self.window(
+            "append", daemon, SEQUENTIAL, batch=100, stream="bench-batch-v4", random_ids=True
+        )
+        m |= {k: v for k, v in _conc("batch1_v4", batch_v4).items() if k.endswith("_rate")}
 
         self.fill(s.replay_events)
         log(f"full replay of {s.replay_events:,} events ($all)")

@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
 """Store commits with and without the zero-filled space ahead (``prealloc.py``).
 
-    .venv/bin/python perf/commit_bench.py [--commits 1500] [--rounds 3]
+    .venv/bin/python perf/commit_bench.py [--commits 1500] [--rounds 3] [--ids v7|v4]
 
 In-process, no gRPC: ``LmdbEventStore.commit`` of one 100-event append (1 KiB
 events, UUIDv7 ids as the client library makes them) at a time, on fresh
 stores in a temp dir, in each durability: once with ``preallocate=0`` (LMDB grows the file itself)
 and once with the daemon's default, alternating, ``--rounds`` times each.
 Prints median commit times and the ratio; every loop is bounded by
-``--commits`` and by a time cap.
+``--commits`` and by a time cap. ``--ids v4`` gives the events random UUIDv4
+ids instead, whose index entries land on scattered B-tree pages.
 
 ``--grow BLOCKS`` instead commits BLOCKS blocks of 2,000 such appends (200,000
 events each) to one store, fsync durability, and prints the commit time per
@@ -23,6 +24,7 @@ import statistics
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 from lighthouse_client import pb, uuid7
@@ -33,18 +35,21 @@ from lighthouse_store.store import AppendCommand, Expected, NewEvent
 TIME_CAP_S = 60.0
 
 
-def append(payload: bytes, n: int = 100) -> AppendCommand:
+def append(payload: bytes, n: int = 100, ids: str = "v7") -> AppendCommand:
     events = []
     for _ in range(n):
-        eid = uuid7()  # the client library's default: time-ordered, so index inserts are local
+        # v7 is the client library's default: time-ordered, so index inserts are local
+        eid = uuid7() if ids == "v7" else str(uuid.uuid4())
         proposed = pb.ProposedEvent(event_id=eid, event_type="Bench", data=payload)
         events.append(NewEvent(bytes.fromhex(eid.replace("-", "")), proposed.SerializeToString()))
     return AppendCommand("bench", Expected(), tuple(events), sum(len(e.proposed) for e in events))
 
 
-def median_commit_us(path: Path, durability: Durability, preallocate: int, commits: int) -> float:
+def median_commit_us(
+    path: Path, durability: Durability, preallocate: int, commits: int, ids: str = "v7"
+) -> float:
     payload = bytes(1024)
-    commands = [append(payload) for _ in range(commits)]
+    commands = [append(payload, ids=ids) for _ in range(commits)]
     store = LmdbEventStore(
         path, map_size=8 << 30, durability=durability, preallocate=preallocate
     )
@@ -104,6 +109,7 @@ def main() -> int:
     parser.add_argument("--grow", type=int, default=0, metavar="BLOCKS")
     parser.add_argument("--preallocate-mib", type=int, default=Config().preallocate >> 20)
     parser.add_argument("--tmp-dir", default=None)
+    parser.add_argument("--ids", choices=("v7", "v4"), default="v7", help="event ids (default v7)")
     args = parser.parse_args()
     default = Config().preallocate
     if args.grow:
@@ -117,11 +123,12 @@ def main() -> int:
                 for prealloc in runs:
                     path = Path(tmp) / f"{durability.value}-{prealloc}-{r}"
                     runs[prealloc].append(
-                        median_commit_us(path, durability, prealloc, args.commits)
+                        median_commit_us(path, durability, prealloc, args.commits, args.ids)
                     )
             off, on = (statistics.median(runs[k]) for k in (0, default))
             print(
-                f"{durability.value:5s} 100-event commit, median of {args.rounds} rounds: "
+                f"{durability.value:5s} 100-event commit ({args.ids} ids), "
+                f"median of {args.rounds} rounds: "
                 f"growing the file {off:.0f} us, preallocated {on:.0f} us "
                 f"({off / on:.2f}x faster)   runs: off {[round(x) for x in runs[0]]} "
                 f"on {[round(x) for x in runs[default]]}",

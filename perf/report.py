@@ -180,6 +180,14 @@ def _rows(clients_label: str, sizes: dict[str, Any]) -> list[tuple[str, list[Row
                     "lmdb100_events_per_s",
                     "ev/s",
                 ),
+                (
+                    "1 client, random ids",
+                    "batch1_v4_rate",
+                    "ev/s",
+                    "ordered ids",
+                    "batch1_rate",
+                    "ev/s",
+                ),
                 ("call p50 (1 client)", "batch1_call_p50_ms", "ms", "", "", ""),
                 ("server CPU (1 client)", "batch1_server_cpu", "cores", "", "", ""),
                 ("server CPU (2 clients)", "batch2_server_cpu", "cores", "", "", ""),
@@ -335,6 +343,7 @@ _PER_ROUND = (
     ("append_conc_rate", "8 appenders"),
     ("batch1_rate", "batches 1 client"),
     ("batch2_rate", "batches 2 clients"),
+    ("batch1_v4_rate", "batches random ids"),
 )
 
 

@@ -60,6 +60,9 @@ class Spec:
     event_ids: tuple[str, ...] = ()  # get_event: ids to pick from at random
     replay_count: int = 0  # replay: max_count of the $all Read
     keep_ids: bool = False  # append: return the event ids written (timed calls only)
+    # append: ids with random leading 32 bits (as UUIDv4 ids are, for the id
+    # index's B-tree) instead of one client's ids counting up (as UUIDv7 do)
+    random_ids: bool = False
 
 
 @dataclass
@@ -110,7 +113,9 @@ class Requests:
         """The next append, serialized. The first call builds a template with
         protobuf; later ones copy it and write fresh 12-hex-digit id counters
         at their offsets, so the client spends microseconds, not the time of
-        encoding 100 events, between calls (the rate is the server's)."""
+        encoding 100 events, between calls (the rate is the server's). With
+        ``random_ids``, each id's first 8 hex digits are random too (one
+        ``os.urandom`` per call): still a valid UUIDv4, unique by its counter."""
         n = self.spec.events_per_call
         if self._template is None:
             ids = [f"{self._prefix}{0xFFFFFFFFFFFF - k:012x}" for k in range(n)]
@@ -126,15 +131,18 @@ class Requests:
                     for i in ids
                 ],
             ).SerializeToString()
-            self._offsets = [template.index(i.encode()) + 24 for i in ids]
+            self._offsets = [template.index(i.encode()) for i in ids]
             self._template = template
         buf = bytearray(self._template)
+        if self.spec.random_ids:
+            lead = os.urandom(4 * n).hex().encode()
+            for k, offset in enumerate(self._offsets):
+                buf[offset : offset + 8] = lead[8 * k : 8 * k + 8]
         for offset in self._offsets:
             self._counter += 1
-            counter = b"%012x" % self._counter
-            buf[offset : offset + 12] = counter
+            buf[offset + 24 : offset + 36] = b"%012x" % self._counter
             if self.keep_ids:
-                self.ids.append(self._prefix + counter.decode())
+                self.ids.append(buf[offset : offset + 36].decode())
         return bytes(buf)
 
 
