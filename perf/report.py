@@ -337,25 +337,30 @@ def summary(doc: dict[str, Any], values: dict[str, float], noisy_cpu: float) -> 
     return "\n".join(lines)
 
 
-# Throughputs whose medians can hide a trend or an outlier (this machine's speed
-# changes over minutes): each round's value is printed as well.
+# Results whose medians can hide a trend or an outlier (this machine's speed
+# changes over minutes): each round's value is printed as well. The unit says
+# how: "k" for events/s in thousands, "ms" for latencies.
 _PER_ROUND = (
-    ("append_conc_rate", "8 appenders"),
-    ("batch1_rate", "batches 1 client"),
-    ("batch2_rate", "batches 2 clients"),
-    ("batch1_v4_rate", "batches random ids"),
+    ("append_seq_p50_ms", "single append p50", "ms"),
+    ("append_conc_rate", "8 appenders", "k"),
+    ("batch1_rate", "batches 1 client", "k"),
+    ("batch2_rate", "batches 2 clients", "k"),
+    ("batch1_v4_rate", "batches random ids", "k"),
 )
 
 
 def per_round(runs: Sequence[dict[str, float]]) -> str:
-    """One line: each round's value of the throughputs in ``_PER_ROUND`` (ev/s),
-    in round order; "-" where a round has no value."""
+    """One line: each round's value of the results in ``_PER_ROUND``, in round
+    order; "-" where a round has no value."""
     parts = []
-    for key, label in _PER_ROUND:
+    for key, label, unit in _PER_ROUND:
         if any(key in r for r in runs):
-            values = [f"{r[key] / 1000:.1f}k" if key in r else "-" for r in runs]
-            parts.append(f"{label} " + ", ".join(values))
-    return "per round (ev/s, in order): " + "; ".join(parts)
+            if unit == "k":
+                values = [f"{r[key] / 1000:.1f}k" if key in r else "-" for r in runs]
+            else:
+                values = [f"{r[key]:.2f}" if key in r else "-" for r in runs]
+            parts.append(f"{label} " + ", ".join(values) + (" ms" if unit == "ms" else ""))
+    return "per round (in order; k = thousand events/s): " + "; ".join(parts)
 
 
 def _num(x: float) -> str:
