@@ -13,6 +13,7 @@ from lighthouse_store.errors import DataDirLocked, StorageFailure
 EXIT_USAGE = 2
 EXIT_LOCKED = 3
 EXIT_FAILED = 1
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -21,7 +22,13 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the daemon")
     config.add_arguments(serve)
-    serve.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    serve.add_argument(
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        help="DEBUG, INFO, WARNING or ERROR (default INFO)",
+    )
     return parser
 
 
@@ -32,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except config.ConfigError as exc:
         print(f"lighthouse-store: bad configuration: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    logs.configure(args.log_level.upper())
+    logs.configure(args.log_level)
     from lighthouse_store.server import BindError, serve  # after logging is set up
 
     try:

@@ -6,38 +6,56 @@ Off unless an environment variable turns it on; never set in production.
 like ``kill -9``) right after the N-th commit that wrote appends became
 durable and before any of its callers is answered. This is the "reply lost"
 case clients must survive by retrying with the same event ids.
+
+``LIGHTHOUSE_FAULT_COMMIT_PAUSE_MS=N``: the writer pauses N ms after every
+commit that wrote appends, before answering its callers: a slow disk. Appends
+that arrive meanwhile queue up (and are refused once the queue is full), so
+tests can see group commit and the queue bound at work without racing the
+machine's speed.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 log = logging.getLogger("lighthouse_store.faults")
 
 EXIT_AFTER_COMMITS = "LIGHTHOUSE_FAULT_EXIT_AFTER_COMMITS"
+COMMIT_PAUSE_MS = "LIGHTHOUSE_FAULT_COMMIT_PAUSE_MS"
 EXIT_CODE = 137
 
 
 @dataclass
 class Faults:
     exit_after_commits: int = 0
+    commit_pause_ms: int = 0
     _commits: int = 0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Faults:
         env = os.environ if environ is None else environ
-        raw = env.get(EXIT_AFTER_COMMITS, "")
-        faults = cls(exit_after_commits=int(raw) if raw.isdigit() else 0)
+        exit_after, pause = (env.get(name, "") for name in (EXIT_AFTER_COMMITS, COMMIT_PAUSE_MS))
+        faults = cls(
+            exit_after_commits=int(exit_after) if exit_after.isdigit() else 0,
+            commit_pause_ms=int(pause) if pause.isdigit() else 0,
+        )
         if faults.exit_after_commits:
             log.warning("fault injection on: exit after commit %d", faults.exit_after_commits)
+        if faults.commit_pause_ms:
+            log.warning("fault injection on: %d ms pause after commits", faults.commit_pause_ms)
         return faults
 
     def after_commit(self, appends: int) -> None:
         """Called by the writer after a durable commit, before answering."""
-        if not self.exit_after_commits or appends == 0:
+        if appends == 0:
+            return
+        if self.commit_pause_ms:
+            time.sleep(self.commit_pause_ms / 1000)
+        if not self.exit_after_commits:
             return
         self._commits += 1
         if self._commits >= self.exit_after_commits:

@@ -110,9 +110,10 @@ class DaemonProcess:
             f"daemon did not become ready (exit code {code}); log:\n{self.log_text()[-4000:]}"
         )
 
-    def stop(self, timeout: float = 30.0) -> int:
-        """SIGTERM, wait, return the exit code."""
-        return self._signal_and_wait(signal.SIGTERM, timeout)
+    def stop(self, timeout: float = 30.0, sig: int = signal.SIGTERM) -> int:
+        """SIGTERM (or ``sig``: SIGINT stops the daemon the same way), wait,
+        return the exit code."""
+        return self._signal_and_wait(sig, timeout)
 
     def kill9(self) -> int:
         """SIGKILL, as a crash would."""

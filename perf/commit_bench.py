@@ -73,7 +73,7 @@ def median_commit_us(
         store.close()
 
 
-def grow(path: Path, blocks: int, preallocate: int) -> None:
+def grow(path: Path, blocks: int, preallocate: int, ids: str = "v7") -> None:
     payload = bytes(1024)
     store = LmdbEventStore(
         path, map_size=64 << 30, durability=Durability.FSYNC, preallocate=preallocate
@@ -83,7 +83,7 @@ def grow(path: Path, blocks: int, preallocate: int) -> None:
         for block in range(1, blocks + 1):
             times = []
             for _ in range(2000):
-                command = append(payload)
+                command = append(payload, ids=ids)
                 t = time.perf_counter_ns()
                 store.commit([command])
                 times.append(time.perf_counter_ns() - t)
@@ -114,7 +114,7 @@ def main() -> int:
     default = Config().preallocate
     if args.grow:
         with tempfile.TemporaryDirectory(dir=args.tmp_dir) as tmp:
-            grow(Path(tmp) / "grow", min(args.grow, 100), args.preallocate_mib << 20)
+            grow(Path(tmp) / "grow", min(args.grow, 100), args.preallocate_mib << 20, args.ids)
         return 0
     with tempfile.TemporaryDirectory(dir=args.tmp_dir) as tmp:
         for durability in Durability:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from collections.abc import Sequence
@@ -240,23 +241,28 @@ def test_kill9_during_writes_loses_no_acknowledged_event(
     assert d.stop() == 0
 
 
-def _sigterm_under_load(daemon: DaemonProcess) -> tuple[Load, int]:
+def _sigterm_under_load(
+    daemon: DaemonProcess, sig: int = signal.SIGTERM
+) -> tuple[Load, int]:
     load = Load(daemon, max_appends=3000)
     load.start([("t1", 1), ("t2", 1), ("t3", 20)])
     deadline = time.monotonic() + 60
     while load.acked_count() < 300 and time.monotonic() < deadline:
         time.sleep(0.01)
     assert load.acked_count() > 0
-    code = daemon.stop()
+    code = daemon.stop(sig=sig)
     load.stop.set()
     load.join()
     return load, code
 
 
 @pytest.mark.slow
-def test_sigterm_under_load_exits_zero_and_keeps_acknowledged(daemon: DaemonProcess) -> None:
-    load, code = _sigterm_under_load(daemon)
-    assert code == 0, f"SIGTERM under load exited {code}"
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_sigterm_under_load_exits_zero_and_keeps_acknowledged(
+    daemon: DaemonProcess, sig: signal.Signals
+) -> None:
+    load, code = _sigterm_under_load(daemon, sig)
+    assert code == 0, f"{sig.name} under load exited {code}"
     daemon.start()
     verify_after_crash(daemon.stub(), load.acked, load.sent)
 

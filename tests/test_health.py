@@ -124,8 +124,9 @@ def test_configuration_from_environment(tmp_path: Path) -> None:
         ["--max-event-data-bytes", "-1"],
         ["--max-events-per-append", "lots"],
         ["--listen", "not-an-address"],
+        ["--log-level", "loud"],
     ],
-    ids=["durability", "negative-limit", "non-numeric-limit", "listen"],
+    ids=["durability", "negative-limit", "non-numeric-limit", "listen", "log-level"],
 )
 def test_bad_configuration_fails_fast(tmp_path: Path, args: Sequence[str]) -> None:
     data_dir = tmp_path / "d"

@@ -25,26 +25,38 @@ def readme_grpcurl_commands() -> list[list[str]]:
 def test_readme_grpcurl_examples_run_as_written(daemon: DaemonProcess) -> None:
     commands = readme_grpcurl_commands()
     assert len(commands) >= 6, "README lost its grpcurl examples"
-    outputs: dict[str, str] = {}
-    for argv in commands * 2:  # twice: the Append example is an idempotent retry
+    # Each command's output, by its last argument and its request body; twice:
+    # the Append example is an idempotent retry, so both runs answer the same.
+    outputs: dict[tuple[str, str], list[str]] = {}
+    for argv in commands * 2:
+        key = (argv[-1], argv[argv.index("-d") + 1] if "-d" in argv else "")
         assert README_ADDRESS in argv
         argv = [daemon.address if a == README_ADDRESS else a for a in argv]
         argv[0] = str(GRPCURL)
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0, f"{shlex.join(argv)}\n{proc.stderr}"
-        outputs[argv[-1]] = proc.stdout
-    assert "lighthouse.store.v1.EventStoreService" in outputs["list"]
-    assert "rpc Append" in outputs["lighthouse.store.v1.EventStoreService"]
-    append = json.loads(outputs["lighthouse.store.v1.EventStoreService/Append"])
-    assert append == {"first_position": "1", "last_position": "1"}  # revision 0 is not printed
-    read = json.loads(outputs["lighthouse.store.v1.EventStoreService/Read"])
-    (event,) = read["events"]
-    assert event["event_type"] == "OrderPlaced" and event["stream"] == "orders-1"
-    got = json.loads(outputs["lighthouse.store.v1.EventStoreService/GetEvent"])
+        outputs.setdefault(key, []).append(proc.stdout)
+
+    def output(method: str, body: str = "") -> str:
+        (key,) = [k for k in outputs if k[0] == method and body in k[1]]
+        return outputs[key][0]
+
+    service = "lighthouse.store.v1.EventStoreService"
+    assert service in output("list")
+    assert "rpc Append" in output(service)
+    (append_key,) = [k for k in outputs if k[0] == f"{service}/Append"]
+    appended = [json.loads(out) for out in outputs[append_key]]
+    # revision 0 is not printed; the retry returns the original positions
+    assert appended == [{"first_position": "1", "last_position": "1"}] * 2
+    for body in ('"stream": "orders-1"', '"stream": "$all"'):
+        (event,) = json.loads(output(f"{service}/Read", body))["events"]
+        assert event["event_type"] == "OrderPlaced" and event["stream"] == "orders-1"
+        assert event["event_id"] == "0190f0c4-6f1e-7c3a-9b1d-2f4e5a6b7c8d"
+    got = json.loads(output(f"{service}/GetEvent"))
     assert got["event"]["event_id"] == "0190f0c4-6f1e-7c3a-9b1d-2f4e5a6b7c8d"
-    info = json.loads(outputs["lighthouse.store.v1.EventStoreService/GetInfo"])
+    info = json.loads(output(f"{service}/GetInfo"))
     assert info["head_position"] == "1" and info["durability"] == "DURABILITY_FSYNC"
-    assert json.loads(outputs["grpc.health.v1.Health/Check"]) == {"status": "SERVING"}
+    assert json.loads(output("grpc.health.v1.Health/Check")) == {"status": "SERVING"}
 
 
 def readme_python_examples() -> list[str]:

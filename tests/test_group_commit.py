@@ -1,0 +1,139 @@
+"""Group commit and the bounded queue, seen from outside the daemon.
+
+The daemon runs with ``LIGHTHOUSE_FAULT_COMMIT_PAUSE_MS`` (``faults.py``): after
+every commit the writer pauses before answering, as on a slow disk. Appends
+sent during the pause queue up, so what the writer does with a queue is
+visible without racing the machine's speed. LMDB's own count of write
+transactions (``last_txnid``, read through a read-only handle) says how many
+commits there were.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import lmdb
+from support import (
+    DaemonFactory,
+    ThreadErrors,
+    append,
+    error_info,
+    expect_code,
+    get_event,
+    head,
+    new_event,
+    read_all,
+    run_threads,
+)
+
+from lighthouse_store.faults import COMMIT_PAUSE_MS
+from lighthouse_store.testing import DaemonProcess
+
+PAUSE_MS = 1000  # far longer than it takes to send a few appends
+APPENDERS = 8
+
+
+def _paused_env(ms: int = PAUSE_MS) -> dict[str, str]:
+    return {**os.environ, COMMIT_PAUSE_MS: str(ms)}
+
+
+def _write_transactions(data_dir: Path) -> int:
+    """LMDB write transactions committed so far (the layout of lmdb_store.py)."""
+    env = lmdb.open(str(data_dir / "lmdb"), readonly=True, create=False, max_dbs=16)
+    try:
+        return int(env.info()["last_txnid"])
+    finally:
+        env.close()
+
+
+def _wait_for_head(stub: Any, position: int) -> None:
+    deadline = time.monotonic() + 30
+    while head(stub) < position:
+        assert time.monotonic() < deadline, f"head never reached {position}"
+        time.sleep(0.01)
+
+
+def _start_first_append(stub: Any) -> tuple[threading.Thread, ThreadErrors]:
+    """Append one event on a thread; return once it is durable (head 1), that
+    is while the writer pauses before answering it."""
+    errors = ThreadErrors()
+
+    def first() -> None:
+        try:
+            assert append(stub, "first", new_event("First")).first_position == 1
+        except BaseException as exc:
+            errors.add(exc)
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    _wait_for_head(stub, 1)
+    return thread, errors
+
+
+def _concurrent_appends(d: DaemonProcess) -> int:
+    """APPENDERS single-event appends at once, each on its own warm channel,
+    sent while the writer pauses; returns the write transactions they took."""
+    stubs = [d.stub() for _ in range(APPENDERS + 1)]
+    for stub in stubs:
+        head(stub)  # connect before anything is timed by the pause
+    first, first_errors = _start_first_append(stubs[-1])
+    before = _write_transactions(d.data_dir)
+    errors = ThreadErrors()
+
+    def appender(i: int) -> None:
+        try:
+            append(stubs[i], f"g{i}", new_event("Grouped"))
+        except BaseException as exc:
+            errors.add(exc)
+
+    run_threads(appender, APPENDERS, timeout=60)
+    first.join(60)
+    errors.raise_first()
+    first_errors.raise_first()
+    got = read_all(stubs[0])
+    assert [e.position for e in got] == list(range(1, APPENDERS + 2))
+    return _write_transactions(d.data_dir) - before
+
+
+def test_appends_queued_during_a_commit_share_the_next_one(
+    daemon_factory: DaemonFactory,
+) -> None:
+    d = daemon_factory(env=_paused_env())
+    transactions = _concurrent_appends(d)
+    assert transactions < APPENDERS, (
+        f"{APPENDERS} appends queued during one commit took {transactions} write "
+        "transactions: no group commit"
+    )
+
+
+def test_without_group_commit_each_append_is_its_own_transaction(
+    daemon_factory: DaemonFactory,
+) -> None:
+    """The control for the test above: the count it relies on does see every
+    commit. (A shorter pause: here every append pays it.)"""
+    d = daemon_factory(extra_args=["--max-batch-appends", "1"], env=_paused_env(200))
+    assert _concurrent_appends(d) == APPENDERS
+
+
+def test_a_full_queue_refuses_at_once_and_writes_nothing(
+    daemon_factory: DaemonFactory,
+) -> None:
+    d = daemon_factory(extra_args=["--max-queue", "1"], env=_paused_env())
+    stub = d.stub()
+    head(stub)
+    first, first_errors = _start_first_append(stub)
+    refused = new_event("Refused")
+    # The first append is durable but not yet answered: it still holds the queue's one place.
+    err = expect_code(grpc.StatusCode.RESOURCE_EXHAUSTED, append, stub, "refused", refused)
+    assert error_info(err).metadata["failure_class"] == "recoverable"
+    first.join(60)
+    first_errors.raise_first()
+    assert [e.stream for e in read_all(stub)] == ["first"]
+    expect_code(grpc.StatusCode.NOT_FOUND, get_event, stub, refused.event_id)
+    # Once the queue has room again, the same append goes through.
+    assert append(stub, "refused", refused).first_position == 2
