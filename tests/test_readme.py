@@ -9,10 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from support import grpcurl_path
+
 from lighthouse_store.testing import DaemonProcess
 
 README = Path(__file__).resolve().parent.parent / "README.md"
-GRPCURL = Path(sys.executable).parent / "grpcurl"
 README_ADDRESS = "127.0.0.1:50051"
 
 
@@ -32,7 +33,7 @@ def test_readme_grpcurl_examples_run_as_written(daemon: DaemonProcess) -> None:
         key = (argv[-1], argv[argv.index("-d") + 1] if "-d" in argv else "")
         assert README_ADDRESS in argv
         argv = [daemon.address if a == README_ADDRESS else a for a in argv]
-        argv[0] = str(GRPCURL)
+        argv[0] = str(grpcurl_path())
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0, f"{shlex.join(argv)}\n{proc.stderr}"
         outputs.setdefault(key, []).append(proc.stdout)
