@@ -252,6 +252,7 @@ class Bench:
         s, echo, daemon = self.sizes, self.echo.address, self.daemon.address
         m: dict[str, float] = {}
 
+        m["cpu_loop_ms"] = machine.python_loop_ms()
         log("LMDB floors (in-process, sync=True)")
         lmdb1 = floors.lmdb_commits(
             self.work, puts_per_commit=1, max_commits=s.lmdb1_commits, time_cap_s=s.phase_cap_s

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import platform
+import statistics
 import subprocess
 import sys
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -85,3 +87,17 @@ def machine_info(work_dir: Path, repo: Path) -> dict[str, Any]:
         "work_dir_fs": _fs_type(work_dir),
         "git_commit": _git_commit(repo),
     }
+
+
+def python_loop_ms(additions: int = 2_000_000, repeats: int = 5) -> float:
+    """Median time of a fixed pure-Python loop: how fast this machine's CPU is
+    right now (on a shared VM it moves by 10% within seconds). Recorded each
+    round beside the results, it tells a slow machine from a slow store."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        total = 0
+        for i in range(additions):
+            total += i
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000

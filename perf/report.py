@@ -248,6 +248,7 @@ def _rows(clients_label: str, sizes: dict[str, Any]) -> list[tuple[str, list[Row
                 ("LMDB 1-put fsync commit p50", "lmdb1_commit_p50_ms", "ms", "", "", ""),
                 ("LMDB 1-put fsync commits", "lmdb1_commits_per_s", lmdb1, "", "", ""),
                 ("LMDB 100-put fsync commits", "lmdb100_events_per_s", "ev/s", "", "", ""),
+                ("CPU: 2M Python additions", "cpu_loop_ms", "ms", "", "", ""),
             ],
         ),
     ]
@@ -341,6 +342,8 @@ def summary(doc: dict[str, Any], values: dict[str, float], noisy_cpu: float) -> 
 # changes over minutes): each round's value is printed as well. The unit says
 # how: "k" for events/s in thousands, "ms" for latencies.
 _PER_ROUND = (
+    ("cpu_loop_ms", "CPU loop", "ms"),
+    ("echo_seq_p50_ms", "empty RPC p50", "ms"),
     ("append_seq_p50_ms", "single append p50", "ms"),
     ("append_conc_rate", "8 appenders", "k"),
     ("batch1_rate", "batches 1 client", "k"),
@@ -358,9 +361,13 @@ def per_round(runs: Sequence[dict[str, float]]) -> str:
             if unit == "k":
                 values = [f"{r[key] / 1000:.1f}k" if key in r else "-" for r in runs]
             else:
-                values = [f"{r[key]:.2f}" if key in r else "-" for r in runs]
+                values = [_ms(r[key]) if key in r else "-" for r in runs]
             parts.append(f"{label} " + ", ".join(values) + (" ms" if unit == "ms" else ""))
     return "per round (in order; k = thousand events/s): " + "; ".join(parts)
+
+
+def _ms(x: float) -> str:
+    return f"{x:.2f}" if x < 10 else f"{x:.0f}"
 
 
 def _num(x: float) -> str:

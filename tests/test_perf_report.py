@@ -13,6 +13,7 @@ import report
 def test_per_round_lists_each_rounds_results_in_order() -> None:
     runs = [
         {
+            "cpu_loop_ms": 121.4,
             "append_seq_p50_ms": 0.8731,
             "append_conc_rate": 3100.0,
             "batch1_rate": 61346.8,
@@ -27,7 +28,8 @@ def test_per_round_lists_each_rounds_results_in_order() -> None:
         {"append_conc_rate": 2990.0, "batch1_rate": 50843.3},
     ]
     assert report.per_round(runs) == (
-        "per round (in order; k = thousand events/s): single append p50 0.87, 1.02, - ms; "
+        "per round (in order; k = thousand events/s): CPU loop 121, -, - ms; "
+        "single append p50 0.87, 1.02, - ms; "
         "8 appenders 3.1k, 3.0k, 3.0k; "
         "batches 1 client 61.3k, 55.6k, 50.8k; batches 2 clients 70.2k, 63.0k, -"
     )
