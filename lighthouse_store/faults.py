@@ -8,7 +8,8 @@ durable and before any of its callers is answered. This is the "reply lost"
 case clients must survive by retrying with the same event ids.
 
 ``LIGHTHOUSE_FAULT_COMMIT_PAUSE_MS=N``: the writer pauses N ms after every
-commit that wrote appends, before answering its callers: a slow disk. Appends
+group of appends it commits (or fails to), before answering its callers: a
+slow disk. Appends
 that arrive meanwhile queue up (and are refused once the queue is full), so
 tests can see group commit and the queue bound at work without racing the
 machine's speed.

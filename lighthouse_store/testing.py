@@ -110,6 +110,19 @@ class DaemonProcess:
             f"daemon did not become ready (exit code {code}); log:\n{self.log_text()[-4000:]}"
         )
 
+    def write_transactions(self) -> int:
+        """LMDB write transactions committed so far in the daemon's store
+        (``last_txnid``), read from the meta pages through a read-only handle
+        without a read transaction, so the daemon is not held up."""
+        import lmdb
+
+        path = self.data_dir / "lmdb"  # the layout in lmdb_store.py
+        env = lmdb.open(str(path), readonly=True, create=False, max_dbs=0)
+        try:
+            return int(env.info()["last_txnid"])
+        finally:
+            env.close()
+
     def stop(self, timeout: float = 30.0, sig: int = signal.SIGTERM) -> int:
         """SIGTERM (or ``sig``: SIGINT stops the daemon the same way), wait,
         return the exit code."""

@@ -91,7 +91,6 @@ class Bench:
         self.echo: echo_server.EchoServer | None = None
         self.daemon: Any = None
         self.nogroup: Any = None
-        self._env: Any = None  # read-only handle on the daemon's LMDB env (commit counter)
         self._generation = 0  # daemons started so far (pairs), names their data dirs
 
     # -- setup -------------------------------------------------------------
@@ -138,12 +137,10 @@ class Bench:
         ``--keep``); never raises."""
         _stop_each(
             [
-                ("LMDB handle", self._env.close if self._env is not None else None, None),
                 _daemon_step("daemon", self.daemon),
                 _daemon_step("no-group daemon", self.nogroup),
             ]
         )
-        self._env = None
         for d in (self.daemon, self.nogroup):
             if d is not None and not self.args.keep:
                 shutil.rmtree(d.data_dir, ignore_errors=True)
@@ -165,18 +162,10 @@ class Bench:
         )
 
     def commits(self) -> float:
-        """LMDB write transactions committed so far in the daemon's env (last_txnid).
-
-        Read from the env's meta pages through a read-only handle, without a read
-        transaction, so the daemon is not held up. NaN if it cannot be read.
-        """
+        """LMDB write transactions committed so far in the daemon's env; NaN if
+        they cannot be read."""
         try:
-            if self._env is None:
-                import lmdb
-
-                path = self.daemon.data_dir / "lmdb"  # the layout in lighthouse_store/lmdb_store.py
-                self._env = lmdb.open(str(path), readonly=True, create=False, max_dbs=16)
-            return float(self._env.info()["last_txnid"])
+            return float(self.daemon.write_transactions())
         except Exception:
             return math.nan
 
@@ -247,7 +236,26 @@ class Bench:
 
     # -- one round of every measurement ------------------------------------------
 
-    def round(self) -> dict[str, float]:
+    def id_order_windows(self, index: int) -> dict[str, float]:
+        """One client's 100-event batches with ordered ids, then with random
+        (UUIDv4-like) ids, or the other way round in odd rounds, back to back on
+        the second daemon (whose store then holds only its 8-appender window):
+        the same daemon and store for both, and the order alternates so that
+        neither always meets the store the other grew. With one sequential
+        client there is one append per commit either way, so that daemon's
+        --max-batch-appends 1 changes nothing here."""
+        log("batched appends, 100 events per call, ordered and random ids: 1 client each")
+        m: dict[str, float] = {}
+        kinds = [("batch1_v7", False), ("batch1_v4", True)]
+        for prefix, random_ids in kinds if index % 2 == 0 else kinds[::-1]:
+            run = self.window(
+                "append", self.nogroup.address, SEQUENTIAL, batch=100,
+                stream=f"bench-{prefix}", random_ids=random_ids,
+            )  # fmt: skip
+            m |= {k: v for k, v in _conc(prefix, run).items() if not k.endswith("_ms")}
+        return m
+
+    def round(self, index: int = 0) -> dict[str, float]:
         assert self.echo is not None
         s, echo, daemon = self.sizes, self.echo.address, self.daemon.address
         m: dict[str, float] = {}
@@ -284,17 +292,7 @@ class Bench:
             "batch2", self.window("append", daemon, two, batch=100, stream="bench-batch")
         )
         m |= {k: v for k, v in batch2.items() if not k.endswith("_ms")}
-        # Random ids go to the second daemon: its store holds only its 8-appender
-        # window, about what the first one held before its batch windows (a store
-        # grown by those windows would be slower for reasons of its own). With one
-        # sequential client there is one append per commit either way, so its
-        # --max-batch-appends 1 changes nothing here.
-        log("batched appends, 100 events per call, random (UUIDv4-like) ids: 1 client")
-        batch_v4 = self.window(
-            "append", self.nogroup.address, SEQUENTIAL, batch=100, stream="bench-batch-v4",
-            random_ids=True,
-        )
-        m |= {k: v for k, v in _conc("batch1_v4", batch_v4).items() if not k.endswith("_ms")}
+        m |= self.id_order_windows(index)
 
         self.fill(s.replay_events)
         log(f"full replay of {s.replay_events:,} events ($all)")
@@ -509,7 +507,7 @@ def main(argv: list[str] | None = None) -> int:
                 bench.fresh_daemons()
             if args.wait_quiet > 0:
                 wait_quiet(args.wait_quiet)
-            runs.append(bench.round())
+            runs.append(bench.round(i))
         if args.compare_clients:
             if args.wait_quiet > 0:
                 wait_quiet(args.wait_quiet)

@@ -181,11 +181,19 @@ def _rows(clients_label: str, sizes: dict[str, Any]) -> list[tuple[str, list[Row
                     "ev/s",
                 ),
                 (
-                    "1 client, random ids",
+                    "1 client, ordered ids, 2nd daemon",
+                    "batch1_v7_rate",
+                    "ev/s",
+                    "",
+                    "",
+                    "",
+                ),
+                (
+                    "1 client, random ids, 2nd daemon",
                     "batch1_v4_rate",
                     "ev/s",
-                    "ordered ids",
-                    "batch1_rate",
+                    "ordered ids there",
+                    "batch1_v7_rate",
                     "ev/s",
                 ),
                 ("call p50 (1 client)", "batch1_call_p50_ms", "ms", "", "", ""),
@@ -348,7 +356,8 @@ _PER_ROUND = (
     ("append_conc_rate", "8 appenders", "k"),
     ("batch1_rate", "batches 1 client", "k"),
     ("batch2_rate", "batches 2 clients", "k"),
-    ("batch1_v4_rate", "batches random ids", "k"),
+    ("batch1_v7_rate", "batches ordered ids (2nd daemon)", "k"),
+    ("batch1_v4_rate", "random ids (2nd daemon)", "k"),
 )
 
 

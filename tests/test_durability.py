@@ -258,11 +258,11 @@ def _sigterm_under_load(
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_sigterm_under_load_exits_zero_and_keeps_acknowledged(
-    daemon: DaemonProcess, sig: signal.Signals
+def test_stop_signal_under_load_exits_zero_and_keeps_acknowledged(
+    daemon: DaemonProcess, sig: int
 ) -> None:
     load, code = _sigterm_under_load(daemon, sig)
-    assert code == 0, f"{sig.name} under load exited {code}"
+    assert code == 0, f"{signal.Signals(sig).name} under load exited {code}"
     daemon.start()
     verify_after_crash(daemon.stub(), load.acked, load.sent)
 

@@ -136,7 +136,7 @@ def test_bad_configuration_fails_fast(tmp_path: Path, args: Sequence[str]) -> No
         cmd, capture_output=True, text=True, timeout=30, check=False,
         env=dict(os.environ, PYTHONUNBUFFERED="1"),
     )  # fmt: skip
-    assert proc.returncode != 0
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])  # a usage error
     assert '"ready"' not in proc.stdout
     assert proc.stderr.strip()
     assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
