@@ -181,7 +181,7 @@ def _rows(clients_label: str, sizes: dict[str, Any]) -> list[tuple[str, list[Row
                     "ev/s",
                 ),
                 (
-                    "1 client, ordered ids, 2nd daemon",
+                    "ordered ids, 2nd daemon",
                     "batch1_v7_rate",
                     "ev/s",
                     "",
@@ -189,7 +189,7 @@ def _rows(clients_label: str, sizes: dict[str, Any]) -> list[tuple[str, list[Row
                     "",
                 ),
                 (
-                    "1 client, random ids, 2nd daemon",
+                    "random ids, 2nd daemon",
                     "batch1_v4_rate",
                     "ev/s",
                     "ordered ids there",
