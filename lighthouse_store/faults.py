@@ -9,10 +9,9 @@ case clients must survive by retrying with the same event ids.
 
 ``LIGHTHOUSE_FAULT_COMMIT_PAUSE_MS=N``: the writer pauses N ms after every
 group of appends it commits (or fails to), before answering its callers: a
-slow disk. Appends
-that arrive meanwhile queue up (and are refused once the queue is full), so
-tests can see group commit and the queue bound at work without racing the
-machine's speed.
+slow disk. Appends that arrive meanwhile queue up (and are refused once the
+queue is full), so tests can see group commit and the queue bound at work
+without racing the machine's speed.
 """
 
 from __future__ import annotations

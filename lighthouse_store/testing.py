@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import grpc
+import lmdb
 
 from lighthouse_client import pb_grpc
 
@@ -114,8 +115,6 @@ class DaemonProcess:
         """LMDB write transactions committed so far in the daemon's store
         (``last_txnid``), read from the meta pages through a read-only handle
         without a read transaction, so the daemon is not held up."""
-        import lmdb
-
         path = self.data_dir / "lmdb"  # the layout in lmdb_store.py
         env = lmdb.open(str(path), readonly=True, create=False, max_dbs=0)
         try:

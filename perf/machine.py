@@ -91,8 +91,8 @@ def machine_info(work_dir: Path, repo: Path) -> dict[str, Any]:
 
 def python_loop_ms(additions: int = 2_000_000, repeats: int = 5) -> float:
     """Median time of a fixed pure-Python loop: how fast this machine's CPU is
-    right now (on a shared VM it moves by 10% within seconds). Recorded each
-    round beside the results, it tells a slow machine from a slow store."""
+    right now (on a shared VM it moves). Recorded at the start of each round
+    beside the results, it helps tell a slow machine from a slow store."""
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
