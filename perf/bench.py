@@ -252,7 +252,7 @@ class Bench:
                 "append", self.nogroup.address, SEQUENTIAL, batch=100,
                 stream=f"bench-{prefix}", random_ids=random_ids,
             )  # fmt: skip
-            m |= {k: v for k, v in _conc(prefix, run).items() if not k.endswith("_ms")}
+            m |= _conc(prefix, run, latency=False)
         return m
 
     def round(self, index: int = 0) -> dict[str, float]:
@@ -288,10 +288,8 @@ class Bench:
         batch1 = self.window("append", daemon, SEQUENTIAL, batch=100, stream="bench-batch")
         m |= _conc("batch1", batch1, prefix_latency="batch1_call")
         two = arrangement(self.arr.mode, 2)
-        batch2 = _conc(
-            "batch2", self.window("append", daemon, two, batch=100, stream="bench-batch")
-        )
-        m |= {k: v for k, v in batch2.items() if not k.endswith("_ms")}
+        batch2 = self.window("append", daemon, two, batch=100, stream="bench-batch")
+        m |= _conc("batch2", batch2, latency=False)
         m |= self.id_order_windows(index)
 
         self.fill(s.replay_events)
@@ -397,20 +395,29 @@ def _rate(run: Run, calls: bool = False) -> float:
     return total / ((end - start) / 1e9) if end > start else 0.0
 
 
-def _conc(prefix: str, run: Run, calls: bool = False, prefix_latency: str = "") -> dict[str, float]:
-    lat = _latencies(run)
-    p = prefix_latency or prefix
+def _conc(
+    prefix: str,
+    run: Run,
+    calls: bool = False,
+    prefix_latency: str = "",
+    latency: bool = True,
+) -> dict[str, float]:
+    """A window's rate, CPU use and appends per commit, and (unless ``latency``
+    is off) its call p50/p99 under ``prefix_latency`` or ``prefix``."""
     appends = sum(r.calls for r in run.results)
     delta = run.probe_delta
     per_commit = {f"{prefix}_appends_per_commit": appends / delta} if delta > 0 else {}
-    return per_commit | {
+    out = per_commit | {
         f"{prefix}_rate": _rate(run, calls),
         f"{prefix}_server_cpu": run.server_cpu,
         f"{prefix}_clients_cpu": run.clients_cpu,
         f"{prefix}_other_cpu": run.other_cpu,
-        f"{p}_p50_ms": report.percentile(lat, 50) / 1e6,
-        f"{p}_p99_ms": report.percentile(lat, 99) / 1e6,
     }
+    if latency:
+        lat, p = _latencies(run), prefix_latency or prefix
+        out[f"{p}_p50_ms"] = report.percentile(lat, 50) / 1e6
+        out[f"{p}_p99_ms"] = report.percentile(lat, 99) / 1e6
+    return out
 
 
 def wait_quiet(limit_s: float, quiet_s: float = 5.0) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -367,16 +367,16 @@ def per_round(runs: Sequence[dict[str, float]]) -> str:
     parts = []
     for key, label, unit in _PER_ROUND:
         if any(key in r for r in runs):
-            if unit == "k":
-                values = [f"{r[key] / 1000:.1f}k" if key in r else "-" for r in runs]
-            else:
-                values = [_ms(r[key]) if key in r else "-" for r in runs]
-            parts.append(f"{label} " + ", ".join(values) + (" ms" if unit == "ms" else ""))
+            fmt = _PER_ROUND_FORMAT[unit]
+            values = ", ".join(fmt(r[key]) if key in r else "-" for r in runs)
+            parts.append(f"{label} {values}" + (" ms" if unit == "ms" else ""))
     return "per round (in order; k = thousand events/s): " + "; ".join(parts)
 
 
-def _ms(x: float) -> str:
-    return f"{x:.2f}" if x < 10 else f"{x:.0f}"
+_PER_ROUND_FORMAT: dict[str, Callable[[float], str]] = {
+    "k": lambda x: f"{x / 1000:.1f}k",
+    "ms": lambda x: f"{x:.2f}" if x < 10 else f"{x:.0f}",
+}
 
 
 def _num(x: float) -> str:
