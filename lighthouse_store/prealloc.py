@@ -46,9 +46,9 @@ variant 65.2k and 62.6k (p99 3.1-3.2 ms); ``--preallocate 0`` 63.8k and 64.3k
 (p99 1.9 ms). Rates that far apart are within this machine's noise (a later
 A/B of this design against ``--preallocate 0``, in the README, came out the
 other way round once), so the verdict is no gain for more code; only its
-higher p99 was seen in both runs. A guess at why, not checked: the variant's
-extra journal work on the file (allocation, then conversion of the unwritten
-extents) lands in the commits' ``fdatasync``.
+higher p99 was seen in both runs. Not the journal: the dev VM's ext4 turned
+out to run without one (``ext4_fsync_nojournal`` in a ``perf record`` of the
+daemon), so why the variant's p99 was higher is not known.
 
 How
 ===
