@@ -247,10 +247,9 @@ class LmdbEventStore(EventStore):
         """Check one append against the store and the group so far, then stage
         its writes. Raises before staging anything if a check fails."""
         get, staged_ids = txn.get, group.ids
-        events = cmd.events
-        if not events:  # validation never lets one through
+        ids, proposed = cmd.event_ids, cmd.proposed
+        if not ids:  # validation never lets one through
             raise InvalidArgument("events: an append needs at least one event")
-        ids = [e.event_id for e in events]
         # Usually none of the ids exists: one C call (getmulti) finds that out.
         if not staged_ids.keys().isdisjoint(ids) or txn.cursor(db=self._ids).getmulti(ids):
             known = [staged_ids.get(i) or get(i, db=self._ids) for i in ids]
@@ -272,16 +271,13 @@ class LmdbEventStore(EventStore):
             raise WrongExpectedRevision(cmd.stream, str(exp), actual)
         if not exists:
             group.next_sid += 1
-        field = records.stream_field(cmd.stream)
-        ts_field = group.ts_field
-        encode, pack, pack_idx = records.encode_record, _U64.pack, _IDX.pack
-        first, n = group.head + 1, len(events)
+        pack, pack_idx = _U64.pack, _IDX.pack
+        first, n = group.head + 1, len(ids)
         positions, revisions = range(first, first + n), range(next_rev, next_rev + n)
         keys = [pack(p) for p in positions]
-        recs = [
-            encode(e.proposed, field, r, p, ts_field)
-            for e, r, p in zip(events, revisions, positions, strict=True)
-        ]
+        recs = records.encode_records(
+            proposed, records.stream_field(cmd.stream), next_rev, first, group.ts_field
+        )
         group.log += zip(keys, recs, strict=True)
         group.records.update(zip(positions, recs, strict=True))
         group.idx += zip([pack_idx(sid, r) for r in revisions], keys, strict=True)
@@ -302,13 +298,13 @@ class LmdbEventStore(EventStore):
             )
         positions = [_U64.unpack(p)[0] for p in known if p is not None]
         last = None
-        for i, (event, position) in enumerate(zip(cmd.events, positions, strict=True)):
+        for i, (proposed, position) in enumerate(zip(cmd.proposed, positions, strict=True)):
             raw = group.records.get(position) or txn.get(_U64.pack(position), db=self._log)
             stored = records.decode(records.verify(raw, position))
             if (
                 position != positions[0] + i
                 or stored.stream != cmd.stream
-                or not records.same_content(stored, event.proposed)
+                or not records.same_content(stored, proposed)
             ):
                 raise EventIdConflict(
                     f"event id {stored.event_id} is already recorded "

@@ -17,8 +17,9 @@ body; :func:`verify` checks it on every read.
 
 from __future__ import annotations
 
+import struct
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from lighthouse_client import pb
 from lighthouse_store.errors import Corruption
@@ -30,8 +31,8 @@ _TAG_STREAM = b"\x32"  # field 6, length-delimited
 _TAG_REVISION = b"\x38"  # field 7, varint
 _TAG_POSITION = b"\x40"  # field 8, varint
 _TAG_RECORDED_AT = b"\x4a"  # field 9, length-delimited (Timestamp)
-_TAG_EVENTS = b"\x0a"
-_CHECKSUM_TAG = bytes((CHECKSUM_TAG,))  # field 1 of ReadResponse / EventBatch / GetEventResponse
+_TAG_EVENTS = b"\x0a"  # field 1 of ReadResponse / EventBatch / GetEventResponse
+_TRAILER = struct.Struct("<BI")  # the checksum tag, then the CRC-32 little-endian
 
 
 def varint(n: int) -> bytes:
@@ -53,7 +54,8 @@ def varint(n: int) -> bytes:
     return bytes(out)
 
 
-_SMALL = [bytes((i,)) for i in range(0x80)]
+_SMALL = [bytes((i,)) for i in range(0x80)]  # varints of 0..127
+_LOW = [bytes((i | 0x80,)) for i in range(0x80)]  # first byte of a longer varint
 
 
 def stream_field(stream: str) -> bytes:
@@ -73,11 +75,55 @@ def encode_record(
     proposed: bytes, stream_fld: bytes, revision: int, position: int, ts_field: bytes
 ) -> bytes:
     """Build a stored record from a ProposedEvent's bytes and what the store assigns."""
-    tail = b"".join(
-        (stream_fld, _TAG_REVISION, varint(revision), _TAG_POSITION, varint(position), ts_field)
-    )
-    crc = zlib.crc32(tail, zlib.crc32(proposed))
-    return b"".join((proposed, tail, _CHECKSUM_TAG, crc.to_bytes(4, "little")))
+    return encode_records([proposed], stream_fld, revision, position, ts_field)[0]
+
+
+def encode_records(
+    proposed: Sequence[bytes],
+    stream_fld: bytes,
+    first_revision: int,
+    first_position: int,
+    ts_field: bytes,
+) -> list[bytes]:
+    """The stored records of consecutive events of one stream: event ``i`` gets
+    revision ``first_revision + i`` and position ``first_position + i``.
+
+    This is the write path's per-event loop, so it is written for few Python
+    steps per event: the varints come from :func:`consecutive_varints`, and
+    each record is two joins and two CRC calls (the tail's join is small, so
+    no event-sized buffer is made only to be thrown away)."""
+    n = len(proposed)
+    join, crc32, trailer = b"".join, zlib.crc32, _TRAILER.pack
+    tails = [
+        join((stream_fld, _TAG_REVISION, rev, _TAG_POSITION, pos, ts_field))
+        for rev, pos in zip(
+            consecutive_varints(first_revision, n),
+            consecutive_varints(first_position, n),
+            strict=True,
+        )
+    ]
+    return [
+        join((p, tail, trailer(CHECKSUM_TAG, crc32(tail, crc32(p)))))
+        for p, tail in zip(proposed, tails, strict=True)
+    ]
+
+
+def consecutive_varints(first: int, n: int) -> list[bytes]:
+    """``[varint(first), ..., varint(first + n - 1)]``, computed a run at a time:
+    numbers that differ only in their low 7 bits share every varint byte but
+    the first, so each run of up to 128 costs one :func:`varint` call."""
+    out: list[bytes] = []
+    x, end = first, first + n
+    while x < end:
+        if x < 0x80:
+            stop = min(end, 0x80)
+            out += _SMALL[x:stop]
+        else:
+            stop = min(end, (x | 0x7F) + 1)
+            high = varint(x >> 7)
+            out += [low + high for low in _LOW[x & 0x7F : ((stop - 1) & 0x7F) + 1]]
+        x = stop
+    return out
 
 
 def verify(record: bytes, position: int) -> bytes:

@@ -34,8 +34,8 @@ class Expected:
 
 
 class NewEvent(NamedTuple):
-    """A validated event on its way to storage (a NamedTuple: one is made per
-    event on the hot path, and a frozen dataclass costs several times more)."""
+    """One validated event, for callers that build an :class:`AppendCommand`
+    event by event (:meth:`AppendCommand.of`)."""
 
     event_id: bytes  # 16 bytes
     proposed: bytes  # serialized ProposedEvent, event id canonical
@@ -43,10 +43,25 @@ class NewEvent(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class AppendCommand:
+    """A validated append. Its events are two parallel tuples, not a tuple of
+    :class:`NewEvent`: validation builds them with a few whole-append steps,
+    and the store wants them apart (ids for the id index, bytes for the log)."""
+
     stream: str
     expected: Expected
-    events: tuple[NewEvent, ...]
+    event_ids: tuple[bytes, ...]  # 16 bytes each
+    proposed: tuple[bytes, ...]  # serialized ProposedEvents, event ids canonical
     size: int  # bytes, for queue and batch accounting
+
+    @classmethod
+    def of(cls, stream: str, expected: Expected, events: Sequence[NewEvent]) -> AppendCommand:
+        return cls(
+            stream,
+            expected,
+            tuple(e.event_id for e in events),
+            tuple(e.proposed for e in events),
+            sum(len(e.proposed) for e in events),
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,15 +6,17 @@ whose message names the field, before anything is queued or written.
 
 from __future__ import annotations
 
+import binascii
 import re
 from collections.abc import Sequence
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from lighthouse_client import pb
+from lighthouse_store import views
 from lighthouse_store.config import Limits
 from lighthouse_store.errors import InvalidArgument
-from lighthouse_store.store import AppendCommand, Expected, ExpectedKind, NewEvent, ReadQuery
+from lighthouse_store.store import AppendCommand, Expected, ExpectedKind, ReadQuery
 
 ALL = "$all"
 _STREAM_RE = re.compile(r"[A-Za-z0-9_.:@\-]{1,255}\Z")
@@ -52,25 +54,14 @@ def event_id(text: str, field: str = "event_id") -> tuple[bytes, str]:
     return raw, text.lower()
 
 
-# Event types and content types seen valid before: most appends repeat a few,
-# so the regex runs once per distinct value (bounded, so it cannot grow forever).
-_good_labels: set[str] = set()
-_GOOD_LABELS_MAX = 4096
-
-
 def _label(field: str, text: str) -> None:
-    """Check an event or content type, unless it was seen valid before."""
-    if text in _good_labels:
-        return
+    """Check an event or content type."""
     if not text:
         raise InvalidArgument(f"{field}: must not be empty")
     if len(text) > _MAX_NAME:
         raise InvalidArgument(f"{field}: must be at most {_MAX_NAME} characters")
     if _CONTROL_RE.search(text):
         raise InvalidArgument(f"{field}: must not contain control characters")
-    if len(_good_labels) >= _GOOD_LABELS_MAX:
-        _good_labels.clear()
-    _good_labels.add(text)
 
 
 def append_command(req: pb.AppendRequest, limits: Limits) -> AppendCommand:
@@ -88,59 +79,66 @@ def append_command(req: pb.AppendRequest, limits: Limits) -> AppendCommand:
         raise InvalidArgument(
             f"events: {n} events is more than the limit of {limits.max_events_per_append}"
         )
-    new_events = _checked_at_once(events, limits) or _checked_one_by_one(events, limits)
-    total = sum(len(e.proposed) for e in new_events)
+    checked = _checked_at_once(req.SerializeToString(), n, limits)
+    ids, proposed = checked or _checked_one_by_one(events, limits)
+    total = sum(map(len, proposed))
     if total > limits.max_append_bytes:
         raise InvalidArgument(
             f"events: {total} bytes is more than the limit of {limits.max_append_bytes} per append"
         )
-    return AppendCommand(stream, expected, new_events, total)
+    return AppendCommand(stream, expected, tuple(ids), tuple(proposed), total)
 
 
-# Canonical lowercase UUIDs, one per line: the ids of a whole append are checked
-# with one match over "\n".join(ids). The separator matters: without it, ids
-# cut in the wrong places ("", or 10 + 62 characters) would still add up.
-_UUID = "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
-_CANONICAL_IDS_RE = re.compile(f"{_UUID}(?:\\n{_UUID})*\\Z")
+# The head of a canonical ProposedEvent: field 1 (tag 0x0a), length 36 ("$"),
+# a canonical lowercase UUID. The heads of a whole append are checked with one
+# match over their concatenation: each is exactly 38 bytes, so a short one
+# would leave the concatenation short of 38 * n.
+_UUID = b"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+_HEAD = b"\x0a\x24"
+_HEAD_LEN = len(_HEAD) + 36
+_HEADS_RE = re.compile(b"(?:" + re.escape(_HEAD) + _UUID + b")*\\Z")
 
 
-def _checked_at_once(events: Sequence[pb.ProposedEvent], limits: Limits) -> tuple[NewEvent, ...]:
-    """The common case, checked with a few whole-append operations instead of
-    several per event: canonical lowercase ids, no duplicates, type labels seen
-    before, data within the limit. Returns () if any of that does not hold;
-    the caller then checks one event at a time and names what is wrong."""
-    joined = "\n".join([e.event_id for e in events])
-    if not _CANONICAL_IDS_RE.match(joined):
-        return ()
-    blob = bytes.fromhex(joined.replace("-", "").replace("\n", ""))
-    raw_ids = [blob[i : i + 16] for i in range(0, len(blob), 16)]
-    distinct = set(raw_ids)
-    if len(raw_ids) != len(events) or len(distinct) != len(raw_ids) or _NIL in distinct:
-        return ()
-    good = _good_labels
-    if not good.issuperset([e.event_type for e in events]):
-        return ()
-    if not good.issuperset([c for e in events if (c := e.content_type)]):
-        return ()
-    try:
-        for i, event in enumerate(events):
-            if event.metadata:
-                _metadata(f"events[{i}].metadata", event.metadata, limits)
+def _checked_at_once(
+    canonical: bytes, n: int, limits: Limits
+) -> tuple[list[bytes], list[bytes]] | None:
+    """The common case, checked with a few whole-append steps instead of
+    several per event (``views.py``): ``canonical`` is the request serialized
+    after its unknown fields were dropped, so its events' bytes are what the
+    store keeps. Takes canonical lowercase ids, each once, labels and metadata
+    checked once per distinct combination, data within the limit. Returns
+    None if any of that does not hold; the caller then checks one event at a
+    time and names what is wrong."""
+    try:  # labels first: a bad one sends the append to the careful path at once
+        for labels in views.distinct_labels(canonical):
+            _label("event_type", labels.event_type)
+            if labels.content_type:
+                _label("content_type", labels.content_type)
+            if labels.metadata:
+                _metadata("metadata", labels.metadata, limits)
     except InvalidArgument:
-        return ()  # the careful path reports the first problem, in event order
-    proposed = [e.SerializeToString() for e in events]
-    max_data = limits.max_event_data_bytes
-    if max(map(len, proposed)) > max_data:  # data is part of proposed: look closer
-        return ()
-    return tuple(NewEvent(i, p) for i, p in zip(raw_ids, proposed, strict=True))
+        return None  # the careful path reports the first problem, in event order
+    proposed = views.event_bytes(canonical)
+    heads = b"".join([p[:_HEAD_LEN] for p in proposed])
+    if len(proposed) != n or len(heads) != _HEAD_LEN * n or not _HEADS_RE.match(heads):
+        return None
+    blob = binascii.unhexlify(heads.replace(_HEAD, b"").replace(b"-", b""))
+    ids = [blob[i : i + 16] for i in range(0, 16 * n, 16)]
+    distinct = set(ids)
+    if len(distinct) != n or _NIL in distinct:
+        return None
+    if max(map(len, proposed)) > limits.max_event_data_bytes:  # data is in proposed: look closer
+        return None
+    return ids, proposed
 
 
 def _checked_one_by_one(
     events: Sequence[pb.ProposedEvent], limits: Limits
-) -> tuple[NewEvent, ...]:
+) -> tuple[list[bytes], list[bytes]]:
     """Check each event, naming the first bad field; lowercases ids."""
     seen: set[bytes] = set()
-    out: list[NewEvent] = []
+    ids: list[bytes] = []
+    proposed: list[bytes] = []
     max_data = limits.max_event_data_bytes
     for i, event in enumerate(events):
         text = event.event_id
@@ -159,8 +157,9 @@ def _checked_one_by_one(
             )
         if text != canonical:
             event.event_id = canonical
-        out.append(NewEvent(raw_id, event.SerializeToString()))
-    return tuple(out)
+        ids.append(raw_id)
+        proposed.append(event.SerializeToString())
+    return ids, proposed
 
 
 def _expected(req: pb.AppendRequest) -> Expected:

@@ -42,7 +42,7 @@ def append(payload: bytes, n: int = 100, ids: str = "v7") -> AppendCommand:
         eid = uuid7() if ids == "v7" else str(uuid.uuid4())
         proposed = pb.ProposedEvent(event_id=eid, event_type="Bench", data=payload)
         events.append(NewEvent(bytes.fromhex(eid.replace("-", "")), proposed.SerializeToString()))
-    return AppendCommand("bench", Expected(), tuple(events), sum(len(e.proposed) for e in events))
+    return AppendCommand.of("bench", Expected(), events)
 
 
 def median_commit_us(

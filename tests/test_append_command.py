@@ -16,44 +16,81 @@ from lighthouse_store.errors import InvalidArgument
 LIMITS = Limits()
 
 
-@pytest.fixture(autouse=True)
-def _known_labels() -> None:
-    """The fast path takes only labels seen valid before: make "Placed" one,
-    so that what these tests send is a fast-path candidate."""
-    validation.append_command(request(str(uuid.uuid4())), LIMITS)
-    assert validation._checked_at_once(request(str(uuid.uuid4())).events, LIMITS)
-
-
-def request(*ids: str, event_type: str = "Placed", **metadata: str) -> pb.AppendRequest:
+def request(
+    *ids: str, event_type: str = "Placed", content_type: str = "", **metadata: str
+) -> pb.AppendRequest:
     return pb.AppendRequest(
         stream="orders",
         events=[
-            pb.ProposedEvent(event_id=i, event_type=event_type, data=b"d", metadata=metadata)
+            pb.ProposedEvent(
+                event_id=i,
+                event_type=event_type,
+                data=b"d",
+                content_type=content_type,
+                metadata=metadata,
+            )
             for i in ids
         ],
     )
+
+
+def fast(req: pb.AppendRequest, limits: Limits = LIMITS) -> tuple[list[bytes], list[bytes]] | None:
+    """What the fast path makes of a request (None: it leaves it to the careful path)."""
+    req.DiscardUnknownFields()
+    return validation._checked_at_once(req.SerializeToString(), len(req.events), limits)
 
 
 def ids(n: int) -> list[str]:
     return [str(uuid.uuid4()) for _ in range(n)]
 
 
-@pytest.mark.parametrize("metadata", [{}, {"correlation_id": "c-1"}])
-def test_both_paths_build_the_same_events(metadata: dict[str, str]) -> None:
+@pytest.mark.parametrize(
+    "labels",
+    [
+        {},
+        {"correlation_id": "c-1"},
+        {"content_type": "application/json"},
+        {"event_type": "NeverSeenBefore", "content_type": "text/plain", "source": "tests"},
+    ],
+)
+def test_both_paths_build_the_same_events(labels: dict[str, str]) -> None:
     batch = ids(20)
-    assert validation._checked_at_once(request(*batch, **metadata).events, LIMITS)
-    fast = validation.append_command(request(*batch, **metadata), LIMITS).events
-    slow = validation._checked_one_by_one(request(*batch, **metadata).events, LIMITS)
-    assert fast == slow
-    assert [e.event_id for e in fast] == [uuid.UUID(i).bytes for i in batch]
-    assert [pb.ProposedEvent.FromString(e.proposed).event_id for e in fast] == batch
+    checked = fast(request(*batch, **labels))
+    assert checked is not None
+    careful = validation._checked_one_by_one(request(*batch, **labels).events, LIMITS)
+    assert checked == careful
+    command = validation.append_command(request(*batch, **labels), LIMITS)
+    assert (list(command.event_ids), list(command.proposed)) == careful
+    assert list(command.event_ids) == [uuid.UUID(i).bytes for i in batch]
+    assert [pb.ProposedEvent.FromString(p).event_id for p in command.proposed] == batch
+    assert command.size == sum(map(len, command.proposed))
 
 
-def test_the_fast_path_takes_a_clean_append_once_its_labels_are_known() -> None:
-    validation.append_command(request(*ids(2), event_type="NeverSeenBefore1"), LIMITS)
-    assert validation._checked_at_once(
-        request(*ids(3), event_type="NeverSeenBefore1").events, LIMITS
-    )
+def test_events_with_different_labels_are_each_checked() -> None:
+    req = request(*ids(4), correlation_id="c-1")
+    req.events[1].event_type = "Other"
+    req.events[2].metadata["source"] = "s"
+    req.events[3].content_type = "text/plain"
+    assert fast(req) is not None
+    req.events[3].event_type = "Bad\x01"  # one bad label among good ones
+    assert fast(req) is None
+    with pytest.raises(InvalidArgument, match=r"events\[3\]\.event_type: must not contain control"):
+        validation.append_command(req, LIMITS)
+
+
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [
+        ({"event_type": ""}, r"events\[0\]\.event_type: must not be empty"),
+        ({"event_type": "x" * 256}, r"events\[0\]\.event_type: must be at most 255"),
+        ({"content_type": "a\nb"}, r"events\[0\]\.content_type: must not contain control"),
+        ({"": "empty key"}, r"events\[0\]\.metadata: keys must not be empty"),
+    ],
+)
+def test_bad_labels_go_one_event_at_a_time(labels: dict[str, str], message: str) -> None:
+    assert fast(request(*ids(3), **labels)) is None
+    with pytest.raises(InvalidArgument, match=message):
+        validation.append_command(request(*ids(3), **labels), LIMITS)
 
 
 A, B = str(uuid.uuid4()), str(uuid.uuid4())
@@ -71,19 +108,31 @@ A, B = str(uuid.uuid4()), str(uuid.uuid4())
         [A[:10], A[10:] + B, ""],  # the right characters cut in the wrong places
         [A[:10], A[10:] + B],
         [A + "\n" + B],
+        [A + "0"],  # 37 characters: the head of a longer id
     ],
 )
 def test_anything_unusual_goes_one_event_at_a_time(batch: list[str]) -> None:
-    assert validation._checked_at_once(request(*batch).events, LIMITS) == ()
+    assert fast(request(*batch)) is None
     if batch[0] != A.upper():  # and the careful path names what is wrong
         with pytest.raises(InvalidArgument, match=r"events\[\d\]\.event_id"):
             validation.append_command(request(*batch), LIMITS)
 
 
+def test_unknown_fields_are_not_stored() -> None:
+    """A field this server does not know (here RecordedEvent's ``stream``,
+    field 6, sent inside a ProposedEvent) is dropped before the fast path
+    takes the event's bytes."""
+    event = pb.ProposedEvent(event_id=A, event_type="Placed", data=b"d")
+    smuggled = event.SerializeToString() + b"\x32\x04evil"
+    raw = b"\x0a\x06orders" + b"\x32" + bytes([len(smuggled)]) + smuggled
+    command = validation.append_command(pb.AppendRequest.FromString(raw), LIMITS)
+    assert command.proposed == (event.SerializeToString(),)
+
+
 def test_uppercase_ids_are_stored_lowercase() -> None:
     upper = [str(uuid.uuid4()).upper() for _ in range(3)]
-    events = validation.append_command(request(*upper), LIMITS).events
-    stored = [pb.ProposedEvent.FromString(e.proposed).event_id for e in events]
+    command = validation.append_command(request(*upper), LIMITS)
+    stored = [pb.ProposedEvent.FromString(p).event_id for p in command.proposed]
     assert stored == [i.lower() for i in upper]
 
 
@@ -91,5 +140,6 @@ def test_data_over_the_limit_is_named_whichever_path() -> None:
     limits = Limits(max_event_data_bytes=100)
     req = request(*ids(3))
     req.events[2].data = bytes(101)
+    assert fast(request(*ids(3)), limits) is not None
     with pytest.raises(InvalidArgument, match=r"events\[2\]\.data: 101 bytes"):
         validation.append_command(req, limits)

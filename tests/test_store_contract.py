@@ -54,7 +54,7 @@ def event(event_type: str = "T", data: bytes = b"x", **metadata: str) -> NewEven
 
 def cmd(stream: str, *events: NewEvent, expected: Expected = ANY) -> AppendCommand:
     evs = events or (event(),)
-    return AppendCommand(stream, expected, tuple(evs), sum(len(e.proposed) for e in evs))
+    return AppendCommand.of(stream, expected, evs)
 
 
 class FakeClock:

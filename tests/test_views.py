@@ -1,0 +1,47 @@
+"""``views.py``: the daemon's private schemas for AppendRequest bytes follow
+``store.proto`` (pure logic)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lighthouse_client import pb
+from lighthouse_store import views
+
+
+def _fields(descriptor: Any) -> dict[str, tuple[int, int, bool]]:
+    return {f.name: (f.number, f.type, f.is_repeated) for f in descriptor.fields}
+
+
+def test_the_views_have_the_numbers_and_wire_types_of_store_proto() -> None:
+    request = pb.AppendRequest.DESCRIPTOR.fields_by_name["events"]
+    (events,) = views.AppendEvents.DESCRIPTOR.fields
+    assert (events.number, events.is_repeated) == (request.number, True)
+    assert events.type == events.TYPE_BYTES  # same wire type as a message field
+    labels = views.AppendLabels.DESCRIPTOR.fields_by_name["events"]
+    assert (labels.number, labels.is_repeated) == (request.number, True)
+    proposed = _fields(pb.ProposedEvent.DESCRIPTOR)
+    for name, spec in _fields(views.EventLabels.DESCRIPTOR).items():
+        assert proposed[name] == spec, name
+    entry = views.EventLabels.DESCRIPTOR.fields_by_name["metadata"].message_type
+    assert entry.GetOptions().map_entry
+    assert _fields(entry) == _fields(
+        pb.ProposedEvent.DESCRIPTOR.fields_by_name["metadata"].message_type
+    )
+
+
+def test_event_bytes_and_distinct_labels() -> None:
+    events = [
+        pb.ProposedEvent(event_id=f"id-{i}", event_type="A" if i % 2 else "B", data=bytes(i))
+        for i in range(5)
+    ]
+    raw = pb.AppendRequest(stream="s", events=events).SerializeToString()
+    assert views.event_bytes(raw) == [e.SerializeToString() for e in events]
+    distinct = views.distinct_labels(raw)
+    assert sorted(d.event_type for d in distinct) == ["A", "B"]
+    tagged = pb.AppendRequest(
+        stream="s",
+        events=[pb.ProposedEvent(event_type="A", content_type="c", metadata={"k": "v"})],
+    ).SerializeToString()
+    (one,) = views.distinct_labels(tagged)
+    assert (one.event_type, one.content_type, dict(one.metadata)) == ("A", "c", {"k": "v"})
