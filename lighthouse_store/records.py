@@ -11,15 +11,19 @@ sent, after the event id was made canonical) followed by stream (6),
 revision (7), position (8) and recorded_at (9) encoded here. The trailer is
 field 10, ``fixed32 checksum`` (tag 0x55 = field 10, wire type 5). Protobuf
 parsers accept fields in any order and an explicit zero, so every record is a
-valid RecordedEvent as it stands. The CRC-32 (zlib) covers every byte of the
-body; :func:`verify` checks it on every read.
+valid RecordedEvent as it stands. The CRC-32 (zlib's, as ``zlib.crc32``
+computes it) covers every byte of the body; :func:`verify` checks it on every
+read. It is computed with zlib-ng's vectorized CRC, which gives the same
+values about 4x faster here (100 KiB: 6.5 against 29 µs); the format does not
+depend on which library computes it.
 """
 
 from __future__ import annotations
 
 import struct
-import zlib
 from collections.abc import Iterable, Sequence
+
+from zlib_ng.zlib_ng import crc32
 
 from lighthouse_client import pb
 from lighthouse_store.errors import Corruption
@@ -93,7 +97,7 @@ def encode_records(
     each record is two joins and two CRC calls (the tail's join is small, so
     no event-sized buffer is made only to be thrown away)."""
     n = len(proposed)
-    join, crc32, trailer = b"".join, zlib.crc32, _TRAILER.pack
+    join, trailer = b"".join, _TRAILER.pack
     tails = [
         join((stream_fld, _TAG_REVISION, rev, _TAG_POSITION, pos, ts_field))
         for rev, pos in zip(
@@ -131,7 +135,7 @@ def verify(record: bytes, position: int) -> bytes:
     if (
         len(record) < TRAILER_LEN
         or record[-TRAILER_LEN] != CHECKSUM_TAG
-        or zlib.crc32(memoryview(record)[:-TRAILER_LEN]) != int.from_bytes(record[-4:], "little")
+        or crc32(memoryview(record)[:-TRAILER_LEN]) != int.from_bytes(record[-4:], "little")
     ):
         raise Corruption(f"stored event at position {position} failed its checksum", position)
     return record
