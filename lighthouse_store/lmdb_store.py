@@ -97,6 +97,7 @@ from lighthouse_store.store import (
 )
 
 FORMAT_VERSION = b"1"
+TAIL_BYTES = 16 * 1024 * 1024  # default budget of the in-memory tail of recent records
 
 _U64 = struct.Struct(">Q")
 _IDX = struct.Struct(">QQ")
@@ -116,7 +117,7 @@ class LmdbEventStore(EventStore):
         durability: Durability,
         max_readers: int = 1024,
         clock: Callable[[], int] = time.time_ns,
-        tail_bytes: int = 16 * 1024 * 1024,
+        tail_bytes: int = TAIL_BYTES,
         preallocate: int = 0,
     ) -> None:
         self._clock = clock

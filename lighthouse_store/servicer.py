@@ -102,7 +102,8 @@ class EventStoreServicer:
 
     @_guard
     async def append(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        command = validation.append_command(_parse(pb.AppendRequest, raw), self._config.limits)
+        request = _parse(pb.AppendRequest, raw)
+        command = validation.append_command(request, self._config.limits, len(raw))
         result = await self._writer.append(command)
         return pb.AppendResponse(
             first_position=result.first_position,

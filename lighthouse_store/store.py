@@ -53,6 +53,10 @@ class AppendCommand:
     proposed: tuple[bytes, ...]  # serialized ProposedEvents, event ids canonical
     size: int  # bytes, for queue and batch accounting
 
+    def __post_init__(self) -> None:
+        if len(self.event_ids) != len(self.proposed):
+            raise ValueError("an AppendCommand needs one id per event")
+
     @classmethod
     def of(cls, stream: str, expected: Expected, events: Sequence[NewEvent]) -> AppendCommand:
         return cls(

@@ -17,9 +17,10 @@ gives every event's own serialized bytes in one call, and parsing it as
 
 and serializing that without its unknown fields (the id and the data) gives
 each event's labels as bytes, so that the distinct ones can be found with a
-set. These schemas are private to the daemon, built here from descriptors
-(no .proto file, nothing on the wire changes), and they must follow
-``store.proto``: ``tests/test_views.py`` checks them against it.
+set. Each parse copies the request, so validation uses them only for appends
+up to ``validation.VIEWS_MAX_BYTES``. These schemas are private to the daemon,
+built here from descriptors (no .proto file, nothing on the wire changes), and
+they must follow ``store.proto``: ``tests/test_views.py`` checks them against it.
 """
 
 from __future__ import annotations
@@ -86,7 +87,8 @@ def event_bytes(request: bytes) -> list[bytes]:
 
 def distinct_labels(request: bytes) -> list[Any]:
     """The distinct (event_type, content_type, metadata) of a serialized
-    AppendRequest's events, as EventLabels messages (usually one or two)."""
+    AppendRequest's events, as EventLabels messages: one when every event has
+    the same labels and no metadata of its own, one per event at worst."""
     labels = AppendLabels.FromString(request)
     labels.DiscardUnknownFields()
     distinct = set(AppendEvents.FromString(labels.SerializeToString()).events)

@@ -143,3 +143,19 @@ def test_data_over_the_limit_is_named_whichever_path() -> None:
     assert fast(request(*ids(3)), limits) is not None
     with pytest.raises(InvalidArgument, match=r"events\[2\]\.data: 101 bytes"):
         validation.append_command(req, limits)
+
+
+def test_big_appends_are_checked_one_by_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past VIEWS_MAX_BYTES as received, the views' copies cost more than
+    they save: such appends skip them, with the same result."""
+    batch = ids(5)
+    expected = validation.append_command(request(*batch), LIMITS)
+
+    def no_views(*args: object) -> None:
+        raise AssertionError("the views were used for a big append")
+
+    monkeypatch.setattr(validation, "_checked_at_once", no_views)
+    big = validation.append_command(request(*batch), LIMITS, validation.VIEWS_MAX_BYTES + 1)
+    assert big == expected
+    with pytest.raises(AssertionError, match="views were used"):
+        validation.append_command(request(*batch), LIMITS, validation.VIEWS_MAX_BYTES)

@@ -21,8 +21,16 @@ def test_the_views_have_the_numbers_and_wire_types_of_store_proto() -> None:
     labels = views.AppendLabels.DESCRIPTOR.fields_by_name["events"]
     assert (labels.number, labels.is_repeated) == (request.number, True)
     proposed = _fields(pb.ProposedEvent.DESCRIPTOR)
-    for name, spec in _fields(views.EventLabels.DESCRIPTOR).items():
+    labels_fields = _fields(views.EventLabels.DESCRIPTOR)
+    for name, spec in labels_fields.items():
         assert proposed[name] == spec, name
+    # Every ProposedEvent field is either checked through the views (its
+    # labels) or read by validation itself: the id from the head of the
+    # event's bytes (field 1, a string, so tag 0x0a), the data by length.
+    # A new field needs a look at validation._checked_at_once.
+    assert set(proposed) == {"event_id", "data"} | set(labels_fields)
+    event_id = pb.ProposedEvent.DESCRIPTOR.fields_by_name["event_id"]
+    assert (event_id.number, event_id.type) == (1, event_id.TYPE_STRING)
     entry = views.EventLabels.DESCRIPTOR.fields_by_name["metadata"].message_type
     assert entry.GetOptions().map_entry
     assert _fields(entry) == _fields(
