@@ -34,10 +34,16 @@ def request(
     )
 
 
-def fast(req: pb.AppendRequest, limits: Limits = LIMITS) -> tuple[list[bytes], list[bytes]] | None:
-    """What the fast path makes of a request (None: it leaves it to the careful path)."""
+BIG = validation.VIEWS_MAX_BYTES + 1  # a wire size that skips the views
+
+
+def fast(
+    req: pb.AppendRequest, limits: Limits = LIMITS, wire_size: int = 0
+) -> tuple[list[bytes], list[bytes]] | None:
+    """What the fast path makes of a request (None: it leaves it to the careful
+    path); ``wire_size`` BIG takes it without the views."""
     req.DiscardUnknownFields()
-    return validation._checked_at_once(req.SerializeToString(), len(req.events), limits)
+    return validation._checked_at_once(req, len(req.events), limits, wire_size)
 
 
 def ids(n: int) -> list[str]:
@@ -53,27 +59,34 @@ def ids(n: int) -> list[str]:
         {"event_type": "NeverSeenBefore", "content_type": "text/plain", "source": "tests"},
     ],
 )
-def test_both_paths_build_the_same_events(labels: dict[str, str]) -> None:
+@pytest.mark.parametrize("wire_size", [0, BIG])
+def test_both_paths_build_the_same_events(labels: dict[str, str], wire_size: int) -> None:
     batch = ids(20)
-    checked = fast(request(*batch, **labels))
+    checked = fast(request(*batch, **labels), wire_size=wire_size)
     assert checked is not None
     careful = validation._checked_one_by_one(request(*batch, **labels).events, LIMITS)
     assert checked == careful
-    command = validation.append_command(request(*batch, **labels), LIMITS)
+    command = validation.append_command(request(*batch, **labels), LIMITS, wire_size)
     assert (list(command.event_ids), list(command.proposed)) == careful
     assert list(command.event_ids) == [uuid.UUID(i).bytes for i in batch]
     assert [pb.ProposedEvent.FromString(p).event_id for p in command.proposed] == batch
     assert command.size == sum(map(len, command.proposed))
 
 
-def test_events_with_different_labels_are_each_checked() -> None:
+@pytest.mark.parametrize("wire_size", [0, BIG])
+def test_events_with_different_labels_are_each_checked(wire_size: int) -> None:
     req = request(*ids(4), correlation_id="c-1")
     req.events[1].event_type = "Other"
     req.events[2].metadata["source"] = "s"
     req.events[3].content_type = "text/plain"
-    assert fast(req) is not None
+    assert fast(req, wire_size=wire_size) is not None
     req.events[3].event_type = "Bad\x01"  # one bad label among good ones
-    assert fast(req) is None
+    assert fast(req, wire_size=wire_size) is None
+    req.events[3].event_type = "Good"
+    req.events[2].metadata[""] = "empty key"  # one bad metadata map among good ones
+    assert fast(req, wire_size=wire_size) is None
+    req.events[2].metadata.clear()
+    req.events[3].event_type = "Bad\x01"
     with pytest.raises(InvalidArgument, match=r"events\[3\]\.event_type: must not contain control"):
         validation.append_command(req, LIMITS)
 
@@ -89,6 +102,7 @@ def test_events_with_different_labels_are_each_checked() -> None:
 )
 def test_bad_labels_go_one_event_at_a_time(labels: dict[str, str], message: str) -> None:
     assert fast(request(*ids(3), **labels)) is None
+    assert fast(request(*ids(3), **labels), wire_size=BIG) is None
     with pytest.raises(InvalidArgument, match=message):
         validation.append_command(request(*ids(3), **labels), LIMITS)
 
@@ -113,19 +127,21 @@ A, B = str(uuid.uuid4()), str(uuid.uuid4())
 )
 def test_anything_unusual_goes_one_event_at_a_time(batch: list[str]) -> None:
     assert fast(request(*batch)) is None
+    assert fast(request(*batch), wire_size=BIG) is None
     if batch[0] != A.upper():  # and the careful path names what is wrong
         with pytest.raises(InvalidArgument, match=r"events\[\d\]\.event_id"):
             validation.append_command(request(*batch), LIMITS)
 
 
-def test_unknown_fields_are_not_stored() -> None:
+@pytest.mark.parametrize("wire_size", [0, BIG])
+def test_unknown_fields_are_not_stored(wire_size: int) -> None:
     """A field this server does not know (here RecordedEvent's ``stream``,
     field 6, sent inside a ProposedEvent) is dropped before the fast path
     takes the event's bytes."""
     event = pb.ProposedEvent(event_id=A, event_type="Placed", data=b"d")
     smuggled = event.SerializeToString() + b"\x32\x04evil"
     raw = b"\x0a\x06orders" + b"\x32" + bytes([len(smuggled)]) + smuggled
-    command = validation.append_command(pb.AppendRequest.FromString(raw), LIMITS)
+    command = validation.append_command(pb.AppendRequest.FromString(raw), LIMITS, wire_size)
     assert command.proposed == (event.SerializeToString(),)
 
 
@@ -141,21 +157,7 @@ def test_data_over_the_limit_is_named_whichever_path() -> None:
     req = request(*ids(3))
     req.events[2].data = bytes(101)
     assert fast(request(*ids(3)), limits) is not None
+    assert fast(request(*ids(3)), limits, BIG) is not None
+    assert fast(req, limits) is None and fast(req, limits, BIG) is None
     with pytest.raises(InvalidArgument, match=r"events\[2\]\.data: 101 bytes"):
         validation.append_command(req, limits)
-
-
-def test_big_appends_are_checked_one_by_one(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Past VIEWS_MAX_BYTES as received, the views' copies cost more than
-    they save: such appends skip them, with the same result."""
-    batch = ids(5)
-    expected = validation.append_command(request(*batch), LIMITS)
-
-    def no_views(*args: object) -> None:
-        raise AssertionError("the views were used for a big append")
-
-    monkeypatch.setattr(validation, "_checked_at_once", no_views)
-    big = validation.append_command(request(*batch), LIMITS, validation.VIEWS_MAX_BYTES + 1)
-    assert big == expected
-    with pytest.raises(AssertionError, match="views were used"):
-        validation.append_command(request(*batch), LIMITS, validation.VIEWS_MAX_BYTES)
