@@ -69,12 +69,13 @@ def _label(field: str, text: str) -> None:
 # through the views: copies of the whole request, cheap while each buffer is
 # below glibc's mmap threshold (128 KiB by default) and so comes from the heap,
 # against Python steps per event. Bigger ones serialize each event and read
-# its labels one by one: a copy that big is fresh memory each time, and
-# serializing a whole request of 130 KiB took 55 us against 9 us for 108 KiB.
-# Measured in-process here, median per append, views against per event: 100
-# events of 1 KiB (108 KiB) 115 against 154 us; 300 of 1 KiB (324 KiB) 699
-# against 446 us; 100 of 64 KiB 9.9 against 0.6 ms. The old per-event check
-# (before the views) took 183, 826 (500 of 1 KiB) and 592 us.
+# its labels one by one: past it, the views' copies are fresh memory each time
+# and cost more than they save as events grow. ``perf/validate_bench.py``
+# (each cell a new process, median per append), views against per event: 100
+# events of 1 KiB (108 KiB) 120 against 151 us; 300 of 1 KiB 617 against 427;
+# 100 of 8 KiB 273 against 187; 100 of 64 KiB 1,477 against 583 us (500 of
+# 1 KiB, though, 540 against 729). Before the views, the per-event check took
+# 183 us for 100 of 1 KiB.
 VIEWS_MAX_BYTES = 128 * 1024
 
 
