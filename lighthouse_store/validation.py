@@ -69,13 +69,14 @@ def _label(field: str, text: str) -> None:
 # through the views: copies of the whole request, cheap while each buffer is
 # below glibc's mmap threshold (128 KiB by default) and so comes from the heap,
 # against Python steps per event. Bigger ones serialize each event and read
-# its labels one by one: past it, the views' copies are fresh memory each time
-# and cost more than they save as events grow. ``perf/validate_bench.py``
-# (each cell a new process, median per append), views against per event: 100
-# events of 1 KiB (108 KiB) 120 against 151 us; 300 of 1 KiB 617 against 427;
-# 100 of 8 KiB 273 against 187; 100 of 64 KiB 1,477 against 583 us (500 of
-# 1 KiB, though, 540 against 729). Before the views, the per-event check took
-# 183 us for 100 of 1 KiB.
+# its labels one by one: past the threshold each copy is fresh memory, and
+# serializing the whole request jumps (28 us at 126 KiB, 100 us at 147 KiB).
+# ``perf/validate_bench.py`` (each cell a new process, median per append),
+# views against per event: 100 events of 1 KiB (108 KiB) 120 against 151 us;
+# 120 of 1 KiB (129 KiB) 146 against 184; 300 of 1 KiB 617 against 427; 100 of
+# 8 KiB 273 against 187; 100 of 64 KiB 1,477 against 583 us. So the crossing
+# lies between 129 and 324 KiB; 128 KiB errs toward the way that never cost
+# more than the code before the views (183 us for 100 of 1 KiB).
 VIEWS_MAX_BYTES = 128 * 1024
 
 
@@ -119,9 +120,10 @@ _HEADS_RE = re.compile(b"(?:" + re.escape(_HEAD) + _UUID + b")*\\Z")
 def _checked_at_once(
     req: pb.AppendRequest, n: int, limits: Limits, wire_size: int
 ) -> tuple[list[bytes], list[bytes]] | None:
-    """The common case, checked with a few whole-append steps instead of
-    several per event: canonical lowercase ids, each once; labels and
-    metadata checked once per distinct combination; data within the limit.
+    """The common case, checked with whole-append steps where it can (all of
+    them through the views, for appends up to VIEWS_MAX_BYTES): canonical
+    lowercase ids, each once; labels and metadata checked once per distinct
+    combination; data within the limit.
     The events' bytes are what the store keeps: ``req`` has no unknown fields
     left. Returns None if any of that does not hold; the caller then checks
     one event at a time and names what is wrong."""
