@@ -44,7 +44,7 @@ class NewEvent(NamedTuple):
 @dataclass(frozen=True, slots=True)
 class AppendCommand:
     """A validated append. Its events are two parallel tuples, not a tuple of
-    :class:`NewEvent`: validation builds them with a few whole-append steps,
+    :class:`NewEvent`: validation builds them a whole append at a time where it can,
     and the store wants them apart (ids for the id index, bytes for the log)."""
 
     stream: str

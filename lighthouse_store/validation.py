@@ -70,7 +70,7 @@ def _label(field: str, text: str) -> None:
 # below glibc's mmap threshold (128 KiB by default) and so comes from the heap,
 # against Python steps per event. Bigger ones serialize each event and read
 # its labels one by one: past the threshold each copy is fresh memory, and
-# serializing the whole request jumps (28 us at 126 KiB, 100 us at 147 KiB).
+# serializing the whole request jumps (9 us at 108 KiB, 55 us at 130 KiB).
 # ``perf/validate_bench.py`` (each cell a new process, median per append),
 # views against per event: 100 events of 1 KiB (108 KiB) 120 against 151 us;
 # 120 of 1 KiB (129 KiB) 146 against 184; 300 of 1 KiB 617 against 427; 100 of
