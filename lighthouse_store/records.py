@@ -75,13 +75,6 @@ def timestamp_field(recorded_at_ns: int) -> bytes:
     return _TAG_RECORDED_AT + varint(len(ts)) + ts
 
 
-def encode_record(
-    proposed: bytes, stream_fld: bytes, revision: int, position: int, ts_field: bytes
-) -> bytes:
-    """Build a stored record from a ProposedEvent's bytes and what the store assigns."""
-    return encode_records([proposed], stream_fld, revision, position, ts_field)[0]
-
-
 def encode_records(
     proposed: Sequence[bytes],
     stream_fld: bytes,

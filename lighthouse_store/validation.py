@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import binascii
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -127,19 +127,17 @@ def _checked_at_once(
     The events' bytes are what the store keeps: ``req`` has no unknown fields
     left. Returns None if any of that does not hold; the caller then checks
     one event at a time and names what is wrong."""
-    if wire_size <= VIEWS_MAX_BYTES:  # views.py
-        canonical = req.SerializeToString()
-        labels = views.distinct_labels(canonical)
-        kinds = {(x.event_type, x.content_type) for x in labels}
-        if not _labels_ok(kinds, [x.metadata for x in labels if x.metadata], limits):
-            return None
+    small = wire_size <= VIEWS_MAX_BYTES
+    canonical = req.SerializeToString() if small else b""
+    # Each item has the event's event_type, content_type and metadata: the
+    # distinct combinations through the views, else every event.
+    labelled: Iterable[Any] = views.distinct_labels(canonical) if small else req.events
+    if not _labels_ok(labelled, limits):
+        return None
+    if small:
         proposed = views.event_bytes(canonical)
     else:
-        events = req.events
-        kinds = {(e.event_type, e.content_type) for e in events}
-        if not _labels_ok(kinds, [e.metadata for e in events if e.metadata], limits):
-            return None
-        proposed = [e.SerializeToString() for e in events]
+        proposed = [e.SerializeToString() for e in req.events]
     heads = b"".join([p[:_HEAD_LEN] for p in proposed])
     if len(heads) != _HEAD_LEN * n or not _HEADS_RE.match(heads):
         return None
@@ -153,16 +151,19 @@ def _checked_at_once(
     return ids, proposed
 
 
-def _labels_ok(kinds: set[tuple[str, str]], metadata: list[Any], limits: Limits) -> bool:
+def _labels_ok(labelled: Iterable[Any], limits: Limits) -> bool:
     """Whether every (event_type, content_type) and every metadata map is valid
     (the careful path names what is not, in event order)."""
+    kinds = set()
     try:
+        for x in labelled:
+            if x.metadata:
+                _metadata("metadata", x.metadata, limits)
+            kinds.add((x.event_type, x.content_type))
         for event_type, content_type in kinds:
             _label("event_type", event_type)
             if content_type:
                 _label("content_type", content_type)
-        for entries in metadata:
-            _metadata("metadata", entries, limits)
     except InvalidArgument:
         return False
     return True

@@ -20,9 +20,8 @@ def _record(revision: int = 3, position: int = 42, ts: int = 1_795_000_000_123_4
         content_type="application/octet-stream",
         metadata={"correlation_id": "c-1", "source": "tests"},
     ).SerializeToString()
-    return records.encode_record(
-        proposed, records.stream_field("orders-1"), revision, position, records.timestamp_field(ts)
-    )
+    stream, stamp = records.stream_field("orders-1"), records.timestamp_field(ts)
+    return records.encode_records([proposed], stream, revision, position, stamp)[0]
 
 
 def test_a_record_parses_as_a_recorded_event_with_every_field() -> None:
@@ -81,9 +80,9 @@ def test_repeated_events_is_a_read_response() -> None:
 
 def test_same_content_compares_the_proposed_fields() -> None:
     proposed = pb.ProposedEvent(event_id=str(uuid.uuid4()), event_type="T", data=b"a")
-    rec = records.encode_record(
-        proposed.SerializeToString(), records.stream_field("s"), 0, 1, records.timestamp_field(5)
-    )
+    rec = records.encode_records(
+        [proposed.SerializeToString()], records.stream_field("s"), 0, 1, records.timestamp_field(5)
+    )[0]
     stored = records.decode(rec)
     assert records.same_content(stored, proposed.SerializeToString())
     proposed.data = b"b"
