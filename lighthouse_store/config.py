@@ -16,6 +16,9 @@ from pathlib import Path
 KIB = 1024
 MIB = 1024 * KIB
 GIB = 1024 * MIB
+# Default budget of the in-memory tail of recent records (lmdb_store._Tail):
+# subscribers and reads near the head are served from it without LMDB.
+TAIL_BYTES = 16 * MIB
 
 
 class Durability(StrEnum):
@@ -44,6 +47,9 @@ class Config:
     map_size: int = 64 * GIB
     # Space kept zero-filled past LMDB's used size in data.mdb (prealloc.py); 0 = off.
     preallocate: int = 64 * MIB
+    # Memory kept for the newest records, so subscribers near the head read
+    # from memory; 0 = off (every read goes to LMDB).
+    tail_bytes: int = TAIL_BYTES
     limits: Limits = field(default_factory=Limits)
     # Group commit: appends queued beyond max_queue fail at once with
     # RESOURCE_EXHAUSTED; one transaction takes at most max_batch_appends
@@ -69,6 +75,11 @@ _SETTINGS: dict[str, tuple[str, str]] = {
     "preallocate": (
         "LIGHTHOUSE_PREALLOCATE",
         "bytes kept zero-filled past the store's used size in data.mdb (default 64 MiB; 0 = off)",
+    ),
+    "tail_bytes": (
+        "LIGHTHOUSE_TAIL_BYTES",
+        "memory kept for the newest records, read by subscribers near the head"
+        " (default 16 MiB; 0 = off)",
     ),
     "max_queue": ("LIGHTHOUSE_MAX_QUEUE", "queued appends before RESOURCE_EXHAUSTED"),
     "max_batch_appends": (
@@ -113,8 +124,9 @@ def from_args(args: argparse.Namespace, environ: Mapping[str, str] | None = None
         for name in ("map_size", "max_queue", "max_batch_appends"):
             if name in raw:
                 kwargs[name] = _size(name, raw[name])
-        if "preallocate" in raw:
-            kwargs["preallocate"] = _size("preallocate", raw["preallocate"], allow_zero=True)
+        for name in ("preallocate", "tail_bytes"):
+            if name in raw:
+                kwargs[name] = _size(name, raw[name], allow_zero=True)
         return Config(**kwargs)  # type: ignore[arg-type]
     except ValueError as exc:
         raise ConfigError(str(exc)) from None

@@ -74,7 +74,7 @@ from typing import Any
 import lmdb
 
 from lighthouse_store import records
-from lighthouse_store.config import Durability
+from lighthouse_store.config import TAIL_BYTES, Durability
 from lighthouse_store.errors import (
     Corruption,
     EventIdConflict,
@@ -97,7 +97,6 @@ from lighthouse_store.store import (
 )
 
 FORMAT_VERSION = b"1"
-TAIL_BYTES = 16 * 1024 * 1024  # default budget of the in-memory tail of recent records
 
 _U64 = struct.Struct(">Q")
 _IDX = struct.Struct(">QQ")

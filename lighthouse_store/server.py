@@ -112,6 +112,7 @@ async def serve(config: Config) -> None:
             map_size=config.map_size,
             durability=config.durability,
             preallocate=config.preallocate,
+            tail_bytes=config.tail_bytes,
         )
         try:
             await _run(config, store)
@@ -145,8 +146,8 @@ async def _run(config: Config, store: LmdbEventStore) -> None:
         loop.add_signal_handler(sig, stop.set)
     writer.start()
     await server.start()
-    log.info("listening on %s (data dir %s, durability %s, version %s)",
-             address, config.data_dir, config.durability.value, __version__)
+    log.info("listening on %s (data dir %s, durability %s, tail %d bytes, version %s)",
+             address, config.data_dir, config.durability.value, config.tail_bytes, __version__)
     sys.stdout.write(json.dumps({"event": "ready", "address": address, "pid": os.getpid()}) + "\n")
     sys.stdout.flush()
     try:

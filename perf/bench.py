@@ -503,15 +503,17 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     try:
         bench.start()
-        doc["daemon"] = bench.daemon_info()
-        doc["durability"] = doc["daemon"]["durability"]
-        if doc["daemon"]["durability"] != "DURABILITY_FSYNC" and not args.daemon_arg:
-            bench.errors.append(f"daemon durability is {doc['daemon']['durability']}")
+        daemons: list[dict[str, Any]] = []
+        doc["daemons"] = daemons  # one per round: each round has new daemons
         for i in range(args.repeat):
             if args.repeat > 1:
                 log(f"round {i + 1} of {args.repeat}")
             if i > 0:
                 bench.fresh_daemons()
+            daemons.append(bench.daemon_info())
+            doc["daemon"], doc["durability"] = daemons[0], daemons[0]["durability"]
+            if daemons[-1]["durability"] != "DURABILITY_FSYNC" and not args.daemon_arg:
+                bench.errors.append(f"round {i + 1}: durability is {daemons[-1]['durability']}")
             if args.wait_quiet > 0:
                 wait_quiet(args.wait_quiet)
             runs.append(bench.round(i))

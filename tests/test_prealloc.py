@@ -188,6 +188,17 @@ def test_the_setting_accepts_zero_and_sizes_and_rejects_negatives() -> None:
         config.from_args(parser.parse_args(["--map-size", "0"]), {})
 
 
+def test_the_tail_budget_is_a_setting() -> None:
+    parser = argparse.ArgumentParser()
+    config.add_arguments(parser)
+    assert config.Config().tail_bytes == config.TAIL_BYTES == 16 * MIB
+    assert config.from_args(parser.parse_args(["--tail-bytes", "0"]), {}).tail_bytes == 0
+    env = {"LIGHTHOUSE_TAIL_BYTES": "4MiB"}
+    assert config.from_args(parser.parse_args([]), env).tail_bytes == 4 * MIB
+    with pytest.raises(config.ConfigError, match="tail_bytes"):
+        config.from_args(parser.parse_args(["--tail-bytes", "lots"]), {})
+
+
 def test_a_daemon_keeps_its_data_file_preallocated(daemon_factory: DaemonFactory) -> None:
     daemon = daemon_factory(extra_args=["--preallocate", "3MiB"])
     stub = daemon.stub()

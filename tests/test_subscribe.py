@@ -21,7 +21,7 @@ from support import (
 )
 
 from lighthouse_client import pb, pb_grpc
-from lighthouse_store.lmdb_store import TAIL_BYTES
+from lighthouse_store.config import TAIL_BYTES
 from lighthouse_store.testing import DaemonProcess
 
 
@@ -87,6 +87,23 @@ def test_from_end_and_after_position(daemon: DaemonProcess) -> None:
     finally:
         live.close()
         after.close()
+
+
+def test_with_the_tail_off_everything_is_read_from_lmdb(daemon_factory: DaemonFactory) -> None:
+    daemon = daemon_factory(extra_args=["--tail-bytes", "0"])
+    stub = daemon.stub()
+    append(stub, "s", events(50))
+    sub = Subscriber(stub, opts(from_start={}))
+    try:
+        got, _ = sub.messages_until(50)
+        assert [e.position for e in got] == list(range(1, 51))
+        sub.next_kind("caught_up_position")
+        append(stub, "t", events(5))
+        got, _ = sub.messages_until(5)
+        assert [(e.stream, e.position) for e in got] == [("t", p) for p in range(51, 56)]
+    finally:
+        sub.close()
+    assert "tail 0 bytes" in daemon.log_text()
 
 
 def test_filters_and_checkpoints(daemon: DaemonProcess) -> None:
