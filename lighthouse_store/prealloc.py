@@ -89,6 +89,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from lighthouse_store.threads import name_os_thread
+
 log = logging.getLogger("lighthouse_store.prealloc")
 
 STEP = 1024 * 1024
@@ -165,6 +167,7 @@ class Preallocator:
         return added
 
     def _run(self) -> None:
+        name_os_thread("lh-prealloc")
         wait = self._interval
         while not self._stop.wait(wait):
             try:

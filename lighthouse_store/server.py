@@ -29,6 +29,7 @@ from lighthouse_store.lmdb_store import LmdbEventStore
 from lighthouse_store.lock import DataDirLock
 from lighthouse_store.servicer import SERVICE_NAME, EventStoreServicer, method_handlers
 from lighthouse_store.subscriptions import SubscriptionHub
+from lighthouse_store.threads import name_os_thread
 from lighthouse_store.writer import GroupCommitWriter
 
 log = logging.getLogger("lighthouse_store.server")
@@ -132,7 +133,12 @@ async def _run(config: Config, store: LmdbEventStore) -> None:
         max_batch_bytes=config.max_batch_bytes,
         faults=Faults.from_env(),
     )
-    readers = ThreadPoolExecutor(config.reader_threads, thread_name_prefix="lighthouse-reader")
+    readers = ThreadPoolExecutor(
+        config.reader_threads,
+        thread_name_prefix="lighthouse-reader",
+        initializer=name_os_thread,
+        initargs=("lh-reader",),
+    )
     server = grpc.aio.server(options=_server_options(config))
     hub = SubscriptionHub(store, writer, readers)
     servicer = EventStoreServicer(config, store, writer, readers, hub)

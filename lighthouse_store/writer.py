@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from lighthouse_store.errors import Overloaded, ShuttingDown, StorageFailure, StoreError
 from lighthouse_store.faults import Faults
 from lighthouse_store.store import AppendCommand, AppendResult, EventStore
+from lighthouse_store.threads import name_os_thread
 
 log = logging.getLogger("lighthouse_store.writer")
 
@@ -150,6 +151,7 @@ class GroupCommitWriter:
     # -- the writer thread ---------------------------------------------------
 
     def _run(self) -> None:
+        name_os_thread("lh-writer")
         stopping = False
         while not stopping:
             item: _Item | str | None = self._inbox.get()

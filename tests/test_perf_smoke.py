@@ -29,3 +29,21 @@ def test_perf_quick_runs_and_writes_results(tmp_path: Path) -> None:
                    "delivery_p50_ms", "fanout_rate", "resume_p99_ms", "echo_seq_p50_ms",
                    "lmdb1_commits_per_s", "lmdb100_events_per_s"):
         assert medians.get(metric, 0) > 0, f"{metric} missing from the results, or not positive"
+    assert len(results["daemons"]) == len(results["runs"])
+    assert results["daemon"] == results["daemons"][0]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_daemon_cpu_reports_each_thread(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "perf/daemon_cpu.py", "--calls", "30", "--rounds", "1", "--events", "2"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    echo, daemon = proc.stdout.split("daemon, append of 2 event(s):")
+    assert "echo server, empty call:" in echo and "main" in echo
+    rows = {line.split()[0]: line.split()[1:] for line in daemon.splitlines()[2:] if line.strip()}
+    for name in ("main", "lh-writer", "event_engine", "all"):
+        assert name in rows, daemon
+    assert float(rows["lh-writer"][0]) > 0  # the writer did work for the appends
