@@ -180,6 +180,11 @@ class LmdbEventStore(EventStore):
     def head_position(self) -> int:
         return self._head
 
+    @property
+    def tail_bytes(self) -> int:
+        """The budget of the in-memory tail of recent records (0: off)."""
+        return self._tail.max_bytes
+
     def used_bytes(self) -> int:
         """Bytes of ``data.mdb`` that LMDB uses (the file may be longer: ``prealloc.py``)."""
         return (int(self._env.info()["last_pgno"]) + 1) * self._page_size
@@ -532,6 +537,10 @@ class _Tail:
         self._young: dict[int, bytes] = {}
         self._old: dict[int, bytes] = {}
         self._young_bytes = 0
+
+    @property
+    def max_bytes(self) -> int:
+        return self._max
 
     def get(self, position: int) -> bytes | None:
         record = self._young.get(position)

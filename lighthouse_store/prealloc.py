@@ -129,7 +129,7 @@ class Preallocator:
         self._retry_after = retry_after_s
         self._stop = threading.Event()
         self._fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-        self._thread = threading.Thread(target=self._run, name="lighthouse-prealloc", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="lh-prealloc", daemon=True)
         self.failed = False  # the last fill attempt failed (a full disk, say)
 
     def start(self) -> Preallocator:
@@ -167,7 +167,7 @@ class Preallocator:
         return added
 
     def _run(self) -> None:
-        name_os_thread("lh-prealloc")
+        name_os_thread()
         wait = self._interval
         while not self._stop.wait(wait):
             try:

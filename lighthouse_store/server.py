@@ -135,9 +135,8 @@ async def _run(config: Config, store: LmdbEventStore) -> None:
     )
     readers = ThreadPoolExecutor(
         config.reader_threads,
-        thread_name_prefix="lighthouse-reader",
+        thread_name_prefix="lh-reader",
         initializer=name_os_thread,
-        initargs=("lh-reader",),
     )
     server = grpc.aio.server(options=_server_options(config))
     hub = SubscriptionHub(store, writer, readers)
@@ -153,7 +152,7 @@ async def _run(config: Config, store: LmdbEventStore) -> None:
     writer.start()
     await server.start()
     log.info("listening on %s (data dir %s, durability %s, tail %d bytes, version %s)",
-             address, config.data_dir, config.durability.value, config.tail_bytes, __version__)
+             address, config.data_dir, config.durability.value, store.tail_bytes, __version__)
     sys.stdout.write(json.dumps({"event": "ready", "address": address, "pid": os.getpid()}) + "\n")
     sys.stdout.flush()
     try:

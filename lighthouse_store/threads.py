@@ -1,30 +1,35 @@
-"""OS-level names for the daemon's threads.
+"""The daemon's thread names, as the OS sees them too.
 
 Python (before 3.14) names its threads for itself only: to ``top -H``,
 ``ps -L``, ``perf`` and ``/proc/PID/task/*/comm`` every thread of the daemon
-is "python". Each thread the daemon starts names itself here, so an operator
-can tell the writer from the event loop: ``lh-writer`` (group commit),
-``lh-prealloc`` (data-file preallocation), ``lh-reader`` (page reads). The
-main thread, which runs the event loop, keeps the process's name. Linux keeps
-15 bytes of a name; elsewhere this does nothing.
+is "python". Each thread the daemon starts calls :func:`name_os_thread` first,
+which gives the OS the thread's Python name, so one name shows everywhere:
+``lh-writer`` (group commit), ``lh-prealloc`` (data-file preallocation, when
+``--preallocate`` is on), ``lh-reader_N`` (page reads; the pool starts them as
+reads come). The main thread, which runs the event loop, keeps the process's
+name. Linux keeps 15 bytes of a name; elsewhere, or without ctypes, naming
+does nothing. Naming never raises: a thread works the same without its name.
 """
 
 from __future__ import annotations
 
-import ctypes
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
 _PR_SET_NAME = 15  # <linux/prctl.h>
+OS_NAME_BYTES = 15  # TASK_COMM_LEN - 1
 
 
 def _find_prctl() -> Callable[..., Any] | None:
     if not sys.platform.startswith("linux"):
         return None
     try:
-        prctl: Callable[..., Any] = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
+        import ctypes
+
+        prctl: Callable[..., Any] = ctypes.CDLL(None).prctl
+    except (ImportError, OSError, AttributeError):
         return None
     return prctl
 
@@ -32,7 +37,16 @@ def _find_prctl() -> Callable[..., Any] | None:
 _PRCTL = _find_prctl()
 
 
-def name_os_thread(name: str) -> None:
-    """Give the calling thread ``name`` (its first 15 bytes) as the OS sees it."""
-    if _PRCTL is not None:
-        _PRCTL(_PR_SET_NAME, name.encode()[:15], 0, 0, 0)
+def os_name(name: str) -> bytes:
+    """What the OS keeps of ``name``: ASCII (anything else becomes ``?``), 15 bytes."""
+    return name.encode("ascii", "replace")[:OS_NAME_BYTES]
+
+
+def name_os_thread() -> None:
+    """Give the calling thread its Python name as the OS sees it."""
+    if _PRCTL is None:
+        return
+    try:
+        _PRCTL(_PR_SET_NAME, os_name(threading.current_thread().name))
+    except Exception:  # never worth failing a thread over
+        return

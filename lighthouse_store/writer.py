@@ -88,7 +88,7 @@ class GroupCommitWriter:
         # Shared with the writer thread:
         self._checkpoints: dict[str, int] = {}
         self._checkpoints_lock = threading.Lock()
-        self._thread = threading.Thread(target=self._run, name="lighthouse-writer", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="lh-writer", daemon=True)
 
     def add_listener(self, listener: CommitListener) -> None:
         self._listeners.append(listener)
@@ -151,7 +151,7 @@ class GroupCommitWriter:
     # -- the writer thread ---------------------------------------------------
 
     def _run(self) -> None:
-        name_os_thread("lh-writer")
+        name_os_thread()
         stopping = False
         while not stopping:
             item: _Item | str | None = self._inbox.get()

@@ -511,7 +511,8 @@ def main(argv: list[str] | None = None) -> int:
             if i > 0:
                 bench.fresh_daemons()
             daemons.append(bench.daemon_info())
-            doc["daemon"], doc["durability"] = daemons[0], daemons[0]["durability"]
+            if i == 0:
+                doc["daemon"], doc["durability"] = daemons[0], daemons[0]["durability"]
             if daemons[-1]["durability"] != "DURABILITY_FSYNC" and not args.daemon_arg:
                 bench.errors.append(f"round {i + 1}: durability is {daemons[-1]['durability']}")
             if args.wait_quiet > 0:

@@ -72,18 +72,6 @@ def test_get_info_defaults(daemon: DaemonProcess) -> None:
     assert info(stub).head_position == 3
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="thread names are read from /proc")
-def test_the_daemon_names_its_threads_for_the_os(daemon: DaemonProcess) -> None:
-    stub = daemon.stub()
-    append(stub, "s", events(3))
-    assert len(read_all(stub)) == 3  # runs on a reader thread
-    task = Path(f"/proc/{daemon.pid}/task")
-    names = sorted((t / "comm").read_text().strip() for t in task.iterdir())
-    assert names.count("lh-writer") == 1, names
-    assert names.count("lh-prealloc") == 1, names
-    assert "lh-reader" in names, names
-
-
 def test_async_durability_reported(daemon_factory: DaemonFactory) -> None:
     d = daemon_factory(extra_args=["--durability", "async"])
     stub = d.stub()

@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_perf_quick_runs_and_writes_results(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
     proc = subprocess.run(
-        [sys.executable, "perf/bench.py", "--quick", "--out", str(out), "--tmp-dir", str(tmp_path)],
+        [sys.executable, "perf/bench.py", "--quick", "--repeat", "2", "--out", str(out),
+         "--tmp-dir", str(tmp_path)],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -29,8 +30,11 @@ def test_perf_quick_runs_and_writes_results(tmp_path: Path) -> None:
                    "delivery_p50_ms", "fanout_rate", "resume_p99_ms", "echo_seq_p50_ms",
                    "lmdb1_commits_per_s", "lmdb100_events_per_s"):
         assert medians.get(metric, 0) > 0, f"{metric} missing from the results, or not positive"
-    assert len(results["daemons"]) == len(results["runs"])
-    assert results["daemon"] == results["daemons"][0]
+    assert len(results["runs"]) == 2
+    daemons = results["daemons"]  # each round has a new daemon, and the file says which
+    assert len(daemons) == 2 and daemons[0]["pid"] != daemons[1]["pid"]
+    assert all(d["durability"] == "DURABILITY_FSYNC" for d in daemons)
+    assert results["daemon"] == daemons[0]
 
 
 @pytest.mark.slow

@@ -4,7 +4,6 @@ never reach a commit."""
 
 from __future__ import annotations
 
-import argparse
 import errno
 import logging
 import os
@@ -18,7 +17,7 @@ from support import DaemonFactory, new_id
 from test_store_contract import cmd, event
 
 from lighthouse_client import pb
-from lighthouse_store import config, prealloc
+from lighthouse_store import prealloc
 from lighthouse_store.config import Durability
 from lighthouse_store.lmdb_store import LmdbEventStore
 from lighthouse_store.prealloc import Preallocator
@@ -173,30 +172,6 @@ def read_all_reopened(path: Path) -> list[pb.RecordedEvent]:
         return read_all(store)
     finally:
         store.close()
-
-
-def test_the_setting_accepts_zero_and_sizes_and_rejects_negatives() -> None:
-    parser = argparse.ArgumentParser()
-    config.add_arguments(parser)
-    assert config.Config().preallocate == 64 * MIB
-    assert config.from_args(parser.parse_args(["--preallocate", "0"]), {}).preallocate == 0
-    env = {"LIGHTHOUSE_PREALLOCATE": "16MiB"}
-    assert config.from_args(parser.parse_args([]), env).preallocate == 16 * MIB
-    with pytest.raises(config.ConfigError, match="preallocate"):
-        config.from_args(parser.parse_args(["--preallocate=-1"]), {})
-    with pytest.raises(config.ConfigError, match="map_size"):
-        config.from_args(parser.parse_args(["--map-size", "0"]), {})
-
-
-def test_the_tail_budget_is_a_setting() -> None:
-    parser = argparse.ArgumentParser()
-    config.add_arguments(parser)
-    assert config.Config().tail_bytes == config.TAIL_BYTES == 16 * MIB
-    assert config.from_args(parser.parse_args(["--tail-bytes", "0"]), {}).tail_bytes == 0
-    env = {"LIGHTHOUSE_TAIL_BYTES": "4MiB"}
-    assert config.from_args(parser.parse_args([]), env).tail_bytes == 4 * MIB
-    with pytest.raises(config.ConfigError, match="tail_bytes"):
-        config.from_args(parser.parse_args(["--tail-bytes", "lots"]), {})
 
 
 def test_a_daemon_keeps_its_data_file_preallocated(daemon_factory: DaemonFactory) -> None:

@@ -281,6 +281,18 @@ class TestLmdbEventStore(EventStoreContract):
         finally:
             store.close()
 
+    def test_a_zero_tail_budget_keeps_nothing_in_memory(self, tmp_path: Path) -> None:
+        store = LmdbEventStore(tmp_path / "tail0", map_size=64 << 20,
+                               durability=Durability.ASYNC, tail_bytes=0)
+        try:
+            assert store.tail_bytes == 0
+            store.commit([cmd("s", *[event() for _ in range(10)])])
+            assert store._tail.held_bytes() == 0
+            page = store.read_page(ReadQuery(), None, 1000, 1 << 30)
+            assert [records.decode(r).position for r in page.records] == list(range(1, 11))
+        finally:
+            store.close()
+
     def test_the_in_memory_tail_stays_bounded_and_reads_fall_back_to_disk(
         self, tmp_path: Path
     ) -> None:
@@ -289,6 +301,7 @@ class TestLmdbEventStore(EventStoreContract):
         try:
             for _ in range(50):
                 store.commit([cmd("s", *[event(data=bytes(300)) for _ in range(10)])])
+            assert store.tail_bytes == 20_000
             tail = store._tail
             group_bytes = 10 * len(tail.get(500) or b"")
             assert 10_000 <= tail.held_bytes() <= 20_000 + group_bytes  # see _Tail

@@ -1,0 +1,41 @@
+"""Settings: flags beat environment variables beat defaults; bad values are refused."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from lighthouse_store import config
+
+MIB = 1024 * 1024
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser()
+    config.add_arguments(p)
+    return p
+
+
+def test_preallocate_accepts_zero_and_sizes_and_rejects_negatives() -> None:
+    assert config.Config().preallocate == 64 * MIB
+    assert config.from_args(parser().parse_args(["--preallocate", "0"]), {}).preallocate == 0
+    env = {"LIGHTHOUSE_PREALLOCATE": "16MiB"}
+    assert config.from_args(parser().parse_args([]), env).preallocate == 16 * MIB
+    with pytest.raises(config.ConfigError, match="preallocate"):
+        config.from_args(parser().parse_args(["--preallocate=-1"]), {})
+    with pytest.raises(config.ConfigError, match="map_size"):
+        config.from_args(parser().parse_args(["--map-size", "0"]), {})
+
+
+def test_the_tail_budget_is_a_setting() -> None:
+    assert config.Config().tail_bytes == config.TAIL_BYTES == 16 * MIB
+    assert config.from_args(parser().parse_args(["--tail-bytes", "0"]), {}).tail_bytes == 0
+    env = {"LIGHTHOUSE_TAIL_BYTES": "4MiB"}
+    assert config.from_args(parser().parse_args([]), env).tail_bytes == 4 * MIB
+    flag_wins = config.from_args(parser().parse_args(["--tail-bytes", "1m"]), env)
+    assert flag_wins.tail_bytes == MIB
+    with pytest.raises(config.ConfigError, match="tail_bytes"):
+        config.from_args(parser().parse_args(["--tail-bytes", "lots"]), {})
+    with pytest.raises(config.ConfigError, match="tail_bytes"):
+        config.from_args(parser().parse_args(["--tail-bytes", "-1"]), {})
