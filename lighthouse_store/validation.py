@@ -127,17 +127,16 @@ def _checked_at_once(
     The events' bytes are what the store keeps: ``req`` has no unknown fields
     left. Returns None if any of that does not hold; the caller then checks
     one event at a time and names what is wrong."""
-    small = wire_size <= VIEWS_MAX_BYTES
-    canonical = req.SerializeToString() if small else b""
-    # Each item has the event's event_type, content_type and metadata: the
+    # Each labelled item has an event_type, content_type and metadata: the
     # distinct combinations through the views, else every event.
-    labelled: Iterable[Any] = views.distinct_labels(canonical) if small else req.events
+    labelled: Iterable[Any]
+    if wire_size <= VIEWS_MAX_BYTES:
+        canonical = req.SerializeToString()
+        labelled, proposed = views.distinct_labels(canonical), views.event_bytes(canonical)
+    else:
+        labelled, proposed = req.events, [e.SerializeToString() for e in req.events]
     if not _labels_ok(labelled, limits):
         return None
-    if small:
-        proposed = views.event_bytes(canonical)
-    else:
-        proposed = [e.SerializeToString() for e in req.events]
     heads = b"".join([p[:_HEAD_LEN] for p in proposed])
     if len(heads) != _HEAD_LEN * n or not _HEADS_RE.match(heads):
         return None
