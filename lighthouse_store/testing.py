@@ -47,12 +47,16 @@ class DaemonProcess:
         env: dict[str, str] | None = None,
         log_path: Path | None = None,
         port: int = 0,
+        cwd: Path | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.extra_args = list(extra_args)
         self.env = env
         self.log_path = log_path or self.data_dir.parent / f"{self.data_dir.name}.log"
         self.port = port
+        # ``python -m`` puts the working directory first on sys.path, so the
+        # daemon runs the lighthouse_store found there, if there is one.
+        self.cwd = cwd
         self.proc: subprocess.Popen[bytes] | None = None
         self.address = ""
         self._log: IO[bytes] | None = None
@@ -81,7 +85,7 @@ class DaemonProcess:
         env.setdefault("PYTHONUNBUFFERED", "1")
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in _reap
         self.proc = subprocess.Popen(
-            self.command(), stdout=subprocess.PIPE, stderr=self._log, env=env
+            self.command(), stdout=subprocess.PIPE, stderr=self._log, env=env, cwd=self.cwd
         )
         assert self.proc.stdout is not None
         deadline = time.monotonic() + timeout

@@ -4,11 +4,14 @@ speed is judged by `./dev perf`, against baselines measured in the same run)."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from lighthouse_store import __version__
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -51,3 +54,29 @@ def test_daemon_cpu_reports_each_thread(tmp_path: Path) -> None:
     for name in ("main", "lh-writer", "event_engine", "all"):
         assert name in rows, daemon
     assert float(rows["lh-writer"][0]) > 0  # the writer did work for the appends
+
+
+@pytest.mark.slow
+def test_append_rounds_runs_each_source_s_daemon(tmp_path: Path) -> None:
+    # Another checkout's code, told apart by its version string.
+    alt = tmp_path / "alt"
+    shutil.copytree(ROOT / "lighthouse_store", alt / "lighthouse_store",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    init = alt / "lighthouse_store" / "__init__.py"
+    init.write_text(init.read_text().replace(f'"{__version__}"', '"0.0.0-alt"'))
+    proc = subprocess.run(
+        [sys.executable, "perf/append_rounds.py", "--source=.", f"--source={alt}",
+         "--events", "2", "--rounds", "1", "--calls", "20", "--repeat", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 2, proc.stdout
+    assert f"[{ROOT} defaults] (version {__version__})" in lines[0]
+    assert f"[{alt} defaults] (version 0.0.0-alt)" in lines[1]
+
+    bad = subprocess.run(
+        [sys.executable, "perf/append_rounds.py", f"--source={tmp_path}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert bad.returncode == 2 and "no lighthouse_store package there" in bad.stderr
