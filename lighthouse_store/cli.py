@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from lighthouse_store import __version__, config, logs
-from lighthouse_store.errors import DataDirLocked, StorageFailure
+from lighthouse_store.errors import DataDirLocked, StoreError
 
 EXIT_USAGE = 2
 EXIT_LOCKED = 3
@@ -50,7 +50,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BindError as exc:
         print(f"lighthouse-store: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except (StorageFailure, PermissionError, OSError) as exc:
+    except StoreError as exc:  # storage failure or corruption found at start
+        print(f"lighthouse-store: cannot open the store: {exc.message}", file=sys.stderr)
+        return EXIT_FAILED
+    except OSError as exc:  # the data dir: permissions, a file in its place...
         print(f"lighthouse-store: cannot open the store: {exc}", file=sys.stderr)
         return EXIT_FAILED
     return 0

@@ -124,15 +124,27 @@ class LmdbEventStore(EventStore):
         path = Path(data_dir) / "lmdb"
         path.mkdir(parents=True, exist_ok=True)
         durable = durability is Durability.FSYNC
-        self._env = lmdb.open(
-            str(path),
-            map_size=map_size,
-            max_dbs=8,
-            max_readers=max_readers,
-            sync=durable,
-            metasync=durable,
-            readahead=False,
-        )
+        try:
+            self._env = lmdb.open(
+                str(path),
+                map_size=map_size,
+                max_dbs=8,
+                max_readers=max_readers,
+                sync=durable,
+                metasync=durable,
+                readahead=False,
+            )
+        except lmdb.Error as exc:  # not an LMDB file, a torn header, no permission...
+            raise StorageFailure(f"cannot open the LMDB environment: {exc}") from exc
+        try:
+            self._open(path, durable, preallocate)
+        except BaseException:
+            self._env.close()
+            raise
+
+    def _open(self, path: Path, durable: bool, preallocate: int) -> None:
+        """Open the databases, check the format, load the head, start the
+        preallocator. Corruption of the newest record stops the start here."""
         self._env.reader_check()  # drop reader slots left by a killed process
         self._log = self._env.open_db(b"log")
         self._streams = self._env.open_db(b"streams")
@@ -155,17 +167,13 @@ class LmdbEventStore(EventStore):
         self._page_size = int(self._env.stat()["psize"])
         self._prealloc: Preallocator | None = None
         if preallocate:
-            try:
-                self._prealloc = Preallocator(
-                    path / "data.mdb",
-                    ahead=preallocate,
-                    used_bytes=self.used_bytes,
-                    file_lock=self._file_lock,
-                    sync=durable,
-                ).start()
-            except BaseException:
-                self._env.close()
-                raise
+            self._prealloc = Preallocator(
+                path / "data.mdb",
+                ahead=preallocate,
+                used_bytes=self.used_bytes,
+                file_lock=self._file_lock,
+                sync=durable,
+            ).start()
 
     def _load_head(self, txn: Any) -> tuple[int, int]:
         cur = txn.cursor(db=self._log)

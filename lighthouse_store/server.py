@@ -23,7 +23,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from lighthouse_store import __version__
-from lighthouse_store.config import Config
+from lighthouse_store.config import Config, Durability
 from lighthouse_store.faults import Faults
 from lighthouse_store.lmdb_store import LmdbEventStore
 from lighthouse_store.lock import DataDirLock
@@ -153,6 +153,10 @@ async def _run(config: Config, store: LmdbEventStore) -> None:
     await server.start()
     log.info("listening on %s (data dir %s, durability %s, tail %d bytes, version %s)",
              address, config.data_dir, config.durability.value, store.tail_bytes, __version__)
+    if config.durability is not Durability.FSYNC:
+        log.warning("durability %s: acknowledged appends are not fsynced, so a power cut "
+                    "can lose the newest of them (GetInfo reports the mode)",
+                    config.durability.value)
     sys.stdout.write(json.dumps({"event": "ready", "address": address, "pid": os.getpid()}) + "\n")
     sys.stdout.flush()
     try:

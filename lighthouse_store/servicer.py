@@ -28,7 +28,7 @@ from lighthouse_client import pb
 from lighthouse_store import __version__, records, status, validation
 from lighthouse_store.config import Config, Durability
 from lighthouse_store.errors import EventNotFound, InvalidArgument, StoreError
-from lighthouse_store.store import EventStore
+from lighthouse_store.store import AppendCommand, EventStore
 from lighthouse_store.subscriptions import SubscriptionHub
 from lighthouse_store.writer import GroupCommitWriter
 
@@ -102,14 +102,18 @@ class EventStoreServicer:
 
     @_guard
     async def append(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        request = _parse(pb.AppendRequest, raw)
-        command = validation.append_command(request, self._config.limits, len(raw))
-        result = await self._writer.append(command)
+        # The parsed request (a copy of ``raw``) is gone before the append
+        # waits in the writer's queue; the command holds the events' bytes.
+        result = await self._writer.append(self._append_command(raw))
         return pb.AppendResponse(
             first_position=result.first_position,
             last_position=result.last_position,
             last_revision=result.last_revision,
         ).SerializeToString()
+
+    def _append_command(self, raw: bytes) -> AppendCommand:
+        request = _parse(pb.AppendRequest, raw)
+        return validation.append_command(request, self._config.limits, len(raw))
 
     @_guard_stream
     async def read(self, raw: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:

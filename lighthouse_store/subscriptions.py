@@ -158,6 +158,17 @@ class Session:
         if which == "from_end":
             return self.hub.store.head_position()
         if which == "after_position":
+            # A position past the head is no position this store gave out (a
+            # client of another store, or of this one before a restore from an
+            # older backup): starting there would skip, unseen, every event
+            # written up to it. Refused, as an ack past the head is.
+            head = self.hub.store.head_position()
+            if options.after_position > head:
+                raise InvalidArgument(
+                    f"options.after_position: {options.after_position} is beyond "
+                    f"the head of the log ({head})",
+                    head=str(head),
+                )
             return int(options.after_position)
         return 0
 

@@ -224,6 +224,27 @@ def test_read_all_applies_the_filter_and_max_count_counts_matches() -> None:
     assert answer is not None and answer[0] == []
 
 
+def test_read_all_applies_the_time_window_before_max_count() -> None:
+    cache = ReadCache()
+    cache.put([ev(p, event_type="A" if p % 2 else "B") for p in range(1, 11)])
+
+    def at(position: int) -> int:
+        return ev(position).recorded_at_ns
+
+    # [at(4), at(8)) holds positions 4-7; max_count counts only those.
+    assert positions(cache.read_all(None, False, 2, None, from_ns=at(4))) == [4, 5]
+    window = cache.read_all(None, False, 0, None, from_ns=at(4), to_ns=at(8))
+    assert positions(window) == [4, 5, 6, 7]
+    assert positions(cache.read_all(None, True, 2, None, to_ns=at(8))) == [7, 6]
+    assert positions(cache.read_all(2, False, 3, None, from_ns=at(4) - 1)) == [4, 5, 6]
+    only_a = Filter(event_types=("A",))
+    assert positions(cache.read_all(None, False, 1, only_a, from_ns=at(4))) == [5]
+    assert positions(cache.read_all(None, True, 0, only_a, to_ns=at(8))) == [7, 5, 3, 1]
+    # A valid run with nothing in the window is an empty answer, not a miss.
+    answer = cache.read_all(None, False, 5, None, from_ns=at(10) + 1)
+    assert answer is not None and answer[0] == []
+
+
 # -- staleness -----------------------------------------------------------------
 
 

@@ -8,7 +8,9 @@ import os
 import threading
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import lmdb
 import pytest
@@ -20,6 +22,7 @@ from lighthouse_client import (
     BreakerState,
     CircuitBreaker,
     DeadLetter,
+    Filter,
     NewEvent,
     Outbox,
     ReadCache,
@@ -205,6 +208,47 @@ def test_degraded_reads_come_from_the_cache(daemon: DaemonProcess, tmp_path: Pat
             assert again.stale and [e.data for e in again] == [bytes([i]) for i in range(5)]
     finally:
         cache.close()
+
+
+def at_or_before(ns: int) -> datetime:
+    """Unix nanoseconds as a UTC datetime, rounded down to its microseconds."""
+    seconds, nanos = divmod(ns, 1_000_000_000)
+    return datetime.fromtimestamp(seconds, UTC) + timedelta(microseconds=nanos // 1000)
+
+
+def test_a_stale_time_window_read_counts_only_events_in_the_window(
+    daemon: DaemonProcess,
+) -> None:
+    cache = ReadCache()
+    with StoreClient(daemon.address, timeout=1.0, cache=cache) as client:
+        client.append("early", [NewEvent("E", bytes([i])) for i in range(4)])
+        time.sleep(0.02)  # later appends get a later recorded_at; no timing is asserted
+        for i in range(3):
+            client.append("mid", [NewEvent("M", bytes([i, j])) for j in range(2)])
+        time.sleep(0.02)
+        client.append("late", [NewEvent("L", bytes([i])) for i in range(2)])
+        everything = client.read_all()  # fills the cache
+        assert [e.stream for e in everything] == ["early"] * 4 + ["mid"] * 6 + ["late"] * 2
+        start = at_or_before(everything[4].recorded_at_ns)  # the first "mid"
+        end = at_or_before(everything[10].recorded_at_ns)  # the first "late"
+        queries: list[dict[str, Any]] = [
+            {"from_time": start, "max_count": 3},
+            {"from_time": start, "to_time": end},
+            {"from_time": start, "to_time": end, "max_count": 4, "backwards": True},
+            {"to_time": end, "max_count": 2, "backwards": True},
+            {"from_time": start, "max_count": 1, "filter": Filter(streams=("late",))},
+        ]
+        live = [client.read_all(**q) for q in queries]
+        assert [e.position for e in live[0]] == [5, 6, 7]  # the first 3 of the window
+        assert [[e.position for e in r] for r in live[1:]] == [
+            [5, 6, 7, 8, 9, 10], [10, 9, 8, 7], [10, 9], [11]
+        ]
+        daemon.stop()
+        for query, fresh in zip(queries, live, strict=True):
+            stale = client.read_all(**query)
+            assert stale.stale, query
+            assert stale.events == fresh.events, query
+    cache.close()
 
 
 def state_of(breaker: CircuitBreaker) -> BreakerState:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -77,6 +78,14 @@ def test_async_durability_reported(daemon_factory: DaemonFactory) -> None:
     stub = d.stub()
     assert info(stub).durability == pb.DURABILITY_ASYNC
     assert append(stub, "s", events(2)).last_position == 2
+    warnings = [json.loads(line) for line in d.log_text().splitlines()
+                if '"level": "warning"' in line]
+    assert any("durability async" in w["message"] and "not fsynced" in w["message"]
+               for w in warnings), warnings
+
+
+def test_fsync_durability_logs_no_warning(daemon: DaemonProcess) -> None:
+    assert '"level": "warning"' not in daemon.log_text()
 
 
 def test_explicit_fsync_flag(daemon_factory: DaemonFactory) -> None:
@@ -140,3 +149,27 @@ def test_bad_configuration_fails_fast(tmp_path: Path, args: Sequence[str]) -> No
     assert '"ready"' not in proc.stdout
     assert proc.stderr.strip()
     assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("damage", ["not-lmdb", "corrupt-head"])
+def test_a_store_that_cannot_be_opened_fails_in_one_line(
+    daemon_factory: DaemonFactory, tmp_path: Path, damage: str
+) -> None:
+    daemon = daemon_factory()
+    append(daemon.stub(), "s", events(3))
+    assert daemon.stop() == 0
+    if damage == "not-lmdb":
+        (daemon.data_dir / "lmdb" / "data.mdb").write_bytes(b"not an LMDB file" * 512)
+        expected = "cannot open the LMDB environment"
+    else:
+        daemon.corrupt_record(3)  # the newest record, which the daemon checks at start
+        expected = "position 3 failed its checksum"
+    proc = subprocess.run(
+        daemon.command(), capture_output=True, text=True, timeout=30, check=False,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )  # fmt: skip
+    assert proc.returncode == 1, (proc.returncode, proc.stderr[-2000:])
+    assert '"ready"' not in proc.stdout
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "lighthouse-store: cannot open the store: " in proc.stderr
+    assert expected in proc.stderr, proc.stderr[-2000:]

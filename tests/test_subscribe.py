@@ -13,6 +13,7 @@ from subscriber import Subscriber
 from support import (
     DaemonFactory,
     append,
+    error_info,
     events,
     expect_code,
     info,
@@ -256,6 +257,27 @@ def test_bad_subscription_requests(daemon: DaemonProcess) -> None:
             pass
         assert sub.error is not None and sub.error.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "consumer" in (sub.error.details() or "")
+    finally:
+        sub.close()
+
+
+def test_a_start_past_the_head_is_refused(daemon: DaemonProcess) -> None:
+    # A position this store never gave out (another store's, or one from before
+    # a restore of an older backup) would silently skip every event written up to it.
+    stub = daemon.stub()
+    append(stub, "s", events(9))
+    err = expect_code(grpc.StatusCode.INVALID_ARGUMENT, stub.Subscribe,
+                      iter([pb.SubscribeRequest(options=opts(after_position=1000))]), timeout=10)
+    assert "after_position" in (err.details() or "") and "(9)" in (err.details() or "")
+    assert error_info(err).metadata["head"] == "9"
+    # The head itself is a valid start: live from there.
+    sub = Subscriber(stub, opts(after_position=9))
+    try:
+        assert sub.next_kind("confirmation").confirmation.start_after_position == 9
+        assert sub.next_kind("caught_up_position").caught_up_position == 9
+        append(stub, "s", events(1))
+        got, _ = sub.messages_until(1)
+        assert [e.position for e in got] == [10]
     finally:
         sub.close()
 

@@ -11,13 +11,15 @@ It answers only what it can answer *honestly*:
   cached the answer is ``None`` (the client raises Unavailable): the cache
   cannot tell "no such event" from "not cached".
 * ``read_all`` does the same over positions (default start: 1 forwards, the
-  highest cached backwards); the filter (``Filter.matches``) is applied to
-  the run and ``max_count`` counts the events that pass, as on the server.
+  highest cached backwards); the filter (``Filter.matches``) and the time
+  window ``[from_ns, to_ns)`` on ``recorded_at_ns`` are applied to the run
+  while it is walked, and ``max_count`` counts the events that pass, as on
+  the server.
 * The float that comes with an answer is the oldest ``fetched_at`` (the
   ``clock()`` of its ``put``) among the events the answer rests on: the
-  returned events; for a filtered read, every event of the run walked, since
-  "nothing else matched in between" rests on them too (so an empty filtered
-  answer still says when its run was fetched).
+  returned events; for a filtered or windowed read, every event of the run
+  walked, since "nothing else matched in between" rests on them too (so an
+  empty filtered answer still says when its run was fetched).
 
 Memory tier: an ``OrderedDict`` position -> entry in LRU order with byte
 accounting (payload, strings and metadata plus a fixed overhead: rough, but
@@ -116,6 +118,24 @@ def _decode(raw: bytes) -> _Entry:
     fields = {f: getattr(pb, f) for f in _FIELDS}
     event = RecordedEvent(metadata=dict(pb.metadata), recorded_at_ns=at_ns, **fields)
     return _entry(event, _F64.unpack_from(raw)[0])
+
+
+def _keep(
+    filter: Filter | None, from_ns: int | None, to_ns: int | None
+) -> Callable[[RecordedEvent], bool] | None:
+    """The test a read_all applies to each event: the filter and the time window."""
+    if filter is None and from_ns is None and to_ns is None:
+        return None
+
+    def keep(event: RecordedEvent) -> bool:
+        at = event.recorded_at_ns
+        return (
+            (from_ns is None or at >= from_ns)
+            and (to_ns is None or at < to_ns)
+            and (filter is None or filter.matches(event))
+        )
+
+    return keep
 
 
 def _stream_key(stream: str, revision: int) -> bytes:
@@ -248,15 +268,25 @@ class ReadCache:
             return None if start is None else self._run(lookup, start, backwards, max_count, None)
 
     def read_all(
-        self, from_position: int | None, backwards: bool, max_count: int, filter: Filter | None
+        self,
+        from_position: int | None,
+        backwards: bool,
+        max_count: int,
+        filter: Filter | None,
+        *,
+        from_ns: int | None = None,
+        to_ns: int | None = None,
     ) -> tuple[list[RecordedEvent], float] | None:
+        """``from_ns`` / ``to_ns``: the window ``[from_ns, to_ns)`` of
+        ``recorded_at_ns`` (None: unbounded on that side)."""
+        keep = _keep(filter, from_ns, to_ns)
         with self._lock, self._reader() as txn:
             start = from_position
             if start is None:
                 start = self._last_position(txn) if backwards else 1
             if start is None:
                 return None
-            return self._run(lambda p: self._at(txn, p), start, backwards, max_count, filter)
+            return self._run(lambda p: self._at(txn, p), start, backwards, max_count, keep)
 
     # -- internals (self._lock held) ----------------------------------------
 
@@ -269,7 +299,7 @@ class ReadCache:
         start: int,
         backwards: bool,
         limit: int,
-        keep: Filter | None,
+        keep: Callable[[RecordedEvent], bool] | None,
     ) -> _Answer:
         entry = lookup(start) if start >= 0 else None
         if entry is None:
@@ -280,7 +310,7 @@ class ReadCache:
         key = start
         while entry is not None:
             oldest = min(oldest, entry.fetched_at)
-            if keep is None or keep.matches(entry.event):
+            if keep is None or keep(entry.event):
                 events.append(entry.event)
                 if limit and len(events) >= limit:
                     break

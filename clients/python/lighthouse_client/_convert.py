@@ -82,6 +82,13 @@ def timestamp(t: datetime | None) -> timestamp_pb2.Timestamp | None:
     return ts
 
 
+def time_ns(t: datetime | None) -> int | None:
+    """Unix nanoseconds of ``t`` exactly as the daemon reads it from
+    :func:`timestamp` (a naive datetime is UTC there), for cached reads."""
+    ts = timestamp(t)
+    return None if ts is None else ts.seconds * 1_000_000_000 + ts.nanos
+
+
 def store_info(r: pb.GetInfoResponse) -> StoreInfo:
     lim = r.limits
     return StoreInfo(

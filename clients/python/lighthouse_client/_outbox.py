@@ -3,8 +3,10 @@
 The client puts an append here when the daemon cannot be reached, tells the
 caller it is queued, and later flushes the entries in ``seq`` order, removing
 each one once the daemon has it (or reports it was already recorded: the
-event ids are kept exactly, which is what makes the flush idempotent). An
-entry the daemon rejects for good moves to the dead letters.
+event ids are kept exactly, which is what makes the flush idempotent). What
+happens to an entry the daemon refuses depends only on the error's failure
+class (SPEC §4), decided by :func:`flush_action`: human intervention moves it
+to the dead letters; recoverable and restart-required leave it queued.
 
 On-disk format, version 1: one LMDB environment in the directory the caller
 names, opened ``sync=True, metasync=True`` (an entry the caller was told is
@@ -45,6 +47,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -52,9 +55,9 @@ import lmdb
 
 from lighthouse_client._cache import claim_dir, release_dir
 from lighthouse_client._types import ExpectedRevision, NewEvent, StreamState
-from lighthouse_client.exceptions import Overloaded, StoreError
+from lighthouse_client.exceptions import FailureClass, Overloaded, StoreError
 
-__all__ = ["DeadLetter", "Outbox", "OutboxEntry"]
+__all__ = ["DeadLetter", "FlushAction", "Outbox", "OutboxEntry", "flush_action"]
 
 FORMAT_VERSION = b"1"
 _U64 = struct.Struct(">Q")
@@ -74,6 +77,33 @@ class DeadLetter:
     entry: OutboxEntry
     reason: str
     failed_at: float
+
+
+class FlushAction(Enum):
+    """What a flush does with an entry the daemon refused."""
+
+    # Human intervention: retrying cannot help. The entry moves to the dead
+    # letters and to ``on_conflict``; the flush goes on with the next one.
+    DEAD_LETTER = "dead_letter"
+    # Recoverable: the daemon cannot take it yet. It stays queued, the flush
+    # stops there (order), and new appends queue behind it.
+    WAIT = "wait"
+    # Restart required: the node is broken. It stays queued, the flush stops
+    # there, and new appends raise the error instead of queueing behind it.
+    FAIL = "fail"
+
+
+_FLUSH_ACTIONS: dict[FailureClass, FlushAction] = {
+    FailureClass.HUMAN_INTERVENTION: FlushAction.DEAD_LETTER,
+    FailureClass.RECOVERABLE: FlushAction.WAIT,
+    FailureClass.RESTART_REQUIRED: FlushAction.FAIL,
+}
+
+
+def flush_action(error: StoreError) -> FlushAction:
+    """The action for an outbox entry that failed with ``error``, from its
+    failure class (which the daemon's error details may set per instance)."""
+    return _FLUSH_ACTIONS[error.failure_class]
 
 
 def _entry_json(e: OutboxEntry) -> dict[str, Any]:

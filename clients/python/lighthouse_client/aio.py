@@ -10,7 +10,8 @@ Layers, each its own piece:
 - degraded mode: a ``CircuitBreaker`` counts unreachable attempts; when the
   daemon cannot be reached, reads are answered from a ``ReadCache`` (marked
   stale) and appends go to an ``Outbox`` (when one is configured), flushed in
-  order once the daemon is back;
+  order once the daemon is back (``_outbox.flush_action`` decides, from an
+  error's failure class, what a refused entry does to the flush);
 - subscriptions: ``AsyncSubscription`` (``_subscription.py``) reconnects and
   resumes after the last delivered position.
 """
@@ -31,7 +32,7 @@ import grpc
 from lighthouse_client import _convert
 from lighthouse_client._breaker import BreakerState, CircuitBreaker
 from lighthouse_client._cache import ReadCache
-from lighthouse_client._outbox import DeadLetter, Outbox
+from lighthouse_client._outbox import DeadLetter, FlushAction, Outbox, flush_action
 from lighthouse_client._pb import store_pb2 as pb
 from lighthouse_client._pb import store_pb2_grpc as pb_grpc
 from lighthouse_client._retry import CircuitOpen, RetryPolicy
@@ -49,11 +50,8 @@ from lighthouse_client._types import (
 )
 from lighthouse_client.exceptions import (
     DeadlineExceeded,
-    EventIdConflict,
-    InvalidRequest,
     StoreError,
     Unavailable,
-    WrongExpectedRevision,
     handle_rpc_error,
 )
 
@@ -77,8 +75,6 @@ CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
 
 # Errors that mean "the daemon could not be reached" (as opposed to "it said no").
 UNREACHABLE = (Unavailable, DeadlineExceeded)
-# Outbox entries the daemon refused for good; anything else keeps them queued.
-_DEAD_LETTER = (WrongExpectedRevision, EventIdConflict, InvalidRequest)
 
 
 class AsyncStoreClient:
@@ -189,14 +185,25 @@ class AsyncStoreClient:
         """Append events atomically. Safe to retry: event ids make it idempotent.
 
         With an outbox, an append that cannot reach the daemon is stored locally
-        and returned with ``queued=True``; later appends queue behind it so
-        the order holds.
+        and returned with ``queued=True``. While the outbox holds entries, an
+        append first flushes it (:meth:`flush_outbox`) and, to keep the order,
+        is never sent ahead of what is left:
+
+        - left because the daemon cannot take it yet (a recoverable error:
+          unreachable, overloaded, deadline, circuit open): this append is
+          queued behind it and returns ``queued=True``;
+        - left because the daemon answered restart-required (e.g.
+          :class:`Corruption`): that error is raised here, and nothing of this
+          append is sent or queued; the node needs an operator.
         """
         evs = [events] if isinstance(events, NewEvent) else list(events)
         request = _convert.append_request(stream, evs, expected_revision)
         if self.outbox is not None and len(self.outbox):
-            await self.flush_outbox()
+            _, stopped_by = await self._flush(None)
             if len(self.outbox):
+                # (stopped_by is None when entries were queued during the flush.)
+                if stopped_by is not None and flush_action(stopped_by) is FlushAction.FAIL:
+                    raise stopped_by
                 return self._queue(stream, expected_revision, evs)
         try:
             resp = await self._call(functools.partial(self._append_once, request), timeout)
@@ -220,14 +227,27 @@ class AsyncStoreClient:
     async def flush_outbox(self, *, timeout: float | None = None) -> int:
         """Send queued appends in order; returns how many were written.
 
-        Stops at the first one the daemon cannot take yet (it stays queued, and
-        so does everything behind it): unreachable, overloaded, or a node that
-        needs a restart. One the daemon rejects for good (wrong expected
-        revision, id conflict, invalid request) goes to the dead-letter list and
-        to ``on_conflict``; nothing is dropped.
+        An entry the daemon refuses is handled by its error's failure class
+        (``_outbox.flush_action``), nothing is dropped:
+
+        - human intervention (wrong expected revision, id conflict, invalid
+          request, permission denied, ...): retrying cannot help, so it goes
+          to the dead-letter list and to ``on_conflict``, and the flush goes
+          on with the next entry;
+        - recoverable (unreachable, overloaded, deadline, circuit open) or
+          restart-required (corruption, storage failure): the flush stops
+          there; that entry and everything behind it stay queued, in order
+          (:meth:`append` then queues behind them, or raises the
+          restart-required error).
         """
+        sent, _ = await self._flush(timeout)
+        return sent
+
+    async def _flush(self, timeout: float | None) -> tuple[int, StoreError | None]:
+        """flush_outbox, also returning the error that stopped it (None when it
+        got through every entry it saw)."""
         if self.outbox is None:
-            return 0
+            return 0, None
         _ = self.stub
         assert self._flush_lock is not None
         sent = 0
@@ -237,8 +257,8 @@ class AsyncStoreClient:
                 try:
                     await self._call(functools.partial(self._append_once, request), timeout)
                 except StoreError as exc:
-                    if not isinstance(exc, _DEAD_LETTER):
-                        break  # retryable, or the node is broken: keep it queued, in order
+                    if flush_action(exc) is not FlushAction.DEAD_LETTER:
+                        return sent, exc  # keep it queued, in order
                     dead = self.outbox.dead_letter(entry.seq, f"{type(exc).__name__}: {exc}")
                     log.warning("outbox entry %d dead-lettered: %s", entry.seq, exc)
                     if self.on_conflict is not None:
@@ -246,7 +266,7 @@ class AsyncStoreClient:
                     continue
                 self.outbox.remove(entry.seq)
                 sent += 1
-        return sent
+        return sent, None
 
     async def _flush_forever(self) -> None:
         while True:
@@ -298,7 +318,9 @@ class AsyncStoreClient:
         to_time: datetime | None = None,
         timeout: float | None = None,
     ) -> ReadResult:
-        """Events of the whole log from ``from_position`` (inclusive)."""
+        """Events of the whole log from ``from_position`` (inclusive), those
+        matching ``filter`` and recorded in ``[from_time, to_time)``; up to
+        ``max_count`` of them (0 = no limit)."""
         request = pb.ReadRequest(
             stream="$all",
             max_count=max_count,
@@ -309,18 +331,14 @@ class AsyncStoreClient:
         request.direction = pb.DIRECTION_BACKWARDS if backwards else pb.DIRECTION_FORWARDS
         if from_position is not None:
             request.from_position = from_position
-        lo = None if from_time is None else int(from_time.timestamp() * 1e9)
-        hi = None if to_time is None else int(to_time.timestamp() * 1e9)
+        lo, hi = _convert.time_ns(from_time), _convert.time_ns(to_time)
 
         def cached() -> tuple[list[RecordedEvent], float] | None:
             if self.cache is None:
                 return None
-            answer = self.cache.read_all(from_position, backwards, max_count, filter)
-            if answer is None or (lo is None and hi is None):
-                return answer
-            events = [e for e in answer[0] if (lo is None or e.recorded_at_ns >= lo)
-                      and (hi is None or e.recorded_at_ns < hi)]
-            return events, answer[1]
+            return self.cache.read_all(
+                from_position, backwards, max_count, filter, from_ns=lo, to_ns=hi
+            )
 
         return await self._read(request, "from_position", cached, timeout)
 

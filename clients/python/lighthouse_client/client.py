@@ -83,6 +83,8 @@ class StoreClient:
         *,
         timeout: float | None = None,
     ) -> AppendResult:
+        """As :meth:`AsyncStoreClient.append`: with an outbox, queued behind what
+        the daemon cannot take yet, or raising a restart-required error."""
         return self._loop.run(
             self._async.append(stream, events, expected_revision, timeout=timeout)
         )
@@ -136,6 +138,7 @@ class StoreClient:
         return self._loop.run(self._async.info(timeout=timeout))
 
     def flush_outbox(self, *, timeout: float | None = None) -> int:
+        """As :meth:`AsyncStoreClient.flush_outbox`."""
         return self._loop.run(self._async.flush_outbox(timeout=timeout))
 
     def subscribe(
