@@ -51,9 +51,11 @@ class Config:
     # from memory; 0 = off (every read goes to LMDB).
     tail_bytes: int = TAIL_BYTES
     limits: Limits = field(default_factory=Limits)
-    # Group commit: appends queued beyond max_queue fail at once with
-    # RESOURCE_EXHAUSTED; one transaction takes at most max_batch_appends
-    # appends or max_batch_bytes bytes.
+    # Group commit: appends queued beyond max_queue, or beyond max_queued_bytes
+    # of events, fail at once with RESOURCE_EXHAUSTED (a queued append holds
+    # about twice its events' bytes: the request as gRPC received it, and the
+    # events); one transaction takes at most max_batch_appends appends or
+    # max_batch_bytes bytes.
     max_queue: int = 10_000
     max_queued_bytes: int = 256 * MIB
     max_batch_appends: int = 1_000
