@@ -189,6 +189,11 @@ class LmdbEventStore(EventStore):
         return self._head
 
     @property
+    def durability(self) -> Durability:
+        flags = self._env.flags()
+        return Durability.FSYNC if flags["sync"] and flags["metasync"] else Durability.ASYNC
+
+    @property
     def tail_bytes(self) -> int:
         """The budget of the in-memory tail of recent records (0: off)."""
         return self._tail.max_bytes
@@ -199,6 +204,30 @@ class LmdbEventStore(EventStore):
 
     def commit(
         self, commands: Sequence[AppendCommand], checkpoints: Mapping[str, int] | None = None
+    ) -> list[AppendResult | StoreError]:
+        try:
+            return self._commit(commands, checkpoints)
+        except StorageFull:
+            if len(commands) < 2:
+                raise
+        # One append too big for the space left must not fail the others of
+        # its group: each goes again in a transaction of its own, in order, and
+        # only those that do not fit fail. The checkpoints ride with the first
+        # that fits; if none fits, nothing was written and the group fails whole.
+        results: list[AppendResult | StoreError] = []
+        pending = checkpoints
+        for command in commands:
+            try:
+                results += self._commit([command], pending)
+                pending = None
+            except StorageFull as exc:
+                results.append(exc)
+        if pending:
+            raise _map_full()
+        return results
+
+    def _commit(
+        self, commands: Sequence[AppendCommand], checkpoints: Mapping[str, int] | None
     ) -> list[AppendResult | StoreError]:
         stamp = max(self._clock(), self._last_ts)
         group = _Group(self._head, self._next_stream_id, records.timestamp_field(stamp))
@@ -223,7 +252,7 @@ class LmdbEventStore(EventStore):
                 txn.commit()
             except lmdb.MapFullError:
                 txn.abort()
-                raise StorageFull("the store is full (LMDB map size reached)") from None
+                raise _map_full() from None
             except lmdb.Error as exc:
                 txn.abort()
                 raise StorageFailure(f"storage write failed: {type(exc).__name__}") from exc
@@ -517,6 +546,10 @@ class _Group:
         self.ids: dict[bytes, bytes] = {}  # event id -> position
         self.streams: dict[bytes, tuple[int, int, int]] = {}  # name -> id, next rev, last pos
         self.records: dict[int, bytes] = {}  # position -> record, for in-group retries
+
+
+def _map_full() -> StorageFull:
+    return StorageFull("the store is full (LMDB map size reached)")
 
 
 class _Tail:

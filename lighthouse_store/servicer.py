@@ -147,7 +147,7 @@ class EventStoreServicer:
         return pb.GetInfoResponse(
             head_position=self._store.head_position(),
             server_version=__version__,
-            durability=_DURABILITY[self._config.durability],
+            durability=_DURABILITY[self._store.durability],  # as LMDB is really set up
             limits=pb.Limits(
                 max_event_data_bytes=limits.max_event_data_bytes,
                 max_events_per_append=limits.max_events_per_append,

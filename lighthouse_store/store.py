@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import NamedTuple
 
+from lighthouse_store.config import Durability
 from lighthouse_store.errors import StoreError
 
 
@@ -121,6 +122,12 @@ class EventStore(ABC):
     def head_position(self) -> int:
         """Position of the last committed event; 0 when empty."""
 
+    @property
+    @abstractmethod
+    def durability(self) -> Durability:
+        """What a commit makes sure of before it returns, read from the storage
+        as it is set up (GetInfo reports this, not the setting asked for)."""
+
     @abstractmethod
     def commit(
         self, commands: Sequence[AppendCommand], checkpoints: Mapping[str, int] | None = None
@@ -128,9 +135,10 @@ class EventStore(ABC):
         """Apply appends in order, and store consumer checkpoints, in one
         durable transaction.
 
-        Each append succeeds or fails on its own (its result is the error);
-        appends later in the list see the ones before them. If the transaction
-        itself fails, raise: then nothing of the batch was written.
+        Each append succeeds or fails on its own (its result is the error),
+        an append too big for the space left included; appends later in the
+        list see the ones before them. If the transaction itself fails, raise:
+        then nothing of the batch was written.
         """
 
     @abstractmethod

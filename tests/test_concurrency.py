@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import threading
 from collections import defaultdict
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from support import (
 )
 
 from lighthouse_client import pb
+from lighthouse_store.faults import COMMIT_PAUSE_MS
 from lighthouse_store.testing import DaemonProcess
 
 WRITERS = 16
@@ -195,8 +197,10 @@ def test_concurrent_idempotent_retries(daemon: DaemonProcess) -> None:
 
 def test_queue_limit_rejects_or_accepts_cleanly(daemon_factory: DaemonFactory) -> None:
     """With a tiny --max-queue, each append either lands or gets RESOURCE_EXHAUSTED
-    (recoverable); nothing half-written, positions gapless."""
-    d = daemon_factory(extra_args=["--max-queue", "1"])
+    (recoverable); nothing half-written, positions gapless. Commits are slowed
+    (the commit-pause fault), so that with 8 writers the queue surely fills."""
+    env = {**os.environ, COMMIT_PAUSE_MS: "20"}
+    d = daemon_factory(extra_args=["--max-queue", "1"], env=env)
     stubs = [d.stub() for _ in range(8)]
     acked: dict[str, tuple[str, int]] = {}
     rejected: list[str] = []
@@ -224,6 +228,7 @@ def test_queue_limit_rejects_or_accepts_cleanly(daemon_factory: DaemonFactory) -
     run_threads(writer, 8, 240)
     errors.raise_first()
     assert acked, "no append got through at all"
+    assert rejected, "the queue never filled: nothing was refused"
     stub: Any = stubs[0]
     got = read_all(stub)
     assert [e.position for e in got] == list(range(1, len(got) + 1))

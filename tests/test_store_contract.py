@@ -281,6 +281,39 @@ class TestLmdbEventStore(EventStoreContract):
         finally:
             store.close()
 
+    @pytest.mark.parametrize("durability", list(Durability))
+    def test_durability_is_how_lmdb_is_opened(self, tmp_path: Path, durability: Durability) -> None:
+        # A kill -9 keeps the page cache, so crash tests pass without any sync:
+        # this checks the environment itself (sync: flush the data pages;
+        # metasync: then the meta page), and what the store reports from it.
+        store = LmdbEventStore(tmp_path / "d", map_size=1 << 20, durability=durability)
+        try:
+            flags = store._env.flags()
+            durable = durability is Durability.FSYNC
+            assert (flags["sync"], flags["metasync"]) == (durable, durable)
+            assert store.durability is durability
+        finally:
+            store.close()
+
+    def test_an_append_too_big_for_the_map_fails_alone(self, tmp_path: Path) -> None:
+        store = LmdbEventStore(tmp_path / "small", map_size=256 * 1024, durability=Durability.FSYNC)
+        try:
+            big = [event(data=bytes(8000)) for _ in range(100)]
+            small, after = cmd("s"), cmd("t")
+            results = store.commit([small, cmd("s", *big), after], {"billing": 0})
+            assert [type(r) for r in results] == [AppendResult, StorageFull, AppendResult]
+            ok1, _, ok2 = results
+            assert isinstance(ok1, AppendResult) and isinstance(ok2, AppendResult)
+            assert (ok1.first_position, ok2.first_position) == (1, 2)  # no gap
+            assert store.head_position() == 2
+            assert store.get_checkpoint("billing") == 0  # went with the first that fit
+            # Nothing fits: nothing is written, and the group fails whole.
+            with pytest.raises(StorageFull):
+                store.commit([cmd("s", *big), cmd("s", *big)], {"billing": 2})
+            assert store.head_position() == 2 and store.get_checkpoint("billing") == 0
+        finally:
+            store.close()
+
     def test_a_zero_tail_budget_keeps_nothing_in_memory(self, tmp_path: Path) -> None:
         store = LmdbEventStore(tmp_path / "tail0", map_size=64 << 20,
                                durability=Durability.ASYNC, tail_bytes=0)
