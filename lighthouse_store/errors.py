@@ -74,10 +74,13 @@ class Overloaded(StoreError):
 
 
 class StorageFull(StoreError):
-    """The LMDB map or the disk is full; nothing of the request was written."""
+    """The LMDB map is full; nothing of the request was written. Nothing in
+    an append-only store frees map space, so retrying cannot help: the
+    operator restarts the daemon with a larger ``--map-size`` (SPEC §4:
+    resource exhaustion the process cannot undo). Reads go on meanwhile."""
 
     reason = "STORAGE_FULL"
-    failure_class = FailureClass.RECOVERABLE
+    failure_class = FailureClass.RESTART_REQUIRED
 
 
 class ShuttingDown(StoreError):

@@ -549,7 +549,9 @@ class _Group:
 
 
 def _map_full() -> StorageFull:
-    return StorageFull("the store is full (LMDB map size reached)")
+    return StorageFull(
+        "the store is full (LMDB map size reached); restart the daemon with a larger --map-size"
+    )
 
 
 class _Tail:

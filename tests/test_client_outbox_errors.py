@@ -24,6 +24,7 @@ from lighthouse_client import (
     Outbox,
     Overloaded,
     PermissionDenied,
+    StorageFull,
     StoreClient,
     StoreError,
     StreamNotFound,
@@ -53,6 +54,7 @@ BY_CLASS: dict[type[StoreError], FlushAction] = {
     Overloaded: WAIT,
     DeadlineExceeded: WAIT,
     Corruption: FAIL,
+    StorageFull: FAIL,
 }
 
 

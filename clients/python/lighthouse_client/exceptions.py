@@ -28,6 +28,7 @@ __all__ = [
     "NotFound",
     "Overloaded",
     "PermissionDenied",
+    "StorageFull",
     "StoreError",
     "StreamNotFound",
     "Unavailable",
@@ -119,6 +120,13 @@ class Overloaded(StoreError):
         self.retry_after = retry_after  # seconds, from the server's RetryInfo
 
 
+class StorageFull(StoreError):
+    """The daemon's store is full (its LMDB map): retrying cannot help until
+    an operator restarts it with a larger map. Reads still work."""
+
+    failure_class = FailureClass.RESTART_REQUIRED
+
+
 class DeadlineExceeded(StoreError):
     failure_class = FailureClass.RECOVERABLE
 
@@ -142,7 +150,7 @@ _BY_REASON: dict[str, type[StoreError]] = {
     "STREAM_NOT_FOUND": StreamNotFound,
     "EVENT_NOT_FOUND": EventNotFound,
     "OVERLOADED": Overloaded,
-    "STORAGE_FULL": Overloaded,
+    "STORAGE_FULL": StorageFull,
     "SHUTTING_DOWN": Unavailable,
     "CORRUPTION": Corruption,
     "INVALID_ARGUMENT": InvalidRequest,
