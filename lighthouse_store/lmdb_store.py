@@ -188,6 +188,11 @@ class LmdbEventStore(EventStore):
     def head_position(self) -> int:
         return self._head
 
+    def last_position(self) -> int:
+        with self._env.begin() as txn:
+            cur = txn.cursor(db=self._log)
+            return int(_U64.unpack(cur.key())[0]) if cur.last() else 0
+
     @property
     def durability(self) -> Durability:
         flags = self._env.flags()

@@ -120,7 +120,15 @@ class EventStore(ABC):
 
     @abstractmethod
     def head_position(self) -> int:
-        """Position of the last committed event; 0 when empty."""
+        """Position of the last committed event; 0 when empty. Cheap. It is
+        published just after a commit becomes visible to readers, so for a
+        moment a reader may hold a position past it: before refusing a
+        position for being past the head, ask :meth:`last_position`."""
+
+    @abstractmethod
+    def last_position(self) -> int:
+        """Position of the last event in storage, read from storage: never
+        behind what a reader can have seen. Slower than head_position()."""
 
     @property
     @abstractmethod

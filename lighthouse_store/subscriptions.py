@@ -162,15 +162,19 @@ class Session:
             # client of another store, or of this one before a restore from an
             # older backup): starting there would skip, unseen, every event
             # written up to it. Refused, as an ack past the head is.
-            head = self.hub.store.head_position()
-            if options.after_position > head:
-                raise InvalidArgument(
-                    f"options.after_position: {options.after_position} is beyond "
-                    f"the head of the log ({head})",
-                    head=str(head),
-                )
+            self._refuse_past_head(options.after_position, "options.after_position")
             return int(options.after_position)
         return 0
+
+    def _refuse_past_head(self, position: int, field: str) -> None:
+        store = self.hub.store
+        if position <= store.head_position():
+            return
+        head = store.last_position()  # the head is published just after a commit shows
+        if position > head:
+            raise InvalidArgument(
+                f"{field}: {position} is beyond the head of the log ({head})", head=str(head)
+            )
 
     async def close(self) -> None:
         if self._reader is not None:
@@ -197,8 +201,7 @@ class Session:
     def _ack(self, position: int) -> None:
         if not self.consumer:
             raise InvalidArgument("ack_position: acks need a named consumer (options.consumer)")
-        if position > self.hub.store.head_position():
-            raise InvalidArgument(f"ack_position: {position} is beyond the head of the log")
+        self._refuse_past_head(position, "ack_position")
         if position > self._acked:
             self._acked = position
             self.hub.writer.checkpoint(self.consumer, position)
@@ -242,10 +245,15 @@ class Session:
                     reported = self.cursor
                     yield _message(checkpoint_position=self.cursor)
                     last_sent = time.monotonic()
+                elif time.monotonic() - last_sent >= self.heartbeat:
+                    # A long catch-up that finds nothing to send is no silence.
+                    yield _heartbeat()
+                    last_sent = time.monotonic()
                 continue
             if not live and self.cursor >= head:
                 live = True
-                yield _message(caught_up_position=head)
+                # (A page may have read a commit whose head was not out yet.)
+                yield _message(caught_up_position=max(head, self.cursor))
                 last_sent = time.monotonic()
                 continue
             idle_for = time.monotonic() - last_sent

@@ -29,6 +29,7 @@ from lighthouse_client import (
     RetryPolicy,
     StoreClient,
     Unavailable,
+    pb,
 )
 from lighthouse_store.testing import DaemonProcess
 
@@ -152,6 +153,62 @@ def test_named_consumer_ack_is_flushed_on_close_and_resumed(daemon: DaemonProces
         sub = client.subscribe(consumer="worker", start="start")
         assert next(sub).position == 31
         sub.close()
+
+
+def _wait_for_stored_ack(daemon: DaemonProcess, consumer: str, position: int) -> None:
+    """Until a new subscription of ``consumer`` would start after ``position``."""
+    stub = daemon.stub()
+    deadline = time.monotonic() + 30
+    while True:
+        options = pb.SubscribeOptions(consumer=consumer, from_start={})
+        call = stub.Subscribe(iter([pb.SubscribeRequest(options=options)]), timeout=10)
+        start = next(call).confirmation.start_after_position
+        call.cancel()
+        if start == position:
+            return
+        assert time.monotonic() < deadline, f"ack {position} of {consumer} never stored"
+        time.sleep(0.02)
+
+
+def test_a_consumer_resumed_from_its_stored_ack_repeats_nothing(daemon: DaemonProcess) -> None:
+    # The daemon resumes a named consumer after its stored ack (10 at most),
+    # behind what this subscription already delivered (30): the client drops
+    # the repeats, so the caller sees every event once.
+    with StoreClient(daemon.address, timeout=30.0) as client:
+        client.append("s", [NewEvent("E") for _ in range(30)])
+        sub = client.subscribe(consumer="worker", start="start")
+        seen: list[int] = []
+        for event in sub:
+            seen.append(event.position)
+            if event.position == 10:
+                sub.ack(event)
+            if event.position == 30:
+                _wait_for_stored_ack(daemon, "worker", 10)
+                daemon.kill9()
+                daemon.start()
+                client.append("s", [NewEvent("E") for _ in range(20)])  # only after a reconnect
+            if event.position == 50:
+                break
+        reconnects = sub.reconnects
+        sub.close()
+    assert reconnects >= 1
+    assert seen == list(range(1, 51))
+
+
+def test_a_filtered_subscription_s_checkpoints_skip_no_event(daemon: DaemonProcess) -> None:
+    # While catching up past events the filter skips, the daemon sends
+    # checkpoints (every 1,000 positions by default) that the client resumes
+    # after; the matching event right after the last checkpoint still arrives.
+    with StoreClient(daemon.address, timeout=30.0) as client:
+        for _ in range(2):
+            client.append("noise", [NewEvent("Noise") for _ in range(1000)])
+        client.append("signal", [NewEvent("Wanted") for _ in range(3)])
+        sub = client.subscribe(start="start", filter=Filter(event_types=("Wanted",)))
+        try:
+            # Pages of 1,000 records visited: checkpoints at 1,000 and 2,000.
+            assert [next(sub).position, next(sub).position] == [2001, 2002]
+        finally:
+            sub.close()
 
 
 def test_async_subscription_resumes_across_a_restart(daemon: DaemonProcess) -> None:

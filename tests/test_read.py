@@ -322,6 +322,36 @@ def test_get_event_matches_read(pop: Populated) -> None:
         assert get_event(pop.stub, r.event_id) == by_id[r.event_id]
 
 
+def test_reads_across_many_pages_are_exact(daemon: DaemonProcess) -> None:
+    # 40,000 events: a plain read takes 40 pages (1,000 events each), and a
+    # filtered one ends pages on a record it skipped (16,000 visited at most).
+    stub = daemon.stub()
+    n, every = 40_000, 50
+    for k in range(n // 1000):
+        append(stub, f"many-{k % 3}", [
+            new_event("Rare" if (k * 1000 + i) % every == 7 else "Common", b"x")
+            for i in range(1000)
+        ])
+    pages = read_pages(stub, pb.ReadRequest(stream="$all"))
+    assert len(pages) >= 40
+    assert [e.position for p in pages for e in p.events] == list(range(1, n + 1))
+    pages = read_pages(stub, pb.ReadRequest(stream="$all", direction=BWD))
+    assert [e.position for p in pages for e in p.events] == list(range(n, 0, -1))
+    rare = [p + 1 for p in range(n) if p % every == 7]
+    only_rare = pb.EventFilter(event_types=["Rare"])
+    pages = read_pages(stub, pb.ReadRequest(stream="$all", filter=only_rare))
+    assert len(pages) >= 3
+    assert [e.position for p in pages for e in p.events] == rare
+    pages = read_pages(stub, pb.ReadRequest(stream="$all", filter=only_rare, direction=BWD))
+    assert [e.position for p in pages for e in p.events] == rare[::-1]
+    limited = read_pages(stub, pb.ReadRequest(stream="$all", filter=only_rare, max_count=500))
+    assert [e.position for p in limited for e in p.events] == rare[:500]
+    one = read_pages(stub, pb.ReadRequest(stream="many-1", filter=only_rare))
+    assert [e.position for p in one for e in p.events] == [
+        p for p in rare if (p - 1) // 1000 % 3 == 1
+    ]
+
+
 def test_read_pages_carry_many_events(daemon: DaemonProcess) -> None:
     stub = daemon.stub()
     for _ in range(5):

@@ -228,6 +228,11 @@ class EventStoreContract:
         assert self.read(ReadQuery(start=31)) == []
         assert self.read(ReadQuery(from_time_ns=10**30)) == []
 
+    def test_last_position_is_read_from_storage(self) -> None:
+        assert self.store.last_position() == 0
+        self.commit_ok(cmd("s", event(), event()))
+        assert self.store.last_position() == self.store.head_position() == 2
+
     def test_get_event(self) -> None:
         e1 = event(data=b"find me")
         self.commit_ok(cmd("s", event(), e1))

@@ -261,6 +261,29 @@ def test_bad_subscription_requests(daemon: DaemonProcess) -> None:
         sub.close()
 
 
+def test_a_long_filtered_catch_up_still_sends_heartbeats(daemon: DaemonProcess) -> None:
+    # Pages that find nothing to send must not make the stream go silent for
+    # longer than the heartbeat (a client would take it for dead).
+    stub = daemon.stub()
+    for _ in range(20):
+        append(stub, "noise", events(1000))
+    sub = Subscriber(stub, opts(from_start={}, filter=pb.EventFilter(event_types=["Never"]),
+                                heartbeat_interval_ms=1, checkpoint_interval=1_000_000))
+    try:
+        log: list[pb.SubscribeResponse] = []
+        while not log or log[-1].WhichOneof("kind") != "caught_up_position":
+            msg = sub.next()
+            assert msg is not None, sub.error
+            log.append(msg)
+    finally:
+        sub.close()
+    assert log[0].WhichOneof("kind") == "confirmation"
+    assert log[-1].caught_up_position == 20_000
+    # 20,000 records in pages of at most 8,000 visited: each takes over 1 ms.
+    assert "heartbeat" in kinds(log[1:-1]), kinds(log)
+    assert "events" not in kinds(log)
+
+
 def test_a_start_past_the_head_is_refused(daemon: DaemonProcess) -> None:
     # A position this store never gave out (another store's, or one from before
     # a restore of an older backup) would silently skip every event written up to it.
