@@ -500,6 +500,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     runs: list[dict[str, float]] = []
     failed = ""
+    fs = doc["machine"]["work_dir_fs"]
+    if fs in ("tmpfs", "ramfs"):  # fsync would do nothing
+        bench.errors.append(f"the data is on {fs}: use --tmp-dir on a disk")
     t0 = time.monotonic()
     try:
         bench.start()
@@ -513,7 +516,7 @@ def main(argv: list[str] | None = None) -> int:
             daemons.append(bench.daemon_info())
             if i == 0:
                 doc["daemon"], doc["durability"] = daemons[0], daemons[0]["durability"]
-            if daemons[-1]["durability"] != "DURABILITY_FSYNC" and not args.daemon_arg:
+            if daemons[-1]["durability"] != "DURABILITY_FSYNC":  # the targets are for fsync
                 bench.errors.append(f"round {i + 1}: durability is {daemons[-1]['durability']}")
             if args.wait_quiet > 0:
                 wait_quiet(args.wait_quiet)
