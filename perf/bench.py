@@ -255,10 +255,11 @@ class Bench:
             m |= _conc(prefix, run, latency=False)
         return m
 
-    def round(self, index: int = 0) -> dict[str, float]:
+    def round(self, index: int, m: dict[str, float]) -> None:
+        """Measure one round into ``m``, phase by phase (so what was measured
+        stays there if a later phase fails)."""
         assert self.echo is not None
         s, echo, daemon = self.sizes, self.echo.address, self.daemon.address
-        m: dict[str, float] = {}
 
         m["cpu_loop_ms"] = machine.python_loop_ms()
         log("LMDB floors (in-process, sync=True)")
@@ -325,7 +326,6 @@ class Bench:
         m |= subs.resume(int(self.daemon_info()["head_position"]))
         m |= subs.delivery()
         m |= subs.fanout()
-        return m
 
     def fill(self, events: int) -> None:
         head = int(self.daemon_info()["head_position"])
@@ -520,7 +520,9 @@ def main(argv: list[str] | None = None) -> int:
                 bench.errors.append(f"round {i + 1}: durability is {daemons[-1]['durability']}")
             if args.wait_quiet > 0:
                 wait_quiet(args.wait_quiet)
-            runs.append(bench.round(i))
+            measured: dict[str, float] = {}
+            runs.append(measured)  # kept, with what it has, if the round fails
+            bench.round(i, measured)
         if args.compare_clients:
             if args.wait_quiet > 0:
                 wait_quiet(args.wait_quiet)

@@ -100,7 +100,8 @@ class Requests:
         self._offsets: list[int] = []
         self._rng = random.Random(client_index)
         self.keep_ids = False
-        self.ids: list[str] = []
+        self.ids: list[str] = []  # of appends written (see written())
+        self._last_ids: list[str] = []  # of the append built last
 
     def next(self) -> Any:
         op = self.spec.op
@@ -144,9 +145,16 @@ class Requests:
         for offset in self._offsets:
             self._counter += 1
             buf[offset + 24 : offset + 36] = b"%012x" % self._counter
-            if self.keep_ids:
-                self.ids.append(buf[offset : offset + 36].decode())
+        if self.keep_ids:
+            self._last_ids = [buf[o : o + 36].decode() for o in self._offsets]
         return bytes(buf)
+
+    def written(self) -> None:
+        """The request built last succeeded: keep its ids (with ``keep_ids``),
+        so only ids that were written are offered to GetEvent."""
+        if self.keep_ids:
+            self.ids += self._last_ids
+            self._last_ids = []
 
 
 def _events_in(op: Op, spec: Spec, response: Any) -> int:
@@ -229,6 +237,7 @@ class SyncClient:
                     break
                 continue
             t1 = clock()
+            requests.written()
             lat.append(t1 - t0)
             res.calls += 1
             res.events += n
@@ -334,6 +343,7 @@ async def _async_client(
                     break
                 continue
             t1 = clock()
+            requests.written()
             lat.append(t1 - t0)
             res.calls += 1
             res.events += n

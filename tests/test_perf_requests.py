@@ -40,6 +40,18 @@ def test_ordered_ids_count_up_and_are_valid_uuid4_text() -> None:
     assert [_raw(i) for i in flat] == sorted(_raw(i) for i in flat)
 
 
+def test_only_the_ids_of_written_appends_are_kept() -> None:
+    spec = workloads.Spec("append", "127.0.0.1:1", 1.0, 10, events_per_call=3)
+    requests = workloads.Requests(spec, client_index=0)
+    requests.keep_ids = True
+    first = [e.event_id for e in pb.AppendRequest.FromString(requests.next()).events]
+    requests.written()
+    pb.AppendRequest.FromString(requests.next())  # this one failed: never written()
+    third = [e.event_id for e in pb.AppendRequest.FromString(requests.next()).events]
+    requests.written()
+    assert requests.ids == first + third
+
+
 def test_random_ids_are_unique_valid_and_not_in_key_order() -> None:
     calls = _ids(random_ids=True)
     flat = [i for call in calls for i in call]
