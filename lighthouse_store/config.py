@@ -7,6 +7,7 @@ is here so that tests can shrink it.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -64,7 +65,8 @@ class Config:
     page_events: int = 1_000
     page_bytes: int = 1 * MIB
     reader_threads: int = 4
-    # SIGTERM: how long in-flight RPCs get to finish.
+    # SIGTERM: how long in-flight RPCs get to finish once the writer is quiet
+    # (or 2 s have passed); then gRPC cancels what is left.
     shutdown_grace_seconds: float = 10.0
 
 
@@ -87,6 +89,10 @@ _SETTINGS: dict[str, tuple[str, str]] = {
     "max_batch_appends": (
         "LIGHTHOUSE_MAX_BATCH_APPENDS",
         "most appends grouped into one transaction and fsync (1 turns group commit off)",
+    ),
+    "shutdown_grace_seconds": (
+        "LIGHTHOUSE_SHUTDOWN_GRACE_SECONDS",
+        "on SIGTERM/SIGINT, seconds in-flight calls get to finish (default 10)",
     ),
     "max_event_data_bytes": ("LIGHTHOUSE_MAX_EVENT_DATA_BYTES", "max data bytes per event"),
     "max_events_per_append": ("LIGHTHOUSE_MAX_EVENTS_PER_APPEND", "max events per append"),
@@ -129,6 +135,10 @@ def from_args(args: argparse.Namespace, environ: Mapping[str, str] | None = None
         for name in ("preallocate", "tail_bytes"):
             if name in raw:
                 kwargs[name] = _size(name, raw[name], allow_zero=True)
+        if "shutdown_grace_seconds" in raw:
+            kwargs["shutdown_grace_seconds"] = _seconds(
+                "shutdown_grace_seconds", raw["shutdown_grace_seconds"]
+            )
         return Config(**kwargs)  # type: ignore[arg-type]
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
@@ -156,3 +166,14 @@ def _size(name: str, text: str, *, allow_zero: bool = False) -> int:
         raise ConfigError(f"{name}: must be positive, got {text!r}")
     return value
 
+
+
+def _seconds(name: str, text: str) -> float:
+    """Parse '10', '2.5' into a finite number of seconds, zero or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"{name}: not a number of seconds: {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise ConfigError(f"{name}: must be zero or more seconds, got {text!r}")
+    return value

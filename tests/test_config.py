@@ -39,3 +39,14 @@ def test_the_tail_budget_is_a_setting() -> None:
         config.from_args(parser().parse_args(["--tail-bytes", "lots"]), {})
     with pytest.raises(config.ConfigError, match="tail_bytes"):
         config.from_args(parser().parse_args(["--tail-bytes", "-1"]), {})
+
+
+def test_the_shutdown_grace_is_a_setting() -> None:
+    assert config.Config().shutdown_grace_seconds == 10.0
+    args = parser().parse_args(["--shutdown-grace-seconds", "2.5"])
+    assert config.from_args(args, {}).shutdown_grace_seconds == 2.5
+    env = {"LIGHTHOUSE_SHUTDOWN_GRACE_SECONDS": "0"}
+    assert config.from_args(parser().parse_args([]), env).shutdown_grace_seconds == 0.0
+    for bad in ("-1", "soon", "nan", "inf"):
+        with pytest.raises(config.ConfigError, match="shutdown_grace_seconds"):
+            config.from_args(parser().parse_args([f"--shutdown-grace-seconds={bad}"]), {})

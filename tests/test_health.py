@@ -134,8 +134,9 @@ def test_configuration_from_environment(tmp_path: Path) -> None:
         ["--max-events-per-append", "lots"],
         ["--listen", "not-an-address"],
         ["--log-level", "loud"],
+        ["--shutdown-grace-seconds", "-1"],
     ],
-    ids=["durability", "negative-limit", "non-numeric-limit", "listen", "log-level"],
+    ids=["durability", "negative-limit", "non-numeric-limit", "listen", "log-level", "grace"],
 )
 def test_bad_configuration_fails_fast(tmp_path: Path, args: Sequence[str]) -> None:
     data_dir = tmp_path / "d"
