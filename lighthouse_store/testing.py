@@ -127,26 +127,12 @@ class DaemonProcess:
             env.close()
 
     def corrupt_record(self, position: int) -> None:
-        """Flip one byte in the middle of the stored record at ``position``
-        (the ``log`` database of lmdb_store.py), so that its checksum fails
-        when the daemon next reads it. The daemon must be stopped. (It
-        verifies its last record when it opens the store, so corrupting the
-        head makes it refuse to start.)"""
+        """:func:`corrupt_record` in this daemon's store, which must be
+        stopped. (It verifies its last record when it opens the store, so
+        corrupting the head makes it refuse to start.)"""
         if self.running():
             raise RuntimeError("stop the daemon before corrupting its store")
-        env = lmdb.open(str(self.data_dir / "lmdb"), create=False, max_dbs=8)
-        try:
-            log = env.open_db(b"log", create=False)
-            key = position.to_bytes(8, "big")
-            with env.begin(write=True) as txn:
-                raw = txn.get(key, db=log)
-                if raw is None:
-                    raise KeyError(f"no stored record at position {position}")
-                record = bytearray(raw)
-                record[len(record) // 2] ^= 0xFF
-                txn.put(key, bytes(record), db=log)
-        finally:
-            env.close()
+        corrupt_record(self.data_dir, position)
 
     def stop(self, timeout: float = 30.0, sig: int = signal.SIGTERM) -> int:
         """SIGTERM (or ``sig``: SIGINT stops the daemon the same way), wait,
@@ -229,3 +215,22 @@ class DaemonProcess:
             self.stop()
         else:
             self._reap(kill=True)
+
+
+def corrupt_record(data_dir: Path, position: int) -> None:
+    """Flip one byte in the middle of the stored record at ``position`` (the
+    ``log`` database of lmdb_store.py, under ``data_dir``), so that its
+    checksum fails when it is next read. Nothing may have the store open."""
+    env = lmdb.open(str(Path(data_dir) / "lmdb"), create=False, max_dbs=8)
+    try:
+        log = env.open_db(b"log", create=False)
+        key = position.to_bytes(8, "big")
+        with env.begin(write=True) as txn:
+            raw = txn.get(key, db=log)
+            if raw is None:
+                raise KeyError(f"no stored record at position {position}")
+            record = bytearray(raw)
+            record[len(record) // 2] ^= 0xFF
+            txn.put(key, bytes(record), db=log)
+    finally:
+        env.close()

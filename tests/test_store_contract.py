@@ -10,7 +10,6 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import lmdb
 import pytest
 
 from lighthouse_client import pb
@@ -34,6 +33,7 @@ from lighthouse_store.store import (
     NewEvent,
     ReadQuery,
 )
+from lighthouse_store.testing import corrupt_record
 
 ANY = Expected()
 NO_STREAM = Expected(ExpectedKind.NO_STREAM)
@@ -248,16 +248,7 @@ class TestLmdbEventStore(EventStoreContract):
     def _corrupt(self, position: int) -> None:
         """Flip one byte of a stored record, underneath the store."""
         self.store.close()
-        env = lmdb.open(str(self.path / "lmdb"), max_dbs=8)
-        log = env.open_db(b"log")
-        with env.begin(write=True) as txn:
-            key = position.to_bytes(8, "big")
-            raw = txn.get(key, db=log)
-            assert raw is not None
-            rec = bytearray(raw)
-            rec[len(rec) // 2] ^= 0x01
-            txn.put(key, bytes(rec), db=log)
-        env.close()
+        corrupt_record(self.path, position)
         self.store = self.create_store(self.path, self.clock)
 
     def test_a_corrupted_record_is_never_returned(self) -> None:
