@@ -128,7 +128,7 @@ def from_args(args: argparse.Namespace, environ: Mapping[str, str] | None = None
         if "data_dir" in raw:
             kwargs["data_dir"] = Path(raw["data_dir"])
         if "durability" in raw:
-            kwargs["durability"] = Durability(raw["durability"])
+            kwargs["durability"] = _durability(raw["durability"])
         for name in ("map_size", "max_queue", "max_batch_appends"):
             if name in raw:
                 kwargs[name] = _size(name, raw[name])
@@ -165,6 +165,15 @@ def _size(name: str, text: str, *, allow_zero: bool = False) -> int:
     if value < 0 or (value == 0 and not allow_zero):
         raise ConfigError(f"{name}: must be positive, got {text!r}")
     return value
+
+
+def _durability(text: str) -> Durability:
+    """Parse 'fsync' or 'async' (any case)."""
+    try:
+        return Durability(text.strip().lower())
+    except ValueError:
+        allowed = " or ".join(repr(str(d)) for d in Durability)
+        raise ConfigError(f"durability: must be {allowed}, got {text!r}") from None
 
 
 

@@ -474,6 +474,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not 1 <= args.repeat <= 20:
         parser.error("--repeat must be 1..20")
+    fs = machine.fs_type(args.tmp_dir or Path(tempfile.gettempdir()))
+    if fs in ("tmpfs", "ramfs"):  # fsync would do nothing: the numbers would mislead
+        parser.error(f"the work dir would be on {fs}, where fsync does nothing: "
+                     "use --tmp-dir on a disk")  # fmt: skip
     return args
 
 
@@ -500,9 +504,6 @@ def main(argv: list[str] | None = None) -> int:
     }
     runs: list[dict[str, float]] = []
     failed = ""
-    fs = doc["machine"]["work_dir_fs"]
-    if fs in ("tmpfs", "ramfs"):  # fsync would do nothing
-        bench.errors.append(f"the data is on {fs}: use --tmp-dir on a disk")
     t0 = time.monotonic()
     try:
         bench.start()

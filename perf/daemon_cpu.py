@@ -2,12 +2,14 @@
 """Where a call's CPU goes, thread by thread: the daemon against the echo server.
 
     .venv/bin/python perf/daemon_cpu.py [--calls 1500] [--rounds 3] [--events 1 --events 100]
+                                        [--daemon-arg=--tail-bytes=0]
 
 One sequential client (the harness's own ``workloads.SyncClient``, in this
 process) calls the empty-RPC echo server, then the daemon with appends of
-each ``--events`` count (1 KiB events, fsync durability, a new data dir for
-each count). Around each of ``--rounds`` rounds of ``--calls`` calls it reads
-``/proc/PID/task/*`` for every thread: its CPU time (``schedstat``, in
+each ``--events`` count (1 KiB events, fsync durability plus any
+``--daemon-arg`` flags, a new data dir for each count). Around each of
+``--rounds`` rounds of ``--calls`` calls it reads ``/proc/PID/task/*`` for
+every thread: its CPU time (``schedstat``, in
 nanoseconds), split into user and system time by the ratio of its clock ticks
 in ``stat`` (shown only when a round has at least 20 ticks; less is noise), and
 its context switches from ``status``: "waits" (voluntary: the thread blocked)
@@ -156,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--events", type=int, action="append", help="events per append")
     parser.add_argument("--round-cap", type=float, default=30.0, help="seconds per round, at most")
+    parser.add_argument(
+        "--daemon-arg", action="append", default=[], help="extra daemon flag, repeatable"
+    )
     args = parser.parse_args(argv)
     if min(args.calls, args.rounds, *(args.events or [1])) < 1 or args.round_cap <= 0:
         parser.error("--calls, --rounds, --events and --round-cap must be positive")
@@ -173,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             echo.stop()
         for n in counts:
-            daemon = DaemonProcess(work / f"data-{n}", extra_args=["--durability", "fsync"])
+            extra = ["--durability", "fsync", *args.daemon_arg]
+            daemon = DaemonProcess(work / f"data-{n}", extra_args=extra)
             daemon.start()
             try:
                 spec = Spec("append", daemon.address, duration_s=args.round_cap,

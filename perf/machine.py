@@ -30,7 +30,7 @@ def _cpu_model() -> str:
     return platform.processor()
 
 
-def _fs_type(path: Path) -> str:
+def fs_type(path: Path) -> str:
     """The file system type of the mount holding path (from /proc/mounts)."""
     try:
         best, fstype = "", "unknown"
@@ -84,7 +84,7 @@ def machine_info(work_dir: Path, repo: Path) -> dict[str, Any]:
         "lmdb": _version("lmdb"),
         "liblmdb": ".".join(str(x) for x in lmdb.version()),
         "lighthouse_store": _version("lighthouse-store"),
-        "work_dir_fs": _fs_type(work_dir),
+        "work_dir_fs": fs_type(work_dir),
         "git_commit": _git_commit(repo),
     }
 

@@ -50,3 +50,13 @@ def test_the_shutdown_grace_is_a_setting() -> None:
     for bad in ("-1", "soon", "nan", "inf"):
         with pytest.raises(config.ConfigError, match="shutdown_grace_seconds"):
             config.from_args(parser().parse_args([f"--shutdown-grace-seconds={bad}"]), {})
+
+
+def test_durability_is_one_of_two_named_modes() -> None:
+    assert config.Config().durability is config.Durability.FSYNC
+    env = {"LIGHTHOUSE_DURABILITY": "ASYNC"}
+    assert config.from_args(parser().parse_args([]), env).durability is config.Durability.ASYNC
+    flag_wins = config.from_args(parser().parse_args(["--durability", "fsync"]), env)
+    assert flag_wins.durability is config.Durability.FSYNC
+    with pytest.raises(config.ConfigError, match="durability: must be 'fsync' or 'async'"):
+        config.from_args(parser().parse_args(["--durability", "sometimes"]), {})

@@ -14,6 +14,9 @@ import pytest
 from lighthouse_store import __version__
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "perf"))
+
+from machine import fs_type as _fs_type  # noqa: E402
 
 
 @pytest.mark.slow
@@ -38,6 +41,21 @@ def test_perf_quick_runs_and_writes_results(tmp_path: Path) -> None:
     assert len(daemons) == 2 and daemons[0]["pid"] != daemons[1]["pid"]
     assert all(d["durability"] == "DURABILITY_FSYNC" for d in daemons)
     assert results["daemon"] == daemons[0]
+
+
+@pytest.mark.skipif(
+    not Path("/dev/shm").is_dir() or _fs_type(Path("/dev/shm")) != "tmpfs",
+    reason="needs /dev/shm on tmpfs",
+)
+def test_perf_refuses_a_work_dir_on_tmpfs() -> None:
+    """fsync does nothing on tmpfs: the harness says so and starts nothing."""
+    proc = subprocess.run(
+        [sys.executable, "perf/bench.py", "--quick", "--tmp-dir", "/dev/shm"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "tmpfs, where fsync does nothing" in proc.stderr
+    assert "starting" not in proc.stderr  # no daemon, no clients
 
 
 @pytest.mark.slow
