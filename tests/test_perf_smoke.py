@@ -43,6 +43,36 @@ def test_perf_quick_runs_and_writes_results(tmp_path: Path) -> None:
     assert results["daemon"] == daemons[0]
 
 
+@pytest.mark.slow
+def test_a_round_keeps_what_it_measured_when_a_later_phase_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The phases before the failure are in the results file; the failure is an
+    error, and the exit status says so."""
+    import signal
+
+    import bench
+
+    def fail(self: bench.Bench, events: int) -> None:
+        raise RuntimeError("injected failure before the replay")
+
+    monkeypatch.setattr(bench.Bench, "fill", fail)
+    out = tmp_path / "results.json"
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        status = bench.main(["--quick", "--out", str(out), "--tmp-dir", str(tmp_path)])
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+    assert status == 1
+    results = json.loads(out.read_text())
+    assert any("injected failure" in e for e in results["errors"]), results["errors"]
+    (measured,) = results["runs"]
+    for metric in ("lmdb1_commits_per_s", "append_seq_p50_ms", "append_conc_rate", "batch1_rate"):
+        assert measured.get(metric, 0) > 0, metric
+    assert "replay_rate" not in measured and "get_p99_ms" not in measured
+    assert results["medians"]["batch1_rate"] == measured["batch1_rate"]
+
+
 @pytest.mark.skipif(
     not Path("/dev/shm").is_dir() or _fs_type(Path("/dev/shm")) != "tmpfs",
     reason="needs /dev/shm on tmpfs",
