@@ -176,7 +176,6 @@ def _durability(text: str) -> Durability:
         raise ConfigError(f"durability: must be {allowed}, got {text!r}") from None
 
 
-
 def _seconds(name: str, text: str) -> float:
     """Parse '10', '2.5' into a finite number of seconds, zero or more."""
     try:

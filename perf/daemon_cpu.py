@@ -9,9 +9,9 @@ process) calls the empty-RPC echo server, then the daemon with appends of
 each ``--events`` count (1 KiB events, fsync durability plus any
 ``--daemon-arg`` flags, a new data dir for each count). Around each of
 ``--rounds`` rounds of ``--calls`` calls it reads ``/proc/PID/task/*`` for
-every thread: its CPU time (``schedstat``, in
-nanoseconds), split into user and system time by the ratio of its clock ticks
-in ``stat`` (shown only when a round has at least 20 ticks; less is noise), and
+every thread: its CPU time (``schedstat``, in nanoseconds), split into user
+and system time by the ratio of its clock ticks in ``stat`` (shown only when a
+round has at least 20 ticks; less is noise), and
 its context switches from ``status``: "waits" (voluntary: the thread blocked)
 and "preempted" (involuntary). Threads are summed by name: the daemon names its
 threads (``lh-writer``, ``lh-prealloc``, ``lh-reader_N``); gRPC's are
