@@ -5,6 +5,8 @@
 #   docker stop -t 30 lighthouse   # SIGTERM; the daemon drains in-flight calls (10 s grace)
 #
 # Flags after the image name go to `lighthouse-store serve` (e.g. --durability async).
+# Change the port with -e LIGHTHOUSE_LISTEN=0.0.0.0:PORT, not --listen: the
+# HEALTHCHECK below probes the port that variable names.
 FROM python:3.12-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

@@ -86,6 +86,10 @@ _SETTINGS: dict[str, tuple[str, str]] = {
         " (default 16 MiB; 0 = off)",
     ),
     "max_queue": ("LIGHTHOUSE_MAX_QUEUE", "queued appends before RESOURCE_EXHAUSTED"),
+    "max_queued_bytes": (
+        "LIGHTHOUSE_MAX_QUEUED_BYTES",
+        "bytes of events queued before RESOURCE_EXHAUSTED (default 256 MiB)",
+    ),
     "max_batch_appends": (
         "LIGHTHOUSE_MAX_BATCH_APPENDS",
         "most appends grouped into one transaction and fsync (1 turns group commit off)",
@@ -113,35 +117,45 @@ def from_args(args: argparse.Namespace, environ: Mapping[str, str] | None = None
     """Build a Config from parsed flags, falling back to the environment."""
     env = os.environ if environ is None else environ
     raw: dict[str, str] = {}
+    where: dict[str, str] = {}  # what set each value, as errors name it: a flag or a variable
     for name, (var, _) in _SETTINGS.items():
         value = getattr(args, name, None)
+        where[name] = "--" + name.replace("_", "-")
         if value is None:
-            value = env.get(var)
+            value, where[name] = env.get(var), var
         if value is not None:
             raw[name] = value
     try:
         limit_names = {f.name for f in fields(Limits)}
-        limits = Limits(**{k: _size(k, v) for k, v in raw.items() if k in limit_names})
+        limits = Limits(**{k: _size(where[k], v) for k, v in raw.items() if k in limit_names})
         kwargs: dict[str, object] = {"limits": limits}
         if "listen" in raw:
-            kwargs["listen"] = raw["listen"]
+            kwargs["listen"] = _listen(where["listen"], raw["listen"])
         if "data_dir" in raw:
             kwargs["data_dir"] = Path(raw["data_dir"])
         if "durability" in raw:
-            kwargs["durability"] = _durability(raw["durability"])
-        for name in ("map_size", "max_queue", "max_batch_appends"):
+            kwargs["durability"] = _durability(where["durability"], raw["durability"])
+        for name in ("map_size", "max_queue", "max_queued_bytes", "max_batch_appends"):
             if name in raw:
-                kwargs[name] = _size(name, raw[name])
+                kwargs[name] = _size(where[name], raw[name])
         for name in ("preallocate", "tail_bytes"):
             if name in raw:
-                kwargs[name] = _size(name, raw[name], allow_zero=True)
+                kwargs[name] = _size(where[name], raw[name], allow_zero=True)
         if "shutdown_grace_seconds" in raw:
             kwargs["shutdown_grace_seconds"] = _seconds(
-                "shutdown_grace_seconds", raw["shutdown_grace_seconds"]
+                where["shutdown_grace_seconds"], raw["shutdown_grace_seconds"]
             )
-        return Config(**kwargs)  # type: ignore[arg-type]
+        cfg = Config(**kwargs)  # type: ignore[arg-type]
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    # An append bigger than the queue's byte bound could never be queued, and
+    # its caller would retry a RESOURCE_EXHAUSTED forever.
+    if cfg.max_queued_bytes < cfg.limits.max_append_bytes:
+        raise ConfigError(
+            f"{where['max_queued_bytes']} ({cfg.max_queued_bytes}) must be at least"
+            f" {where['max_append_bytes']} ({cfg.limits.max_append_bytes})"
+        )
+    return cfg
 
 
 class ConfigError(ValueError):
@@ -167,13 +181,22 @@ def _size(name: str, text: str, *, allow_zero: bool = False) -> int:
     return value
 
 
-def _durability(text: str) -> Durability:
+def _durability(name: str, text: str) -> Durability:
     """Parse 'fsync' or 'async' (any case)."""
     try:
         return Durability(text.strip().lower())
     except ValueError:
         allowed = " or ".join(repr(str(d)) for d in Durability)
-        raise ConfigError(f"durability: must be {allowed}, got {text!r}") from None
+        raise ConfigError(f"{name}: must be {allowed}, got {text!r}") from None
+
+
+def _listen(name: str, text: str) -> str:
+    """Check 'host:port' ('[::1]:port' for IPv6) with a port of 0-65535 (0: any
+    free port). gRPC itself takes an out-of-range port as 'any'."""
+    host, sep, port = text.strip().rpartition(":")
+    if not (sep and host and port.isascii() and port.isdigit() and int(port) <= 65535):
+        raise ConfigError(f"{name}: must be host:port with a port of 0-65535, got {text!r}")
+    return f"{host}:{int(port)}"
 
 
 def _seconds(name: str, text: str) -> float:

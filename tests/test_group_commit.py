@@ -47,14 +47,14 @@ def _wait_for_head(stub: Any, position: int) -> None:
         time.sleep(0.01)
 
 
-def _start_first_append(stub: Any) -> tuple[threading.Thread, ThreadErrors]:
+def _start_first_append(stub: Any, data: bytes = b"{}") -> tuple[threading.Thread, ThreadErrors]:
     """Append one event on a thread; return once it is durable (head 1), that
     is while the writer pauses before answering it."""
     errors = ThreadErrors()
 
     def first() -> None:
         try:
-            assert append(stub, "first", new_event("First")).first_position == 1
+            assert append(stub, "first", new_event("First", data)).first_position == 1
         except BaseException as exc:
             errors.add(exc)
 
@@ -139,3 +139,33 @@ def test_a_full_queue_refuses_at_once_and_writes_nothing(
     expect_code(grpc.StatusCode.NOT_FOUND, get_event, stub, refused.event_id)
     # Once the queue has room again, the same append goes through.
     assert append(stub, "refused", refused).first_position == 2
+
+
+def test_the_queue_is_bounded_by_bytes_as_well(daemon_factory: DaemonFactory) -> None:
+    """One queued append holds 6 KiB of an 8 KiB bound: a second of 4 KiB is
+    refused at once (the count bound, 10,000, is far away); once the first is
+    answered, it goes through."""
+    pause_ms = 2 * PAUSE_MS
+    d = daemon_factory(
+        extra_args=["--max-queued-bytes", "8k", "--max-append-bytes", "8k"],
+        env=_paused_env(pause_ms),
+    )
+    stub = d.stub()
+    head(stub)
+    first, first_errors = _start_first_append(stub, b"x" * 6144)
+    paused_at = time.monotonic()
+    second = new_event("Second", b"y" * 4096)
+    try:
+        append(stub, "second", second)
+    except grpc.RpcError as err:
+        assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.details()
+        assert error_info(err).metadata["failure_class"] == "recoverable"
+    else:
+        raise AssertionError(
+            "4 KiB more than the bound allows went into the queue "
+            f"({time.monotonic() - paused_at:.2f} s into the writer's {pause_ms / 1000:g} s pause)"
+        )
+    first.join(60)
+    first_errors.raise_first()
+    expect_code(grpc.StatusCode.NOT_FOUND, get_event, stub, second.event_id)
+    assert append(stub, "second", second).first_position == 2

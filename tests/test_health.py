@@ -133,10 +133,19 @@ def test_configuration_from_environment(tmp_path: Path) -> None:
         ["--max-event-data-bytes", "-1"],
         ["--max-events-per-append", "lots"],
         ["--listen", "not-an-address"],
+        ["--listen", "127.0.0.1:99999"],
         ["--log-level", "loud"],
         ["--shutdown-grace-seconds", "-1"],
     ],
-    ids=["durability", "negative-limit", "non-numeric-limit", "listen", "log-level", "grace"],
+    ids=[
+        "durability",
+        "negative-limit",
+        "non-numeric-limit",
+        "listen",
+        "listen-port",
+        "log-level",
+        "grace",
+    ],
 )
 def test_bad_configuration_fails_fast(tmp_path: Path, args: Sequence[str]) -> None:
     data_dir = tmp_path / "d"

@@ -237,7 +237,8 @@ def test_append_bytes_under_limit_ok(env: Env) -> None:
 
 def test_append_bytes_over_limit(env: Env) -> None:
     # Each event is within the data limit, the request is not (6 x 1000 > 5000).
-    bad_append(env, append_request("bytes", [new_event("T", b"x" * 1000) for _ in range(6)]), None)
+    req = append_request("bytes", [new_event("T", b"x" * 1000) for _ in range(6)])
+    bad_append(env, req, "events")
 
 
 def test_metadata_entries_at_limit_ok(env: Env) -> None:
