@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -71,13 +71,9 @@ class Run:
     results: list[Result]
     server_cpu: float  # CPU seconds per wall second (1.0 = one core busy)
     clients_cpu: float  # the same, summed over the client processes
-    machine_cpu: float  # the same, for the whole machine (all processes)
+    machine_cpu: float  # the same, for the whole machine (/proc/stat: processes and kernel)
+    other_cpu: float  # the same, for the other processes (other_processes_cpu)
     probe_delta: float = 0.0  # how much the caller's probe counter grew meanwhile
-
-    @property
-    def other_cpu(self) -> float:
-        """Cores busy with something else than this server and these clients."""
-        return max(0.0, self.machine_cpu - self.server_cpu - self.clients_cpu)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -90,6 +86,28 @@ def cpu_seconds(pid: int) -> float:
         return 0.0
     # fields[0] is field 3 (state), so utime (14) and stime (15) are at 11 and 12.
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def processes_cpu_seconds() -> dict[int, float]:
+    """CPU seconds of every process now running, by PID (Linux /proc)."""
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return {}
+    return {int(n): cpu_seconds(int(n)) for n in names if n.isdigit()}
+
+
+def other_processes_cpu(before: dict[int, float], ours: Iterable[int], wall: float) -> float:
+    """Cores kept busy since ``before`` (``processes_cpu_seconds()``) by the
+    processes running now other than ``ours`` and this one: what else loaded
+    the machine meanwhile. Not the machine's busy time less ours: /proc/stat
+    also counts the kernel's own time, which belongs to no process and grows
+    with wake-ups (on the dev VM, 0.3-0.7 cores in the delivery phase's 500
+    fsync'd appends per second, while no other process ran)."""
+    skip = {*ours, os.getpid()}
+    now = processes_cpu_seconds()
+    busy = sum(max(0.0, c - before.get(p, 0.0)) for p, c in now.items() if p not in skip)
+    return busy / wall
 
 
 def machine_cpu_seconds() -> float:
@@ -150,6 +168,7 @@ class ClientPool:
         start_ns = time.monotonic_ns() + 100_000_000
         for conn in conns:
             conn.send(("go", start_ns))
+        processes0 = processes_cpu_seconds()
         sleep_until(start_ns)
         server0 = cpu_seconds(server_pid)
         clients0 = sum(cpu_seconds(pid) for pid in pids)
@@ -166,6 +185,7 @@ class ClientPool:
             server_cpu=(cpu_seconds(server_pid) - server0) / wall,
             clients_cpu=(sum(cpu_seconds(pid) for pid in pids) - clients0) / wall,
             machine_cpu=(machine_cpu_seconds() - machine0) / wall,
+            other_cpu=other_processes_cpu(processes0, [server_pid, *pids], wall),
             probe_delta=(probe() - probe0) if probe else 0.0,
         )
 

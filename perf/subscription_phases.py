@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import report
 import subscribers
-from pool import ClientPool, cpu_seconds, machine_cpu_seconds
+from pool import ClientPool, cpu_seconds, other_processes_cpu, processes_cpu_seconds
 from workloads import RPC_TIMEOUT_S
 
 
@@ -49,24 +49,23 @@ SLACK_S = RPC_TIMEOUT_S * 2  # how much longer than a phase's cap the coordinato
 
 
 class CpuWindow:
-    """CPU used by the server, some client processes and the machine since start()."""
+    """CPU used by the server, some client processes and the other processes since start()."""
 
     def __init__(self, server_pid: int, client_pids: Sequence[int]) -> None:
         self.pids = (server_pid, *client_pids)
         self.t0 = time.monotonic()
+        self.processes0 = processes_cpu_seconds()
         self.before = [cpu_seconds(p) for p in self.pids]
-        self.machine0 = machine_cpu_seconds()
 
     def stop(self, prefix: str) -> dict[str, float]:
         """Cores busy on average: the server, the clients, the busiest client, the rest."""
         wall = max(1e-3, time.monotonic() - self.t0)
         used = [(cpu_seconds(p) - b) / wall for p, b in zip(self.pids, self.before, strict=True)]
-        machine = (machine_cpu_seconds() - self.machine0) / wall
         return {
             f"{prefix}_server_cpu": used[0],
             f"{prefix}_clients_cpu": sum(used[1:]),
             f"{prefix}_busiest_client_cpu": max(used[1:]),
-            f"{prefix}_other_cpu": max(0.0, machine - sum(used)),
+            f"{prefix}_other_cpu": other_processes_cpu(self.processes0, self.pids, wall),
         }
 
 

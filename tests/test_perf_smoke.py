@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "perf"))
 
 from machine import fs_type as _fs_type  # noqa: E402
+from pool import cpu_seconds, other_processes_cpu, processes_cpu_seconds  # noqa: E402
 
 
 @pytest.mark.slow
@@ -41,6 +42,29 @@ def test_perf_quick_runs_and_writes_results(tmp_path: Path) -> None:
     assert len(daemons) == 2 and daemons[0]["pid"] != daemons[1]["pid"]
     assert all(d["durability"] == "DURABILITY_FSYNC" for d in daemons)
     assert results["daemon"] == daemons[0]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_other_cpu_counts_every_other_process_and_leaves_ours_out() -> None:
+    """What the noise warning rests on: a process that started after the first
+    snapshot counts whole; the ones named as ours, and this one, do not."""
+    before = processes_cpu_seconds()
+    burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\n"
+    child = subprocess.Popen(
+        [sys.executable, "-c", burn + "print('done', flush=True)\ntime.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "done\n"
+        child_cpu = cpu_seconds(child.pid)
+        assert child_cpu >= 0.25
+        with_child = other_processes_cpu(before, [], wall=1.0)
+        without = other_processes_cpu(before, [child.pid], wall=1.0)
+        assert with_child - without == pytest.approx(child_cpu, abs=0.05)
+        assert 0.0 <= without < with_child
+    finally:
+        child.kill()
+        child.wait(10)
 
 
 @pytest.mark.slow
