@@ -77,3 +77,19 @@ def test_readme_python_examples_run_as_written(daemon: DaemonProcess) -> None:
         )
         assert proc.returncode == 0, f"{code}\n{proc.stderr}"
         assert proc.stdout.strip(), code
+
+
+def test_readme_path_line_finds_the_dev_setup_s_grpcurl() -> None:
+    """The `export PATH=...` line of the grpcurl block, run as written from the
+    repo (where `./dev` puts `.venv`), makes `grpcurl` the dev setup's."""
+    blocks = re.findall(r"```sh\n(.*?)```", README.read_text(), flags=re.S)
+    exports = [line for b in blocks for line in b.splitlines() if line.startswith("export PATH=")]
+    assert len(exports) == 1, exports
+    root = README.parent
+    proc = subprocess.run(
+        ["bash", "-c", f"{exports[0]}\ncommand -v grpcurl"],
+        cwd=root, capture_output=True, text=True, timeout=30,
+        env={"PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert Path(proc.stdout.strip()) == root / ".venv" / "bin" / "grpcurl"
