@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 import grpc
+import pytest
 from support import (
     DaemonFactory,
     ThreadErrors,
@@ -111,17 +112,28 @@ def test_without_group_commit_each_append_is_its_own_transaction(
     assert _concurrent_appends(d) == APPENDERS
 
 
+@pytest.mark.parametrize(
+    ("flags", "first_data", "refused_data"),
+    [
+        # The queue has one place, which the first append holds.
+        (["--max-queue", "1"], b"{}", b"{}"),
+        # The first append holds 6 KiB of an 8 KiB bound; 4 KiB more does not fit
+        # (the count bound, 10,000, is far away).
+        (["--max-queued-bytes", "8k", "--max-append-bytes", "8k"], b"x" * 6144, b"y" * 4096),
+    ],
+    ids=["count", "bytes"],
+)
 def test_a_full_queue_refuses_at_once_and_writes_nothing(
-    daemon_factory: DaemonFactory,
+    daemon_factory: DaemonFactory, flags: list[str], first_data: bytes, refused_data: bytes
 ) -> None:
     pause_ms = 2 * PAUSE_MS  # the refused call must arrive within it
-    d = daemon_factory(extra_args=["--max-queue", "1"], env=_paused_env(pause_ms))
+    d = daemon_factory(extra_args=flags, env=_paused_env(pause_ms))
     stub = d.stub()
     head(stub)
-    first, first_errors = _start_first_append(stub)
+    first, first_errors = _start_first_append(stub, first_data)
     paused_at = time.monotonic()
-    refused = new_event("Refused")
-    # The first append is durable but not yet answered: it still holds the queue's one place.
+    refused = new_event("Refused", refused_data)
+    # The first append is durable but not yet answered: it still holds its place in the queue.
     sent_after = time.monotonic() - paused_at
     try:
         append(stub, "refused", refused)
@@ -139,33 +151,3 @@ def test_a_full_queue_refuses_at_once_and_writes_nothing(
     expect_code(grpc.StatusCode.NOT_FOUND, get_event, stub, refused.event_id)
     # Once the queue has room again, the same append goes through.
     assert append(stub, "refused", refused).first_position == 2
-
-
-def test_the_queue_is_bounded_by_bytes_as_well(daemon_factory: DaemonFactory) -> None:
-    """One queued append holds 6 KiB of an 8 KiB bound: a second of 4 KiB is
-    refused at once (the count bound, 10,000, is far away); once the first is
-    answered, it goes through."""
-    pause_ms = 2 * PAUSE_MS
-    d = daemon_factory(
-        extra_args=["--max-queued-bytes", "8k", "--max-append-bytes", "8k"],
-        env=_paused_env(pause_ms),
-    )
-    stub = d.stub()
-    head(stub)
-    first, first_errors = _start_first_append(stub, b"x" * 6144)
-    paused_at = time.monotonic()
-    second = new_event("Second", b"y" * 4096)
-    try:
-        append(stub, "second", second)
-    except grpc.RpcError as err:
-        assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.details()
-        assert error_info(err).metadata["failure_class"] == "recoverable"
-    else:
-        raise AssertionError(
-            "4 KiB more than the bound allows went into the queue "
-            f"({time.monotonic() - paused_at:.2f} s into the writer's {pause_ms / 1000:g} s pause)"
-        )
-    first.join(60)
-    first_errors.raise_first()
-    expect_code(grpc.StatusCode.NOT_FOUND, get_event, stub, second.event_id)
-    assert append(stub, "second", second).first_position == 2
