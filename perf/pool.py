@@ -71,7 +71,6 @@ class Run:
     results: list[Result]
     server_cpu: float  # CPU seconds per wall second (1.0 = one core busy)
     clients_cpu: float  # the same, summed over the client processes
-    machine_cpu: float  # the same, for the whole machine (/proc/stat: processes and kernel)
     other_cpu: float  # the same, for the other processes (other_processes_cpu)
     probe_delta: float = 0.0  # how much the caller's probe counter grew meanwhile
 
@@ -172,7 +171,6 @@ class ClientPool:
         sleep_until(start_ns)
         server0 = cpu_seconds(server_pid)
         clients0 = sum(cpu_seconds(pid) for pid in pids)
-        machine0 = machine_cpu_seconds()
         probe0 = probe() if probe else 0.0
         limit = spec.duration_s + RPC_TIMEOUT_S * 6
         results: list[Result] = []
@@ -184,7 +182,6 @@ class ClientPool:
             results,
             server_cpu=(cpu_seconds(server_pid) - server0) / wall,
             clients_cpu=(sum(cpu_seconds(pid) for pid in pids) - clients0) / wall,
-            machine_cpu=(machine_cpu_seconds() - machine0) / wall,
             other_cpu=other_processes_cpu(processes0, [server_pid, *pids], wall),
             probe_delta=(probe() - probe0) if probe else 0.0,
         )
