@@ -44,7 +44,7 @@ runs each (what ``perf/append_rounds.py`` does; the variant's code is not
 kept), median round: this design 67.8k and 69.4k events/s (p99 2.2 ms); the
 variant 65.2k and 62.6k (p99 3.1-3.2 ms); ``--preallocate 0`` 63.8k and 64.3k
 (p99 1.9 ms). Rates that far apart are within this machine's noise (a later
-A/B of this design against ``--preallocate 0``, in the README, came out the
+A/B of this design against ``--preallocate 0``, in ``perf/RESULTS.md``, came out the
 other way round once), so the verdict is no gain for more code; only its
 higher p99 was seen in both runs. Not the journal: the dev VM's ext4 turned
 out to run without one (``ext4_fsync_nojournal`` in a ``perf record`` of the
