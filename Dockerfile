@@ -14,11 +14,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# The client package first (the daemon depends on it), then the daemon, with
-# the same pinned versions as development and CI. Every dependency has a
-# binary wheel for CPython 3.12, so no compiler is needed.
+# The protocol package (generated code; the daemon depends on it), then the
+# daemon, with the same pinned versions as development and CI. Every
+# dependency has a binary wheel for CPython 3.12, so no compiler is needed.
 COPY . /src
-RUN pip install -c /src/constraints.txt /src/clients/python /src \
+RUN pip install -c /src/constraints.txt /src/protos /src \
     && rm -rf /src
 
 RUN useradd --system --uid 10001 --user-group --no-create-home \

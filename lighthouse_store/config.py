@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from pathlib import Path
 
+from lighthouse_proto.limits import Limits as Limits  # the shared defaults (SPEC §2)
+
 KIB = 1024
 MIB = 1024 * KIB
 GIB = 1024 * MIB
@@ -25,17 +27,6 @@ TAIL_BYTES = 16 * MIB
 class Durability(StrEnum):
     FSYNC = "fsync"  # every acknowledged append is fsynced (LMDB sync commit)
     ASYNC = "async"  # commits are not fsynced; survives a process crash, not a power cut
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Size limits on appends (SPEC §2)."""
-
-    max_event_data_bytes: int = 1 * MIB
-    max_events_per_append: int = 1000
-    max_append_bytes: int = 16 * MIB
-    max_metadata_entries: int = 64
-    max_metadata_bytes: int = 16 * KIB
 
 
 @dataclass(frozen=True)

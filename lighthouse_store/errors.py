@@ -7,19 +7,14 @@ error details in one place; nothing else in the daemon knows about gRPC codes.
 
 from __future__ import annotations
 
-from enum import StrEnum
-
-
-class FailureClass(StrEnum):
-    RECOVERABLE = "recoverable"  # retry with backoff and jitter
-    HUMAN_INTERVENTION = "human_intervention"  # do not retry; report
-    RESTART_REQUIRED = "restart_required"  # stop using the node
+from lighthouse_proto.errors import FailureClass as FailureClass  # the daemon names it from here
+from lighthouse_proto.errors import Reason
 
 
 class StoreError(Exception):
     """Base of every domain error. ``reason`` is a stable UPPER_SNAKE code."""
 
-    reason = "STORE_ERROR"
+    reason: str = Reason.STORE_ERROR
     failure_class = FailureClass.HUMAN_INTERVENTION
 
     def __init__(self, message: str, **metadata: str) -> None:
@@ -29,11 +24,11 @@ class StoreError(Exception):
 
 
 class InvalidArgument(StoreError):
-    reason = "INVALID_ARGUMENT"
+    reason: str = Reason.INVALID_ARGUMENT
 
 
 class WrongExpectedRevision(StoreError):
-    reason = "WRONG_EXPECTED_REVISION"
+    reason: str = Reason.WRONG_EXPECTED_REVISION
 
     def __init__(self, stream: str, expected: str, actual: str) -> None:
         super().__init__(
@@ -45,18 +40,18 @@ class WrongExpectedRevision(StoreError):
 
 
 class EventIdConflict(StoreError):
-    reason = "EVENT_ID_CONFLICT"
+    reason: str = Reason.EVENT_ID_CONFLICT
 
 
 class StreamNotFound(StoreError):
-    reason = "STREAM_NOT_FOUND"
+    reason: str = Reason.STREAM_NOT_FOUND
 
     def __init__(self, stream: str) -> None:
         super().__init__(f"stream {stream!r} not found", stream=stream)
 
 
 class EventNotFound(StoreError):
-    reason = "EVENT_NOT_FOUND"
+    reason: str = Reason.EVENT_NOT_FOUND
 
     def __init__(self, event_id: str) -> None:
         super().__init__(f"event {event_id} not found", event_id=event_id)
@@ -65,7 +60,7 @@ class EventNotFound(StoreError):
 class Overloaded(StoreError):
     """Too much queued work; retry after ``retry_after_ms``."""
 
-    reason = "OVERLOADED"
+    reason: str = Reason.OVERLOADED
     failure_class = FailureClass.RECOVERABLE
 
     def __init__(self, message: str, retry_after_ms: int) -> None:
@@ -79,19 +74,19 @@ class StorageFull(StoreError):
     operator restarts the daemon with a larger ``--map-size`` (SPEC §4:
     resource exhaustion the process cannot undo). Reads go on meanwhile."""
 
-    reason = "STORAGE_FULL"
+    reason: str = Reason.STORAGE_FULL
     failure_class = FailureClass.RESTART_REQUIRED
 
 
 class ShuttingDown(StoreError):
-    reason = "SHUTTING_DOWN"
+    reason: str = Reason.SHUTTING_DOWN
     failure_class = FailureClass.RECOVERABLE
 
 
 class Corruption(StoreError):
     """A stored record failed its checksum or the log is inconsistent."""
 
-    reason = "CORRUPTION"
+    reason: str = Reason.CORRUPTION
     failure_class = FailureClass.RESTART_REQUIRED
 
     def __init__(self, message: str, position: int) -> None:
@@ -102,17 +97,17 @@ class Corruption(StoreError):
 class StorageFailure(StoreError):
     """LMDB failed in a way the process cannot undo."""
 
-    reason = "STORAGE_FAILURE"
+    reason: str = Reason.STORAGE_FAILURE
     failure_class = FailureClass.RESTART_REQUIRED
 
 
 class DataDirLocked(StoreError):
     """Another daemon owns the data directory (raised at startup only)."""
 
-    reason = "DATA_DIR_LOCKED"
+    reason: str = Reason.DATA_DIR_LOCKED
 
 
 class Internal(StoreError):
     """An unexpected failure inside the daemon (a bug); details are only logged."""
 
-    reason = "INTERNAL"
+    reason: str = Reason.INTERNAL

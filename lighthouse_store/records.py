@@ -25,7 +25,7 @@ from collections.abc import Iterable, Sequence
 
 from zlib_ng.zlib_ng import crc32
 
-from lighthouse_client import pb
+from lighthouse_proto.v1 import store_pb2 as pb
 from lighthouse_store.errors import Corruption
 
 CHECKSUM_TAG = 0x55  # (10 << 3) | 5: field 10, fixed32

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import DecodeError, Message
 
-from lighthouse_client import pb
+from lighthouse_proto.v1 import store_pb2 as pb
 from lighthouse_store import __version__, records, status, validation
 from lighthouse_store.config import Config, Durability
 from lighthouse_store.errors import EventNotFound, InvalidArgument, StoreError

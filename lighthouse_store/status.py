@@ -16,11 +16,9 @@ import grpc
 from google.protobuf.duration_pb2 import Duration
 from google.rpc import error_details_pb2, status_pb2
 
+from lighthouse_proto.errors import DETAILS_KEY, DOMAIN, FAILURE_CLASS_KEY
 from lighthouse_store import errors
 from lighthouse_store.errors import StoreError
-
-DOMAIN = "lighthouse.store"
-DETAILS_KEY = "grpc-status-details-bin"
 
 _CODES: dict[type[StoreError], grpc.StatusCode] = {
     errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
@@ -48,7 +46,7 @@ def to_status(error: StoreError) -> tuple[grpc.StatusCode, str, Trailers]:
     info = error_details_pb2.ErrorInfo(
         reason=error.reason,
         domain=DOMAIN,
-        metadata={"failure_class": error.failure_class.value, **error.metadata},
+        metadata={FAILURE_CLASS_KEY: error.failure_class.value, **error.metadata},
     )
     status = status_pb2.Status(code=code.value[0], message=error.message)
     status.details.add().Pack(info)

@@ -46,7 +46,7 @@ from concurrent.futures import Executor
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from lighthouse_client import pb
+from lighthouse_proto.v1 import store_pb2 as pb
 from lighthouse_store import records, validation
 from lighthouse_store.errors import InvalidArgument, ShuttingDown, StoreError
 from lighthouse_store.store import EventStore, Page, ReadQuery

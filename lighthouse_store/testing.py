@@ -27,7 +27,7 @@ from typing import IO, Any
 import grpc
 import lmdb
 
-from lighthouse_client import pb_grpc
+from lighthouse_proto.v1 import store_pb2_grpc as pb_grpc
 
 __all__ = ["DaemonProcess", "DaemonStartError"]
 

@@ -35,7 +35,7 @@ from pathlib import Path
 import report
 from workloads import Result, Spec, SyncClient
 
-from lighthouse_client import pb
+from lighthouse_proto.v1 import store_pb2 as pb
 from lighthouse_store.testing import DaemonProcess
 
 

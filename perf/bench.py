@@ -42,7 +42,7 @@ from pool import MODES, SEQUENTIAL, Arrangement, ClientPool, Run, arrangement, m
 from subscription_phases import FULL_SUBS, QUICK_SUBS, SubscriptionPhases
 from workloads import Spec
 
-from lighthouse_client import pb
+from lighthouse_proto.v1 import store_pb2 as pb
 
 PERF_DIR = Path(__file__).resolve().parent
 REPO = PERF_DIR.parent

@@ -27,7 +27,8 @@ import time
 import uuid
 from pathlib import Path
 
-from lighthouse_client import pb, uuid7
+from lighthouse_client import uuid7
+from lighthouse_proto.v1 import store_pb2 as pb
 from lighthouse_store.config import Config, Durability
 from lighthouse_store.lmdb_store import LmdbEventStore
 from lighthouse_store.store import AppendCommand, Expected, NewEvent

@@ -41,7 +41,8 @@ from workloads import (
     sleep_until,
 )
 
-from lighthouse_client import pb, pb_grpc
+from lighthouse_proto.v1 import store_pb2 as pb
+from lighthouse_proto.v1 import store_pb2_grpc as pb_grpc
 
 STAMP = struct.Struct(">QB")  # send instant (monotonic ns), kind
 WARMUP, MEASURED, END = 0, 1, 2

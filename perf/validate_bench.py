@@ -27,7 +27,7 @@ import sys
 import time
 import uuid
 
-from lighthouse_client import pb
+from lighthouse_proto.v1 import store_pb2 as pb
 from lighthouse_store import validation
 from lighthouse_store.config import Limits
 

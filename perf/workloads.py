@@ -28,7 +28,8 @@ from typing import Any, Literal
 import grpc
 
 from lighthouse_client import aio as client_aio
-from lighthouse_client import pb, pb_grpc
+from lighthouse_proto.v1 import store_pb2 as pb
+from lighthouse_proto.v1 import store_pb2_grpc as pb_grpc
 
 Op = Literal["echo", "append", "get_event", "replay"]
 Style = Literal["sync", "asyncio"]

@@ -15,7 +15,7 @@ from typing import Any
 
 import grpc
 
-from lighthouse_client import pb
+from lighthouse_proto.v1 import store_pb2 as pb
 
 _END = object()
 

@@ -20,7 +20,7 @@ from google.protobuf import empty_pb2, timestamp_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from lighthouse_client import pb
+from lighthouse_proto.v1 import store_pb2 as pb
 from lighthouse_store.testing import DaemonProcess
 
 

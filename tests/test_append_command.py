@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from lighthouse_client import pb
+from lighthouse_proto.v1 import store_pb2 as pb
 from lighthouse_store import validation
 from lighthouse_store.config import Limits
 from lighthouse_store.errors import InvalidArgument

@@ -29,8 +29,8 @@ from lighthouse_client import (
     RetryPolicy,
     StoreClient,
     Unavailable,
-    pb,
 )
+from lighthouse_proto.v1 import store_pb2 as pb
 from lighthouse_store.testing import DaemonProcess
 
 

@@ -15,7 +15,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from lighthouse_client import AsyncStoreClient, pb
+from lighthouse_client import AsyncStoreClient
+from lighthouse_proto.v1 import store_pb2 as pb
 from lighthouse_store.servicer import SERVICE_NAME
 
 

@@ -47,7 +47,7 @@ def test_generated_code_check_catches_drift(tmp_path: Path) -> None:
     for part in ("protos", "scripts", "clients"):
         shutil.copytree(ROOT / part, tmp_path / part,
                         ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    generated = tmp_path / "clients/python/lighthouse_client/_pb/store_pb2.py"
+    generated = tmp_path / "protos/lighthouse_proto/v1/store_pb2.py"
     generated.write_text(generated.read_text() + "\n# hand edit\n")
     proc = subprocess.run(
         [sys.executable, "scripts/generate_protos.py", "--check"],

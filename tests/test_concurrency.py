@@ -26,7 +26,7 @@ from support import (
     ts_ns,
 )
 
-from lighthouse_client import pb
+from lighthouse_proto.v1 import store_pb2 as pb
 from lighthouse_store.faults import COMMIT_PAUSE_MS
 from lighthouse_store.testing import DaemonProcess
 

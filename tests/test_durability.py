@@ -25,7 +25,8 @@ from support import (
     read_stream,
 )
 
-from lighthouse_client import pb, pb_grpc
+from lighthouse_proto.v1 import store_pb2 as pb
+from lighthouse_proto.v1 import store_pb2_grpc as pb_grpc
 from lighthouse_store.testing import DaemonProcess
 
 

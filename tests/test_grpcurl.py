@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from support import get_event, grpcurl_path, head
 
-from lighthouse_client import pb
+from lighthouse_proto.v1 import store_pb2 as pb
 from lighthouse_store.testing import DaemonProcess
 
 SERVICE = "lighthouse.store.v1.EventStoreService"

@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from support import DaemonFactory, append, events, expect_code, info, read_all
 
-from lighthouse_client import pb
+from lighthouse_proto.v1 import store_pb2 as pb
 from lighthouse_store.testing import DaemonProcess
 
 SERVICE = "lighthouse.store.v1.EventStoreService"

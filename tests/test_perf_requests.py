@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "perf"))
 
 import workloads
 
-from lighthouse_client import pb
+from lighthouse_proto.v1 import store_pb2 as pb
 
 _CANONICAL = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}\Z")
 

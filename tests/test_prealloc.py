@@ -16,7 +16,7 @@ import pytest
 from support import DaemonFactory, new_id
 from test_store_contract import cmd, event
 
-from lighthouse_client import pb
+from lighthouse_proto.v1 import store_pb2 as pb
 from lighthouse_store import prealloc
 from lighthouse_store.config import Durability
 from lighthouse_store.lmdb_store import LmdbEventStore

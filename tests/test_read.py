@@ -28,7 +28,7 @@ from support import (
     ts_ns,
 )
 
-from lighthouse_client import pb
+from lighthouse_proto.v1 import store_pb2 as pb
 from lighthouse_store.testing import DaemonProcess
 
 FWD = pb.DIRECTION_FORWARDS

@@ -7,7 +7,7 @@ import zlib
 
 import pytest
 
-from lighthouse_client import pb
+from lighthouse_proto.v1 import store_pb2 as pb
 from lighthouse_store import records
 from lighthouse_store.errors import Corruption
 

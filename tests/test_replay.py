@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from support import RPC_TIMEOUT, ThreadErrors, head, new_id, rss_anon_kib, run_threads
 
-from lighthouse_client import pb
+from lighthouse_proto.v1 import store_pb2 as pb
 from lighthouse_store.testing import DaemonProcess
 
 TOTAL = 100_000

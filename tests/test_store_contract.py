@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from lighthouse_client import pb
+from lighthouse_proto.v1 import store_pb2 as pb
 from lighthouse_store import records
 from lighthouse_store.config import Durability
 from lighthouse_store.errors import (

@@ -21,7 +21,8 @@ from support import (
     rss_anon_kib,
 )
 
-from lighthouse_client import pb, pb_grpc
+from lighthouse_proto.v1 import store_pb2 as pb
+from lighthouse_proto.v1 import store_pb2_grpc as pb_grpc
 from lighthouse_store.config import TAIL_BYTES
 from lighthouse_store.testing import DaemonProcess
 

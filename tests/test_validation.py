@@ -25,7 +25,7 @@ from support import (
     uuid7,
 )
 
-from lighthouse_client import pb
+from lighthouse_proto.v1 import store_pb2 as pb
 from lighthouse_store.testing import DaemonProcess
 
 # Small limits so "just over" and "just at" are cheap to build.

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lighthouse_client import pb
+from lighthouse_proto.v1 import store_pb2 as pb
 from lighthouse_store import views
 
 

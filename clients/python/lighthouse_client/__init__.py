@@ -5,14 +5,13 @@ look up and subscribe, with retries that are safe (every event carries an
 id), subscriptions that resume where they broke off, and a degraded mode:
 reads from a cache and appends to a durable outbox while the daemon cannot
 be reached. The values are frozen dataclasses; protobuf types never reach the
-public API (``pb`` / ``pb_grpc`` are the generated modules, for tools).
+public API (tools that need the generated modules import them from the
+``lighthouse_proto`` distribution).
 """
 
 from lighthouse_client._breaker import BreakerState, CircuitBreaker
 from lighthouse_client._cache import ReadCache
 from lighthouse_client._outbox import DeadLetter, Outbox, OutboxEntry
-from lighthouse_client._pb import store_pb2 as pb
-from lighthouse_client._pb import store_pb2_grpc as pb_grpc
 from lighthouse_client._retry import CircuitOpen, RetryPolicy
 from lighthouse_client._subscription import AsyncSubscription
 from lighthouse_client._types import (
@@ -94,7 +93,5 @@ __all__ = [
     "Unavailable",
     "WrongExpectedRevision",
     "handle_rpc_error",
-    "pb",
-    "pb_grpc",
     "uuid7",
 ]

@@ -59,8 +59,8 @@ from typing import Any
 
 import lmdb
 
-from lighthouse_client._pb import store_pb2
 from lighthouse_client._types import Filter, RecordedEvent
+from lighthouse_proto.v1 import store_pb2
 
 __all__ = ["ReadCache", "claim_dir", "release_dir"]
 

@@ -7,7 +7,6 @@ from datetime import datetime
 
 from google.protobuf import empty_pb2, timestamp_pb2
 
-from lighthouse_client._pb import store_pb2 as pb
 from lighthouse_client._types import (
     ExpectedRevision,
     Filter,
@@ -17,6 +16,7 @@ from lighthouse_client._types import (
     StoreInfo,
     StreamState,
 )
+from lighthouse_proto.v1 import store_pb2 as pb
 
 _DURABILITY = {pb.DURABILITY_FSYNC: "fsync", pb.DURABILITY_ASYNC: "async"}
 

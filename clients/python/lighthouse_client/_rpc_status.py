@@ -14,7 +14,7 @@ from typing import Any
 
 from google.protobuf import any_pb2, descriptor_pb2, descriptor_pool, duration_pb2, message_factory
 
-DETAILS_KEY = "grpc-status-details-bin"
+from lighthouse_proto.errors import DETAILS_KEY
 
 _F = descriptor_pb2.FieldDescriptorProto
 

@@ -30,9 +30,9 @@ from typing import TYPE_CHECKING, Any, Literal
 import grpc
 
 from lighthouse_client import _convert
-from lighthouse_client._pb import store_pb2 as pb
 from lighthouse_client._types import Filter, RecordedEvent
 from lighthouse_client.exceptions import InvalidRequest, StoreError, Unavailable, handle_rpc_error
+from lighthouse_proto.v1 import store_pb2 as pb
 
 if TYPE_CHECKING:
     from lighthouse_client.aio import AsyncStoreClient

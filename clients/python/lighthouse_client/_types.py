@@ -12,6 +12,8 @@ from enum import Enum
 from types import MappingProxyType
 from typing import Final
 
+from lighthouse_proto.limits import Limits as Limits  # GetInfo's limits: the shared type
+
 
 def uuid7() -> str:
     """A time-ordered UUIDv7 (RFC 9562) in canonical text form."""
@@ -115,15 +117,6 @@ class EventResult:
     event: RecordedEvent
     stale: bool = False
     fetched_at: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    max_event_data_bytes: int
-    max_events_per_append: int
-    max_append_bytes: int
-    max_metadata_entries: int
-    max_metadata_bytes: int
 
 
 @dataclass(frozen=True, slots=True)

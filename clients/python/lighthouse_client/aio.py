@@ -33,8 +33,6 @@ from lighthouse_client import _convert
 from lighthouse_client._breaker import BreakerState, CircuitBreaker
 from lighthouse_client._cache import ReadCache
 from lighthouse_client._outbox import DeadLetter, FlushAction, Outbox, flush_action
-from lighthouse_client._pb import store_pb2 as pb
-from lighthouse_client._pb import store_pb2_grpc as pb_grpc
 from lighthouse_client._retry import CircuitOpen, RetryPolicy
 from lighthouse_client._subscription import AsyncSubscription, Start
 from lighthouse_client._types import (
@@ -54,6 +52,8 @@ from lighthouse_client.exceptions import (
     Unavailable,
     handle_rpc_error,
 )
+from lighthouse_proto.v1 import store_pb2 as pb
+from lighthouse_proto.v1 import store_pb2_grpc as pb_grpc
 
 log = logging.getLogger("lighthouse_client")
 

@@ -10,12 +10,12 @@ turns a ``grpc.RpcError`` into one of these from its status code and the
 from __future__ import annotations
 
 from collections.abc import Mapping
-from enum import StrEnum
 from typing import Any
 
 import grpc
 
 from lighthouse_client import _rpc_status
+from lighthouse_proto.errors import FAILURE_CLASS_KEY, FailureClass, Reason
 
 __all__ = [
     "Corruption",
@@ -37,12 +37,6 @@ __all__ = [
 ]
 
 
-class FailureClass(StrEnum):
-    RECOVERABLE = "recoverable"
-    HUMAN_INTERVENTION = "human_intervention"
-    RESTART_REQUIRED = "restart_required"
-
-
 class StoreError(Exception):
     failure_class: FailureClass = FailureClass.HUMAN_INTERVENTION
 
@@ -59,7 +53,7 @@ class StoreError(Exception):
         self.reason = reason
         self.metadata: Mapping[str, str] = dict(metadata or {})
         self.code = code
-        fc = self.metadata.get("failure_class", "")
+        fc = self.metadata.get(FAILURE_CLASS_KEY, "")
         if fc in FailureClass._value2member_map_:
             self.failure_class = FailureClass(fc)
 
@@ -145,15 +139,15 @@ class Internal(StoreError):
 
 
 _BY_REASON: dict[str, type[StoreError]] = {
-    "WRONG_EXPECTED_REVISION": WrongExpectedRevision,
-    "EVENT_ID_CONFLICT": EventIdConflict,
-    "STREAM_NOT_FOUND": StreamNotFound,
-    "EVENT_NOT_FOUND": EventNotFound,
-    "OVERLOADED": Overloaded,
-    "STORAGE_FULL": StorageFull,
-    "SHUTTING_DOWN": Unavailable,
-    "CORRUPTION": Corruption,
-    "INVALID_ARGUMENT": InvalidRequest,
+    Reason.WRONG_EXPECTED_REVISION: WrongExpectedRevision,
+    Reason.EVENT_ID_CONFLICT: EventIdConflict,
+    Reason.STREAM_NOT_FOUND: StreamNotFound,
+    Reason.EVENT_NOT_FOUND: EventNotFound,
+    Reason.OVERLOADED: Overloaded,
+    Reason.STORAGE_FULL: StorageFull,
+    Reason.SHUTTING_DOWN: Unavailable,
+    Reason.CORRUPTION: Corruption,
+    Reason.INVALID_ARGUMENT: InvalidRequest,
 }
 
 _BY_CODE: dict[grpc.StatusCode, type[StoreError]] = {
@@ -193,7 +187,7 @@ def handle_rpc_error(error: grpc.RpcError) -> StoreError:
         # gRPC's transport failing under the call (e.g. a stream cut short).
         cls = Unavailable
     if code is grpc.StatusCode.FAILED_PRECONDITION and details.reason not in (
-        "", "WRONG_EXPECTED_REVISION"
+        "", Reason.WRONG_EXPECTED_REVISION
     ):
         cls = StoreError  # some other precondition; keep the code, not the meaning
     kw: dict[str, Any] = {"reason": details.reason, "metadata": details.metadata, "code": code}
