@@ -47,8 +47,8 @@ def test_readme_grpcurl_examples_run_as_written(daemon: DaemonProcess) -> None:
     assert "rpc Append" in output(service)
     (append_key,) = [k for k in outputs if k[0] == f"{service}/Append"]
     appended = [json.loads(out) for out in outputs[append_key]]
-    # revision 0 is not printed; the retry returns the original positions
-    assert appended == [{"first_position": "1", "last_position": "1"}] * 2
+    # -emit-defaults prints revision 0; the retry returns the original result
+    assert appended == [{"first_position": "1", "last_position": "1", "last_revision": "0"}] * 2
     for body in ('"stream": "orders-1"', '"stream": "$all"'):
         (event,) = json.loads(output(f"{service}/Read", body))["events"]
         assert event["event_type"] == "OrderPlaced" and event["stream"] == "orders-1"
@@ -64,10 +64,10 @@ def readme_python_examples() -> list[str]:
     return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
 
 
-def test_readme_python_examples_run_as_written(daemon: DaemonProcess) -> None:
+def test_readme_python_examples_run_as_written_and_again(daemon: DaemonProcess) -> None:
     examples = readme_python_examples()
     assert len(examples) >= 4, "README lost its client examples"
-    for code in examples:
+    for code in examples * 2:  # a reader runs an example more than once
         assert README_ADDRESS in code
         proc = subprocess.run(
             [sys.executable, "-c", code.replace(README_ADDRESS, daemon.address)],
@@ -93,3 +93,13 @@ def test_readme_path_line_finds_the_dev_setup_s_grpcurl() -> None:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert Path(proc.stdout.strip()) == root / ".venv" / "bin" / "grpcurl"
+
+
+def test_readme_links_stay_inside_the_repository() -> None:
+    text = README.read_text()
+    targets = re.findall(r"\]\(([^)]+)\)", text)
+    assert targets, "README lost its links"
+    for target in targets:
+        assert "://" not in target and not target.startswith(("/", "..")), target
+        assert (README.parent / target.split("#")[0]).exists(), target
+    assert "../" not in text and "http://" not in text and "https://" not in text
