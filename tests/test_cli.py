@@ -25,7 +25,7 @@ def run_daemon(tmp_path: Path, args: Sequence[str], **env: str) -> subprocess.Co
     data_dir.mkdir(exist_ok=True)
     return subprocess.run(
         [*DaemonProcess(data_dir).command(), *args],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path,
         env=dict(os.environ, PYTHONUNBUFFERED="1", **env),
     )  # fmt: skip
 
