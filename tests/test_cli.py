@@ -119,3 +119,21 @@ def test_the_smallest_map_size_serves(daemon_factory: DaemonFactory) -> None:
     stub = d.stub()
     assert append(stub, "s", events(50, data=b"x" * 1000)).last_position == 50
     assert sum(len(p.events) for p in read_pages(stub, pb.ReadRequest(stream="$all"))) == 50
+
+
+def test_the_ack_delay_reaches_the_writer(daemon_factory: DaemonFactory) -> None:
+    """With a long --ack-delay-ms an ack waits for the next append's commit
+    (with the default 50 ms it would be stored on its own well within 1 s)."""
+    d = daemon_factory(extra_args=["--ack-delay-ms", "10000"])
+    stub = d.stub()
+    append(stub, "s", events(2))
+    sub = Subscriber(stub, pb.SubscribeOptions(from_start=empty_pb2.Empty(), consumer="c1"))
+    try:
+        sub.messages_until(2)
+        sub.ack(2)
+        quiet = sub.quiet_for(1.5)
+        assert not [m for m in quiet if m.WhichOneof("kind") == "checkpoint_stored_position"]
+        append(stub, "s", events(1))
+        assert sub.next_kind("checkpoint_stored_position").checkpoint_stored_position == 2
+    finally:
+        sub.close()
