@@ -2,7 +2,9 @@
 
 Each field of :class:`Config` (and of the groups nested in it, :class:`Limits`
 and :class:`SubscriptionSettings`) is a setting declared with
-``settings.setting(group, kind, default, help)``; ``settings.py`` derives the
+``settings.setting(group, kind, default, help)``, or, for Limits, whose defaults
+are shared with the client, with ``settings.declare`` where Config nests it;
+``settings.py`` derives the
 flag, the ``LIGHTHOUSE_*`` variable, the config-file key, the bounds check and
 the README row from it. To add a setting, add a field here; then run
 ``scripts/generate_readme_settings.py`` (a test keeps the README's table in step).
@@ -36,6 +38,7 @@ from lighthouse_store.settings import (
     Milliseconds,
     Seconds,
     Size,
+    declare,
     nested,
     setting,
 )
@@ -89,21 +92,16 @@ class LogLevel(StrEnum):
     ERROR = "ERROR"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Limits:
-    """Size limits on appends (SPEC §2), reported by GetInfo."""
+    """Size limits on appends (SPEC §2), reported by GetInfo. Their settings
+    are declared where Config nests them."""
 
-    max_event_data_bytes: int = setting(
-        LIMITS, Size(1, 64 * MIB), 1 * MIB, "largest `data` of one event"
-    )
-    max_events_per_append: int = setting(LIMITS, Count(1, 100_000), 1000, "events in one append")
-    max_append_bytes: int = setting(
-        LIMITS, Size(KIB, 256 * MIB), 16 * MIB, "encoded events in one append"
-    )
-    max_metadata_entries: int = setting(LIMITS, Count(1, 10_000), 64, "metadata entries per event")
-    max_metadata_bytes: int = setting(
-        LIMITS, Size(1, 1 * MIB), 16 * KIB, "metadata keys + values per event"
-    )
+    max_event_data_bytes: int = 1 * MIB
+    max_events_per_append: int = 1000
+    max_append_bytes: int = 16 * MIB
+    max_metadata_entries: int = 64
+    max_metadata_bytes: int = 16 * KIB
 
 
 @dataclass(frozen=True)
@@ -209,7 +207,14 @@ class Config:
         WRITES, Size(KIB, GIB), 64 * MIB,
         "a group closes once it holds this many bytes of events",
     )  # fmt: skip
-    limits: Limits = nested(Limits)
+    limits: Limits = nested(
+        Limits,
+        max_event_data_bytes=declare(LIMITS, Size(1, 64 * MIB), "largest `data` of one event"),
+        max_events_per_append=declare(LIMITS, Count(1, 100_000), "events in one append"),
+        max_append_bytes=declare(LIMITS, Size(KIB, 256 * MIB), "encoded events in one append"),
+        max_metadata_entries=declare(LIMITS, Count(1, 10_000), "metadata entries per event"),
+        max_metadata_bytes=declare(LIMITS, Size(1, MIB), "metadata keys + values per event"),
+    )
     page_events: int = setting(READS, Count(1, 10_000), 1_000, "most events in one `Read` response")
     page_bytes: int = setting(
         READS, Size(KIB, _MAX_PAGE_BYTES), 1 * MIB,

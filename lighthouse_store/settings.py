@@ -14,8 +14,11 @@ dataclass and returns one :class:`Setting` per field, from which the rest is
 derived: the config-file key (the setting's name, ``map_size``), the flag
 (``--map-size``), the environment variable (``LIGHTHOUSE_MAP_SIZE``), the
 argparse option and the README row. A group nested with :func:`nested`
-(``limits: Limits = nested(Limits)``) adds its fields, under an optional name
-prefix. Adding a setting is adding one field.
+(``subscriptions: SubscriptionSettings = nested(SubscriptionSettings, "subscribe_")``)
+adds its fields, under an optional name prefix; a class that is not the
+daemon's own (``Limits``, shared with the client) keeps its defaults and gets
+its fields declared where it is nested, with :func:`declare`. A field that is
+not declared is an error at import. Adding a setting is adding one field.
 
 Sources
 =======
@@ -301,14 +304,32 @@ _SETTING = "lighthouse.setting"
 _NESTED = "lighthouse.nested"
 
 
+@dataclass(frozen=True)
+class Declared:
+    """What a setting adds to a dataclass field: its group, kind and help."""
+
+    group: str
+    kind: Kind[Any]
+    help: str
+
+
 def setting(group: str, kind: Kind[T], default: T, help: str) -> T:
     """A dataclass field that is a setting (typed as its value, for the checker)."""
-    return field(default=default, metadata={_SETTING: (group, kind, help)})
+    return field(default=default, metadata={_SETTING: Declared(group, kind, help)})
 
 
-def nested(cls: type[C], prefix: str = "") -> C:
-    """A dataclass field holding a group of settings; ``prefix`` starts their names."""
-    return field(default_factory=cls, metadata={_NESTED: prefix})
+def nested(cls: type[C], prefix: str = "", **declared: Declared) -> C:
+    """A dataclass field holding a group of settings; ``prefix`` starts their names.
+
+    A class that cannot declare its own fields as settings (one shared with
+    the client, say) gets them declared here, by field name, with
+    :func:`declare`; their defaults stay the class's own."""
+    return field(default_factory=cls, metadata={_NESTED: (prefix, declared)})
+
+
+def declare(group: str, kind: Kind[Any], help: str) -> Declared:
+    """A setting for an existing field of a class given to :func:`nested`."""
+    return Declared(group, kind, help)
 
 
 @dataclass(frozen=True)
@@ -339,16 +360,25 @@ class Setting:
 
 def table(cls: type[Any]) -> tuple[Setting, ...]:
     """Every setting of dataclass ``cls`` and its nested groups, in declaration order."""
-    return tuple(_walk(cls, (), ""))
+    return tuple(_walk(cls, (), "", {}))
 
 
-def _walk(cls: type[Any], path: tuple[str, ...], prefix: str) -> Iterator[Setting]:
+def _walk(
+    cls: type[Any], path: tuple[str, ...], prefix: str, declared: Mapping[str, Declared]
+) -> Iterator[Setting]:
+    names = {f.name for f in fields(cls)}
+    if unknown := set(declared) - names:
+        raise TypeError(f"{cls.__name__} has no fields {sorted(unknown)} to declare")
     for f in fields(cls):
-        if _SETTING in f.metadata:
-            group, kind, help_text = f.metadata[_SETTING]
-            yield Setting(prefix + f.name, (*path, f.name), group, kind, f.default, help_text)
-        elif _NESTED in f.metadata:
-            yield from _walk(_group_class(f), (*path, f.name), prefix + f.metadata[_NESTED])
+        here = (*path, f.name)
+        if _NESTED in f.metadata:
+            more, inner = f.metadata[_NESTED]
+            yield from _walk(_group_class(f), here, prefix + more, inner)
+            continue
+        d = declared.get(f.name) or f.metadata.get(_SETTING)
+        if d is None:  # a tunable without a flag is what the table exists to prevent
+            raise TypeError(f"{cls.__name__}.{f.name} is not declared as a setting")
+        yield Setting(prefix + f.name, here, d.group, d.kind, f.default, d.help)
 
 
 def _group_class(f: dataclasses.Field[Any]) -> type[Any]:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from lighthouse_store import config, settings
-from lighthouse_store.settings import Bool, Count, Ratio, Seconds, Setting, nested, setting
+from lighthouse_store.settings import Bool, Count, Ratio, Seconds, Setting, declare, nested, setting
 
 MIB = 1024 * 1024
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -384,6 +384,42 @@ def test_a_new_setting_is_one_field_and_gets_a_flag_a_variable_and_a_file_key() 
         config.ConfigError, match=r"^f.toml: shed_at: must be at least 50%, got 0.25"
     ):
         resolve([], {}, {"shed_at": 0.25})
+
+
+@dataclass(frozen=True)
+class _Shared:
+    """A class the settings cannot annotate (it belongs to another package)."""
+
+    port: int = 7
+    host: str = "localhost"
+
+
+def test_a_shared_class_gets_its_fields_declared_where_it_is_nested() -> None:
+    @dataclass(frozen=True)
+    class Top:
+        shared: _Shared = nested(
+            _Shared,
+            "peer_",
+            port=declare("Peer", Count(1, 9), "a port"),
+            host=declare("Peer", settings.HostPort(), "a host"),
+        )
+
+    (port, _) = settings.table(Top)
+    assert (port.name, port.default, port.path) == ("peer_port", 7, ("shared", "port"))
+
+    @dataclass(frozen=True)
+    class Undeclared:
+        shared: _Shared = nested(_Shared, port=declare("Peer", Count(1, 9), "a port"))
+
+    with pytest.raises(TypeError, match=r"_Shared.host is not declared as a setting"):
+        settings.table(Undeclared)
+
+    @dataclass(frozen=True)
+    class Misspelt:
+        shared: _Shared = nested(_Shared, prot=declare("Peer", Count(1, 9), "a port"))
+
+    with pytest.raises(TypeError, match=r"_Shared has no fields \['prot'\]"):
+        settings.table(Misspelt)
 
 
 # -- the README, --help and the printed table ------------------------------------
