@@ -13,7 +13,6 @@ from lighthouse_store.errors import DataDirLocked, StoreError
 EXIT_USAGE = 2
 EXIT_LOCKED = 3
 EXIT_FAILED = 1
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -22,13 +21,6 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the daemon")
     config.add_arguments(serve)
-    serve.add_argument(
-        "--log-level",
-        default="INFO",
-        type=str.upper,
-        choices=LOG_LEVELS,
-        help="DEBUG, INFO, WARNING or ERROR (default INFO)",
-    )
     return parser
 
 
@@ -39,7 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except config.ConfigError as exc:
         print(f"lighthouse-store: bad configuration: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    logs.configure(args.log_level)
+    logs.configure(cfg.log_level.value)
     from lighthouse_store.server import BindError, serve  # after logging is set up
 
     try:

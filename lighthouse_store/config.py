@@ -1,27 +1,84 @@
-"""Daemon configuration: defaults, ``LIGHTHOUSE_*`` environment variables, flags.
+"""Daemon configuration: every tunable, declared once, in the dataclasses below.
 
-Precedence: command-line flag > environment variable > default. Every tunable
-is here so that tests can shrink it.
+Each field of :class:`Config` (and of the groups nested in it, :class:`Limits`
+and :class:`SubscriptionSettings`) is a setting declared with
+``settings.setting(group, kind, default, help)``, or, for Limits, whose defaults
+are shared with the client, with ``settings.declare`` where Config nests it;
+``settings.py`` derives the
+flag, the ``LIGHTHOUSE_*`` variable, the config-file key, the bounds check and
+the README row from it. To add a setting, add a field here; then run
+``scripts/generate_readme_settings.py`` (a test keeps the README's table in step).
+
+Precedence, per setting: command-line flag > environment variable > config
+file (``--config FILE`` or ``LIGHTHOUSE_CONFIG``: TOML with flat keys, the
+setting names) > default. ``python -m lighthouse_store.config`` prints the table.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import os
+import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from lighthouse_proto.limits import Limits as Limits  # the shared defaults (SPEC §2)
+from lighthouse_proto.limits import Limits as Limits  # shared with the client (SPEC §2)
+from lighthouse_store import settings
+from lighthouse_store.settings import (
+    GIB,
+    KIB,
+    MIB,
+    TIB,
+    Choice,
+    ConfigError,
+    Count,
+    FilePath,
+    HostPort,
+    Milliseconds,
+    Seconds,
+    Size,
+    declare,
+    nested,
+    setting,
+)
 
-KIB = 1024
-MIB = 1024 * KIB
-GIB = 1024 * MIB
+__all__ = [
+    "GIB",
+    "KIB",
+    "MIB",
+    "TABLE",
+    "TAIL_BYTES",
+    "Config",
+    "ConfigError",
+    "Durability",
+    "Limits",
+    "LogLevel",
+    "SubscriptionSettings",
+    "add_arguments",
+    "from_args",
+    "markdown_table",
+]
+
 # Default budget of the in-memory tail of recent records (lmdb_store._Tail):
 # subscribers and reads near the head are served from it without LMDB.
 TAIL_BYTES = 16 * MIB
+# One page of a Read or a subscription must fit one gRPC message, whose limit
+# is the largest append plus 4 MiB (server._server_options); a page runs past
+# its byte budget by one record at most, and a record is no larger than an append.
+_MAX_PAGE_BYTES = 2 * MIB
+
+CONFIG_FLAG = "--config"
+CONFIG_ENV = "LIGHTHOUSE_CONFIG"
+
+# Groups, in the order --help and the README show them.
+SERVER = "Server"
+STORAGE = "Storage"
+WRITES = "Writes"
+LIMITS = "Append limits"
+READS = "Reads"
+SUBSCRIPTIONS = "Subscriptions"
 
 
 class Durability(StrEnum):
@@ -29,116 +86,167 @@ class Durability(StrEnum):
     ASYNC = "async"  # commits are not fsynced; survives a process crash, not a power cut
 
 
+class LogLevel(StrEnum):
+    DEBUG = "DEBUG"
+    INFO = "INFO"
+    WARNING = "WARNING"
+    ERROR = "ERROR"
+
+
+@dataclass(frozen=True)
+class SubscriptionSettings:
+    """How subscription sessions read and talk (subscriptions.py)."""
+
+    page_events: int = setting(
+        SUBSCRIPTIONS, Count(1, 10_000), 500, "most events in one subscription message"
+    )
+    page_bytes: int = setting(
+        SUBSCRIPTIONS, Size(KIB, _MAX_PAGE_BYTES), 512 * KIB,
+        "a subscription message closes once it holds this many bytes of events",
+    )  # fmt: skip
+    inline_read_events: int = setting(
+        SUBSCRIPTIONS, Count(0, 10_000), 64,
+        "a session this close to the head reads on the event loop, saving a thread hop;"
+        " `0`: always on a reader thread",
+    )  # fmt: skip
+    fell_behind_events: int = setting(
+        SUBSCRIPTIONS, Count(1, 10_000_000), 10_000,
+        "a live session this many events behind the head is sent `fell_behind` and"
+        " catches up from storage",
+    )  # fmt: skip
+    default_heartbeat_ms: int = setting(
+        SUBSCRIPTIONS, Milliseconds(100, 600_000), 5_000,
+        "heartbeat after this much silence, for clients that ask for no interval",
+    )  # fmt: skip
+    default_checkpoint_interval: int = setting(
+        SUBSCRIPTIONS, Count(1, 1_000_000), 1_000,
+        "with a filter, a `checkpoint` after this many positions without a match,"
+        " for clients that ask for no interval",
+    )  # fmt: skip
+    max_scan: int = setting(
+        SUBSCRIPTIONS, Count(1, 1_000_000), 8_000,
+        "records a filtered session visits per read at most, so a reader thread"
+        " is never held long",
+    )  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Config:
-    listen: str = "127.0.0.1:50051"
-    data_dir: Path = Path("data")
-    durability: Durability = Durability.FSYNC
-    # LMDB map size: the most the store can hold. Virtual address space only;
-    # the file grows as data is written.
-    map_size: int = 64 * GIB
-    # Space kept zero-filled past LMDB's used size in data.mdb (prealloc.py); 0 = off.
-    preallocate: int = 64 * MIB
-    # Memory kept for the newest records, so subscribers near the head read
-    # from memory; 0 = off (every read goes to LMDB).
-    tail_bytes: int = TAIL_BYTES
-    limits: Limits = field(default_factory=Limits)
+    listen: str = setting(
+        SERVER, HostPort(), "127.0.0.1:50051",
+        "`host:port` to serve gRPC on (`[::1]:port` for IPv6); port `0` picks a free"
+        " one, which the ready line on stdout names",
+    )  # fmt: skip
+    log_level: LogLevel = setting(
+        SERVER, Choice(LogLevel), LogLevel.INFO,
+        "least severe level logged; JSON logs go to stderr, one object per line",
+    )  # fmt: skip
+    shutdown_grace_seconds: float = setting(
+        SERVER, Seconds(0, 3600), 10.0,
+        "on SIGTERM or SIGINT, how long in-flight calls get to finish once the writer"
+        " is quiet (or 2 s have passed)",
+    )  # fmt: skip
+    data_dir: Path = setting(
+        STORAGE, FilePath(), Path("data"),
+        "data directory (LMDB files in `lmdb/`, the single-daemon `LOCK`), relative to"
+        " the working directory",
+    )  # fmt: skip
+    durability: Durability = setting(
+        STORAGE, Choice(Durability), Durability.FSYNC,
+        "`fsync`: an append is acknowledged after its commit is fsynced. `async`: no"
+        " fsync (survives a process crash, not a power cut); `GetInfo` reports it and"
+        " the daemon logs a warning at start",
+    )  # fmt: skip
+    map_size: int = setting(
+        STORAGE, Size(MIB, 16 * TIB), 64 * GIB,
+        "LMDB map size: the most the store can hold (address space only; the file"
+        " grows with the data, plus `--preallocate`)",
+    )  # fmt: skip
+    preallocate: int = setting(
+        STORAGE, Size(0, 16 * GIB), 64 * MIB,
+        "space kept zero-filled in `data.mdb` past what the store uses, so commits"
+        " overwrite allocated blocks instead of growing the file (faster commits and"
+        " fsyncs; `lighthouse_store/prealloc.py`); `0` turns it off",
+    )  # fmt: skip
+    tail_bytes: int = setting(
+        STORAGE, Size(0, 16 * GIB), TAIL_BYTES,
+        "memory kept for the newest records: live subscribers and reads near the head"
+        " take them from here instead of LMDB; it counts the records' bytes (Python"
+        " adds its per-record overhead); `0` turns it off",
+    )  # fmt: skip
     # Group commit: appends queued beyond max_queue, or beyond max_queued_bytes
-    # of events, fail at once with RESOURCE_EXHAUSTED (a queued append holds
-    # about twice its events' bytes: the request as gRPC received it, and the
-    # events); one transaction takes at most max_batch_appends appends or
-    # max_batch_bytes bytes.
-    max_queue: int = 10_000
-    max_queued_bytes: int = 256 * MIB
-    max_batch_appends: int = 1_000
-    max_batch_bytes: int = 64 * MIB
-    # Reads: one page (ReadResponse) holds at most this many events / bytes.
-    page_events: int = 1_000
-    page_bytes: int = 1 * MIB
-    reader_threads: int = 4
-    # SIGTERM: how long in-flight RPCs get to finish once the writer is quiet
-    # (or 2 s have passed); then gRPC cancels what is left.
-    shutdown_grace_seconds: float = 10.0
+    # of events, fail at once with RESOURCE_EXHAUSTED; one transaction takes at
+    # most max_batch_appends appends or max_batch_bytes bytes (writer.py).
+    max_queue: int = setting(
+        WRITES, Count(1, 1_000_000), 10_000,
+        "appends waiting for the writer before new ones get `RESOURCE_EXHAUSTED`",
+    )  # fmt: skip
+    max_queued_bytes: int = setting(
+        WRITES, Size(KIB, 64 * GIB), 256 * MIB,
+        "bytes of events waiting for the writer before new appends get"
+        " `RESOURCE_EXHAUSTED`; at least `--max-append-bytes`, so that any valid append"
+        " fits. A waiting append holds about twice its events' bytes in memory",
+    )  # fmt: skip
+    max_batch_appends: int = setting(
+        WRITES, Count(1, 100_000), 1_000,
+        "most appends grouped into one transaction and one fsync; `1` turns group"
+        " commit off (for comparisons)",
+    )  # fmt: skip
+    max_batch_bytes: int = setting(
+        WRITES, Size(KIB, GIB), 64 * MIB,
+        "a group closes once it holds this many bytes of events",
+    )  # fmt: skip
+    limits: Limits = nested(
+        Limits,
+        max_event_data_bytes=declare(LIMITS, Size(1, 64 * MIB), "largest `data` of one event"),
+        max_events_per_append=declare(LIMITS, Count(1, 100_000), "events in one append"),
+        max_append_bytes=declare(LIMITS, Size(KIB, 256 * MIB), "encoded events in one append"),
+        max_metadata_entries=declare(LIMITS, Count(1, 10_000), "metadata entries per event"),
+        max_metadata_bytes=declare(LIMITS, Size(1, MIB), "metadata keys + values per event"),
+    )
+    page_events: int = setting(READS, Count(1, 10_000), 1_000, "most events in one `Read` response")
+    page_bytes: int = setting(
+        READS, Size(KIB, _MAX_PAGE_BYTES), 1 * MIB,
+        "a `Read` response closes once it holds this many bytes of events",
+    )  # fmt: skip
+    reader_threads: int = setting(
+        READS, Count(1, 64), 4, "threads reading LMDB for reads and subscriptions"
+    )
+    ack_delay_ms: int = setting(
+        SUBSCRIPTIONS, Milliseconds(0, 10_000), 50,
+        "a consumer's ack rides along with the next append's commit, or is committed"
+        " on its own this long after, so acks never cost an fsync each",
+    )  # fmt: skip
+    subscriptions: SubscriptionSettings = nested(SubscriptionSettings, prefix="subscribe_")
 
 
-# name: (env var, help). Limits are flattened into the same namespace.
-_SETTINGS: dict[str, tuple[str, str]] = {
-    "listen": ("LIGHTHOUSE_LISTEN", "host:port to listen on (default 127.0.0.1:50051)"),
-    "data_dir": ("LIGHTHOUSE_DATA_DIR", "data directory (default ./data)"),
-    "durability": ("LIGHTHOUSE_DURABILITY", "fsync (default) or async"),
-    "map_size": ("LIGHTHOUSE_MAP_SIZE", "LMDB map size in bytes (default 64 GiB)"),
-    "preallocate": (
-        "LIGHTHOUSE_PREALLOCATE",
-        "bytes kept zero-filled past the store's used size in data.mdb (default 64 MiB; 0 = off)",
-    ),
-    "tail_bytes": (
-        "LIGHTHOUSE_TAIL_BYTES",
-        "memory kept for the newest records, read by subscribers near the head"
-        " (default 16 MiB; 0 = off)",
-    ),
-    "max_queue": ("LIGHTHOUSE_MAX_QUEUE", "queued appends before RESOURCE_EXHAUSTED"),
-    "max_queued_bytes": (
-        "LIGHTHOUSE_MAX_QUEUED_BYTES",
-        "bytes of events queued before RESOURCE_EXHAUSTED (default 256 MiB)",
-    ),
-    "max_batch_appends": (
-        "LIGHTHOUSE_MAX_BATCH_APPENDS",
-        "most appends grouped into one transaction and fsync (1 turns group commit off)",
-    ),
-    "shutdown_grace_seconds": (
-        "LIGHTHOUSE_SHUTDOWN_GRACE_SECONDS",
-        "on SIGTERM/SIGINT, seconds in-flight calls get to finish (default 10)",
-    ),
-    "max_event_data_bytes": ("LIGHTHOUSE_MAX_EVENT_DATA_BYTES", "max data bytes per event"),
-    "max_events_per_append": ("LIGHTHOUSE_MAX_EVENTS_PER_APPEND", "max events per append"),
-    "max_append_bytes": ("LIGHTHOUSE_MAX_APPEND_BYTES", "max bytes per append"),
-    "max_metadata_entries": ("LIGHTHOUSE_MAX_METADATA_ENTRIES", "max metadata entries"),
-    "max_metadata_bytes": ("LIGHTHOUSE_MAX_METADATA_BYTES", "max metadata bytes per event"),
-}
+TABLE = settings.table(Config)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    for name, (env, help_text) in _SETTINGS.items():
-        parser.add_argument(
-            "--" + name.replace("_", "-"), dest=name, default=None, help=f"{help_text} [{env}]"
-        )
+    parser.add_argument(
+        CONFIG_FLAG,
+        metavar="FILE",
+        default=None,
+        help=f"TOML file of settings (keys: the flag names with _); flags and"
+        f" variables override it [{CONFIG_ENV}]",
+    )
+    settings.add_arguments(parser, TABLE)
 
 
 def from_args(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Config:
-    """Build a Config from parsed flags, falling back to the environment."""
+    """A Config from parsed flags, the environment, the config file, the defaults."""
     env = os.environ if environ is None else environ
-    raw: dict[str, str] = {}
-    where: dict[str, str] = {}  # what set each value, as errors name it: a flag or a variable
-    for name, (var, _) in _SETTINGS.items():
-        value = getattr(args, name, None)
-        where[name] = "--" + name.replace("_", "-")
-        if value is None:
-            value, where[name] = env.get(var), var
-        if value is not None:
-            raw[name] = value
-    try:
-        limit_names = {f.name for f in fields(Limits)}
-        limits = Limits(**{k: _size(where[k], v) for k, v in raw.items() if k in limit_names})
-        kwargs: dict[str, object] = {"limits": limits}
-        if "listen" in raw:
-            kwargs["listen"] = _listen(where["listen"], raw["listen"])
-        if "data_dir" in raw:
-            kwargs["data_dir"] = Path(raw["data_dir"])
-        if "durability" in raw:
-            kwargs["durability"] = _durability(where["durability"], raw["durability"])
-        for name in ("map_size", "max_queue", "max_queued_bytes", "max_batch_appends"):
-            if name in raw:
-                kwargs[name] = _size(where[name], raw[name])
-        for name in ("preallocate", "tail_bytes"):
-            if name in raw:
-                kwargs[name] = _size(where[name], raw[name], allow_zero=True)
-        if "shutdown_grace_seconds" in raw:
-            kwargs["shutdown_grace_seconds"] = _seconds(
-                where["shutdown_grace_seconds"], raw["shutdown_grace_seconds"]
-            )
-        cfg = Config(**kwargs)  # type: ignore[arg-type]
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+    file_name, file_values = _config_file(getattr(args, "config", None), env)
+    resolved = settings.resolve(
+        Config,
+        TABLE,
+        flags={s.name: getattr(args, s.name, None) for s in TABLE},
+        environ=env,
+        file_values=file_values,
+        file_name=file_name,
+    )
+    cfg, where = resolved.value, resolved.where
     # An append bigger than the queue's byte bound could never be queued, and
     # its caller would retry a RESOURCE_EXHAUSTED forever.
     if cfg.max_queued_bytes < cfg.limits.max_append_bytes:
@@ -149,53 +257,19 @@ def from_args(args: argparse.Namespace, environ: Mapping[str, str] | None = None
     return cfg
 
 
-class ConfigError(ValueError):
-    """A setting has a value the daemon cannot use."""
+def _config_file(flag: str | None, environ: Mapping[str, str]) -> tuple[str, dict[str, object]]:
+    path, where = (flag, CONFIG_FLAG) if flag is not None else (environ.get(CONFIG_ENV), CONFIG_ENV)
+    if path is None:
+        return "", {}
+    if not path.strip():
+        raise ConfigError(f"{where}: must name a file, got {path!r}")
+    return path, settings.read_file(path, TABLE)
 
 
-_SUFFIXES = {"k": KIB, "m": MIB, "g": GIB, "t": 1024 * GIB}
+def markdown_table() -> str:
+    """The README's settings table."""
+    return settings.markdown_table(TABLE)
 
 
-def _size(name: str, text: str, *, allow_zero: bool = False) -> int:
-    """Parse '4096', '64k', '1M', '64GiB' into a positive (or zero) int."""
-    s = text.strip().lower().removesuffix("ib").removesuffix("b")
-    mult = 1
-    if s and s[-1] in _SUFFIXES:
-        mult = _SUFFIXES[s[-1]]
-        s = s[:-1]
-    try:
-        value = int(s) * mult
-    except ValueError:
-        raise ConfigError(f"{name}: not a size: {text!r}") from None
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ConfigError(f"{name}: must be positive, got {text!r}")
-    return value
-
-
-def _durability(name: str, text: str) -> Durability:
-    """Parse 'fsync' or 'async' (any case)."""
-    try:
-        return Durability(text.strip().lower())
-    except ValueError:
-        allowed = " or ".join(repr(str(d)) for d in Durability)
-        raise ConfigError(f"{name}: must be {allowed}, got {text!r}") from None
-
-
-def _listen(name: str, text: str) -> str:
-    """Check 'host:port' ('[::1]:port' for IPv6) with a port of 0-65535 (0: any
-    free port). gRPC itself takes an out-of-range port as 'any'."""
-    host, sep, port = text.strip().rpartition(":")
-    if not (sep and host and port.isascii() and port.isdigit() and int(port) <= 65535):
-        raise ConfigError(f"{name}: must be host:port with a port of 0-65535, got {text!r}")
-    return f"{host}:{int(port)}"
-
-
-def _seconds(name: str, text: str) -> float:
-    """Parse '10', '2.5' into a finite number of seconds, zero or more."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise ConfigError(f"{name}: not a number of seconds: {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise ConfigError(f"{name}: must be zero or more seconds, got {text!r}")
-    return value
+if __name__ == "__main__":
+    sys.stdout.write(markdown_table())

@@ -131,6 +131,7 @@ async def _run(config: Config, store: LmdbEventStore) -> None:
         max_queued_bytes=config.max_queued_bytes,
         max_batch_appends=config.max_batch_appends,
         max_batch_bytes=config.max_batch_bytes,
+        checkpoint_delay=config.ack_delay_ms / 1000,
         faults=Faults.from_env(),
     )
     readers = ThreadPoolExecutor(
@@ -139,7 +140,7 @@ async def _run(config: Config, store: LmdbEventStore) -> None:
         initializer=name_os_thread,
     )
     server = grpc.aio.server(options=_server_options(config))
-    hub = SubscriptionHub(store, writer, readers)
+    hub = SubscriptionHub(store, writer, readers, config.subscriptions)
     servicer = EventStoreServicer(config, store, writer, readers, hub)
     _configure_store_service(server, servicer)
     health_servicer = await _configure_health(server)

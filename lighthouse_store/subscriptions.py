@@ -48,6 +48,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from lighthouse_proto.v1 import store_pb2 as pb
 from lighthouse_store import records, validation
+from lighthouse_store.config import SubscriptionSettings
 from lighthouse_store.errors import InvalidArgument, ShuttingDown, StoreError
 from lighthouse_store.store import EventStore, Page, ReadQuery
 from lighthouse_store.writer import CommitInfo, GroupCommitWriter
@@ -55,17 +56,6 @@ from lighthouse_store.writer import CommitInfo, GroupCommitWriter
 log = logging.getLogger("lighthouse_store.subscriptions")
 
 _EVENTS_TAG = b"\x12"  # SubscribeResponse.events (field 2, EventBatch)
-
-
-@dataclasses.dataclass(frozen=True)
-class SubscriptionSettings:
-    page_events: int = 500
-    page_bytes: int = 512 * 1024
-    inline_read_events: int = 64  # read this few events on the event loop, no thread hop
-    fell_behind_events: int = 10_000
-    default_heartbeat_ms: int = 5_000
-    default_checkpoint_interval: int = 1_000
-    max_scan: int = 8_000  # records visited per page, at most
 
 
 class SubscriptionHub:

@@ -66,7 +66,7 @@ class GroupCommitWriter:
         max_queued_bytes: int,
         max_batch_appends: int,
         max_batch_bytes: int,
-        checkpoint_delay: float = 0.05,
+        checkpoint_delay: float,
         faults: Faults | None = None,
     ) -> None:
         self._store = store
