@@ -1,34 +1,7 @@
-"""The LMDB event store: on-disk format, write transaction, paged reads.
+"""The LMDB event store: the write transaction and paged reads.
 
-On-disk format, version 1
-=========================
-
-One LMDB environment in ``<data_dir>/lmdb/`` (``data.mdb``, ``lock.mdb``).
-The daemon's single-instance lock is ``<data_dir>/LOCK`` (``lock.py``).
-``data.mdb`` may run past LMDB's last page: space kept zero-filled ahead of
-LMDB's used size so that commits overwrite allocated blocks instead of growing
-the file (``prealloc.py``; after a crash it may also hold pages of a
-transaction that never committed). LMDB never reads it.
-All integers are unsigned 64-bit big-endian, so byte order is numeric order
-and cursors walk positions and revisions in order.
-
-=============  ====================================  =============================================
-database       key                                   value
-=============  ====================================  =============================================
-``log``        position (1, 2, 3, ... gapless)       stored record (``records.py``): a serialized
-                                                     RecordedEvent + CRC-32 trailer
-``streams``    stream name, UTF-8                    stream_id, next_revision, last_position
-``stream_idx`` stream_id + revision                  position
-``event_ids``  event id, 16 raw bytes                position
-``meta``       ``b"format"``                         ``b"1"``
-               ``b"next_stream_id"``                 the next stream_id to hand out
-``consumers``  consumer name, UTF-8                  last acknowledged position
-=============  ====================================  =============================================
-
-A stream exists once it has an event; ``next_revision`` is its event count.
-Streams get a compact numeric id so that index keys are 16 fixed bytes
-whatever the name's length. The log is written only with ``MDB_APPEND``
-(positions only grow); nothing is ever updated in place or deleted.
+The on-disk format (key layout, record format) is specified in
+``lmdb_format.py``.
 
 Write path
 ==========
@@ -64,7 +37,6 @@ along a stream.
 
 from __future__ import annotations
 
-import struct
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -73,7 +45,7 @@ from typing import Any
 
 import lmdb
 
-from lighthouse_store import records
+from lighthouse_store import lmdb_format, records
 from lighthouse_store.config import TAIL_BYTES, Durability
 from lighthouse_store.errors import (
     Corruption,
@@ -85,6 +57,7 @@ from lighthouse_store.errors import (
     StreamNotFound,
     WrongExpectedRevision,
 )
+from lighthouse_store.lmdb_format import INDEX_KEY, STREAM_STATE, U64
 from lighthouse_store.prealloc import Preallocator
 from lighthouse_store.store import (
     AppendCommand,
@@ -96,12 +69,6 @@ from lighthouse_store.store import (
     ReadQuery,
 )
 from lighthouse_store.tail import Tail
-
-FORMAT_VERSION = b"1"
-
-_U64 = struct.Struct(">Q")
-_IDX = struct.Struct(">QQ")
-_STREAM = struct.Struct(">QQQ")
 
 # A filtered page stops after visiting this many records per wanted event, so
 # one page never holds a reader thread for long.
@@ -122,14 +89,14 @@ class LmdbEventStore(EventStore):
     ) -> None:
         self._clock = clock
         self._tail = Tail(tail_bytes)
-        path = Path(data_dir) / "lmdb"
+        path = lmdb_format.env_path(data_dir)
         path.mkdir(parents=True, exist_ok=True)
         durable = durability is Durability.FSYNC
         try:
             self._env = lmdb.open(
                 str(path),
                 map_size=map_size,
-                max_dbs=8,
+                max_dbs=lmdb_format.MAX_DBS,
                 max_readers=max_readers,
                 sync=durable,
                 metasync=durable,
@@ -147,20 +114,11 @@ class LmdbEventStore(EventStore):
         """Open the databases, check the format, load the head, start the
         preallocator. Corruption of the newest record stops the start here."""
         self._env.reader_check()  # drop reader slots left by a killed process
-        self._log = self._env.open_db(b"log")
-        self._streams = self._env.open_db(b"streams")
-        self._idx = self._env.open_db(b"stream_idx")
-        self._ids = self._env.open_db(b"event_ids")
-        self._meta = self._env.open_db(b"meta")
-        self._consumers = self._env.open_db(b"consumers")
+        self._dbs = lmdb_format.open_databases(self._env)
         with self._env.begin(write=True) as txn:
-            fmt = txn.get(b"format", db=self._meta)
-            if fmt is None:
-                txn.put(b"format", FORMAT_VERSION, db=self._meta)
-            elif fmt != FORMAT_VERSION:
-                raise StorageFailure(f"unsupported storage format {fmt!r}")
-            raw = txn.get(b"next_stream_id", db=self._meta)
-            self._next_stream_id = _U64.unpack(raw)[0] if raw else 1
+            lmdb_format.check_format(txn, self._dbs)
+            raw = txn.get(lmdb_format.NEXT_STREAM_ID_KEY, db=self._dbs.meta)
+            self._next_stream_id = U64.unpack(raw)[0] if raw else 1
             self._head, self._last_ts = self._load_head(txn)
         # Held through every write transaction (the only times LMDB writes the
         # file) and by the preallocator around each write of zeros past its end.
@@ -177,10 +135,10 @@ class LmdbEventStore(EventStore):
             ).start()
 
     def _load_head(self, txn: Any) -> tuple[int, int]:
-        cur = txn.cursor(db=self._log)
+        cur = txn.cursor(db=self._dbs.log)
         if not cur.last():
             return 0, 0
-        position = _U64.unpack(cur.key())[0]
+        position = U64.unpack(cur.key())[0]
         record = records.verify(cur.value(), position)
         return position, records.recorded_at_ns(records.decode(record))
 
@@ -191,8 +149,8 @@ class LmdbEventStore(EventStore):
 
     def last_position(self) -> int:
         with self._env.begin() as txn:
-            cur = txn.cursor(db=self._log)
-            return int(_U64.unpack(cur.key())[0]) if cur.last() else 0
+            cur = txn.cursor(db=self._dbs.log)
+            return int(U64.unpack(cur.key())[0]) if cur.last() else 0
 
     @property
     def durability(self) -> Durability:
@@ -252,9 +210,9 @@ class LmdbEventStore(EventStore):
                 self._write(txn, group)
                 for consumer, position in (checkpoints or {}).items():
                     key = consumer.encode()
-                    stored = txn.get(key, db=self._consumers)
-                    if stored is None or _U64.unpack(stored)[0] < position:  # never backwards
-                        txn.put(key, _U64.pack(position), db=self._consumers)
+                    stored = txn.get(key, db=self._dbs.consumers)
+                    if stored is None or U64.unpack(stored)[0] < position:  # never backwards
+                        txn.put(key, U64.pack(position), db=self._dbs.consumers)
                 txn.commit()
             except lmdb.MapFullError:
                 txn.abort()
@@ -278,35 +236,35 @@ class LmdbEventStore(EventStore):
             # Every log, index and id key is new. If one existed, the in-memory
             # head disagrees with the disk: refuse the commit, never overwrite.
             for db, items, append in (
-                (self._log, group.log, True),
-                (self._idx, sorted(group.idx), False),
-                (self._ids, sorted(group.ids.items()), False),
+                (self._dbs.log, group.log, True),
+                (self._dbs.stream_index, sorted(group.idx), False),
+                (self._dbs.event_ids, sorted(group.ids.items()), False),
             ):
                 _, added = txn.cursor(db=db).putmulti(items, overwrite=False, append=append)
                 if added != len(items):
                     raise StorageFailure("the store is inconsistent: a new key already exists")
-            txn.cursor(db=self._streams).putmulti(
-                sorted((name, _STREAM.pack(*state)) for name, state in group.streams.items())
+            txn.cursor(db=self._dbs.streams).putmulti(
+                sorted((name, STREAM_STATE.pack(*state)) for name, state in group.streams.items())
             )
         if group.next_sid != self._next_stream_id:
-            txn.put(b"next_stream_id", _U64.pack(group.next_sid), db=self._meta)
+            txn.put(lmdb_format.NEXT_STREAM_ID_KEY, U64.pack(group.next_sid), db=self._dbs.meta)
 
     def _apply(self, txn: Any, group: _Group, cmd: AppendCommand) -> AppendResult:
         """Check one append against the store and the group so far, then stage
         its writes. Raises before staging anything if a check fails."""
-        get, staged_ids = txn.get, group.ids
+        get, staged_ids, id_db = txn.get, group.ids, self._dbs.event_ids
         ids, proposed = cmd.event_ids, cmd.proposed
         if not ids:  # validation never lets one through
             raise InvalidArgument("events: an append needs at least one event")
         # Usually none of the ids exists: one C call (getmulti) finds that out.
-        if not staged_ids.keys().isdisjoint(ids) or txn.cursor(db=self._ids).getmulti(ids):
-            known = [staged_ids.get(i) or get(i, db=self._ids) for i in ids]
+        if not staged_ids.keys().isdisjoint(ids) or txn.cursor(db=id_db).getmulti(ids):
+            known = [staged_ids.get(i) or get(i, db=id_db) for i in ids]
             return self._replayed(txn, group, cmd, known)
         name = cmd.stream.encode()
         state = group.streams.get(name)
         if state is None:
-            raw = get(name, db=self._streams)
-            state = None if raw is None else _STREAM.unpack(raw)
+            raw = get(name, db=self._dbs.streams)
+            state = None if raw is None else STREAM_STATE.unpack(raw)
         exists = state is not None
         sid, next_rev = (state[0], state[1]) if state is not None else (group.next_sid, 0)
         exp = cmd.expected
@@ -319,7 +277,7 @@ class LmdbEventStore(EventStore):
             raise WrongExpectedRevision(cmd.stream, str(exp), actual)
         if not exists:
             group.next_sid += 1
-        pack, pack_idx = _U64.pack, _IDX.pack
+        pack, pack_idx = U64.pack, INDEX_KEY.pack
         first, n = group.head + 1, len(ids)
         positions, revisions = range(first, first + n), range(next_rev, next_rev + n)
         keys = [pack(p) for p in positions]
@@ -344,10 +302,10 @@ class LmdbEventStore(EventStore):
                 "an append is idempotent only as a whole",
                 stream=cmd.stream,
             )
-        positions = [_U64.unpack(p)[0] for p in known if p is not None]
+        positions = [U64.unpack(p)[0] for p in known if p is not None]
         last = None
         for i, (proposed, position) in enumerate(zip(cmd.proposed, positions, strict=True)):
-            raw = group.records.get(position) or txn.get(_U64.pack(position), db=self._log)
+            raw = group.records.get(position) or txn.get(U64.pack(position), db=self._dbs.log)
             stored = records.decode(records.verify(raw, position))
             if (
                 position != positions[0] + i
@@ -368,15 +326,15 @@ class LmdbEventStore(EventStore):
 
     def get_checkpoint(self, consumer: str) -> int | None:
         with self._env.begin() as txn:
-            raw = txn.get(consumer.encode(), db=self._consumers)
-            return None if raw is None else int(_U64.unpack(raw)[0])
+            raw = txn.get(consumer.encode(), db=self._dbs.consumers)
+            return None if raw is None else int(U64.unpack(raw)[0])
 
     def get_event(self, event_id: bytes) -> bytes | None:
         with self._env.begin() as txn:
-            raw = txn.get(event_id, db=self._ids)
+            raw = txn.get(event_id, db=self._dbs.event_ids)
             if raw is None:
                 return None
-            position = _U64.unpack(raw)[0]
+            position = U64.unpack(raw)[0]
             return records.verify(self._must_get_log(txn, position), position)
 
     def read_page(
@@ -392,7 +350,7 @@ class LmdbEventStore(EventStore):
                 cursor = self._start(txn, query)
                 if cursor is None:
                     return Page([], None)
-            get, recent, log, verify = txn.get, self._tail.get, self._log, records.verify
+            get, recent, log, verify = txn.get, self._tail.get, self._dbs.log, records.verify
 
             def record_at(position: int, key: bytes) -> bytes:
                 # The in-memory tail holds the exact bytes committed moments ago;
@@ -408,17 +366,17 @@ class LmdbEventStore(EventStore):
             if query.stream is None:
 
                 def fetch(key: int) -> bytes:
-                    return record_at(key, _U64.pack(key))
+                    return record_at(key, U64.pack(key))
 
             else:
                 sid = self._stream_id(txn, query.stream)
-                idx = self._idx
+                idx = self._dbs.stream_index
 
                 def fetch(key: int) -> bytes:
-                    raw = get(_IDX.pack(sid, key), db=idx)
+                    raw = get(INDEX_KEY.pack(sid, key), db=idx)
                     if raw is None:
                         raise Corruption(f"stream index entry missing for revision {key}", 0)
-                    return record_at(_U64.unpack(raw)[0], raw)
+                    return record_at(U64.unpack(raw)[0], raw)
 
             scan = max_scan or max_events * _SCAN_FACTOR
             return self._page(query, cursor, max_events, max_bytes, scan, fetch)
@@ -456,13 +414,13 @@ class LmdbEventStore(EventStore):
         return Page(out, None if done else ReadCursor(key, stop, remaining), key - step)
 
     def _stream_id(self, txn: Any, stream: str) -> int:
-        raw = txn.get(stream.encode(), db=self._streams)
+        raw = txn.get(stream.encode(), db=self._dbs.streams)
         if raw is None:
             raise StreamNotFound(stream)
-        return int(_STREAM.unpack(raw)[0])
+        return int(STREAM_STATE.unpack(raw)[0])
 
     def _must_get_log(self, txn: Any, position: int) -> bytes:
-        record: bytes | None = txn.get(_U64.pack(position), db=self._log)
+        record: bytes | None = txn.get(U64.pack(position), db=self._dbs.log)
         if record is None:
             raise Corruption(f"log has no event at position {position}", position)
         return record
@@ -470,21 +428,21 @@ class LmdbEventStore(EventStore):
     def _start(self, txn: Any, query: ReadQuery) -> ReadCursor | None:
         """Resolve a query into the first and last key to visit, or None if empty."""
         if query.stream is None:
-            cur = txn.cursor(db=self._log)
-            last = _U64.unpack(cur.key())[0] if cur.last() else 0
+            cur = txn.cursor(db=self._dbs.log)
+            last = U64.unpack(cur.key())[0] if cur.last() else 0
             first = 1
 
             def ts_of(k: int) -> int:
                 return records.recorded_at_ns(records.decode(self._must_get_log(txn, k)))
         else:
-            raw = txn.get(query.stream.encode(), db=self._streams)
+            raw = txn.get(query.stream.encode(), db=self._dbs.streams)
             if raw is None:
                 raise StreamNotFound(query.stream)
-            sid, next_rev, _ = _STREAM.unpack(raw)
+            sid, next_rev, _ = STREAM_STATE.unpack(raw)
             first, last = 0, next_rev - 1
 
             def ts_of(k: int) -> int:
-                pos = _U64.unpack(txn.get(_IDX.pack(sid, k), db=self._idx))[0]
+                pos = U64.unpack(txn.get(INDEX_KEY.pack(sid, k), db=self._dbs.stream_index))[0]
                 return records.recorded_at_ns(records.decode(self._must_get_log(txn, pos)))
 
         if last < first:
