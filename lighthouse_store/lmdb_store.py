@@ -43,9 +43,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import lmdb
-
-from lighthouse_store import lmdb_format, records
+from lighthouse_store import lmdb_format, lmdb_txn, records
 from lighthouse_store.config import TAIL_BYTES, Durability
 from lighthouse_store.errors import (
     Corruption,
@@ -92,20 +90,15 @@ class LmdbEventStore(EventStore):
         path = lmdb_format.env_path(data_dir)
         path.mkdir(parents=True, exist_ok=True)
         durable = durability is Durability.FSYNC
+        self._env = lmdb_txn.open_env(
+            path, map_size=map_size, durable=durable, max_readers=max_readers
+        )
+        # Held through every write transaction (the only times LMDB writes the
+        # file) and by the preallocator around each write of zeros past its end.
+        self._file_lock = threading.Lock()
         try:
-            self._env = lmdb.open(
-                str(path),
-                map_size=map_size,
-                max_dbs=lmdb_format.MAX_DBS,
-                max_readers=max_readers,
-                sync=durable,
-                metasync=durable,
-                readahead=False,
-            )
-        except lmdb.Error as exc:  # not an LMDB file, a torn header, no permission...
-            raise StorageFailure(f"cannot open the LMDB environment: {exc}") from exc
-        try:
-            self._open(path, durable, preallocate)
+            with lmdb_txn.driver_errors(lmdb_txn.OPEN_FAILED, for_operator=True):
+                self._open(path, durable, preallocate)
         except BaseException:
             self._env.close()
             raise
@@ -115,14 +108,11 @@ class LmdbEventStore(EventStore):
         preallocator. Corruption of the newest record stops the start here."""
         self._env.reader_check()  # drop reader slots left by a killed process
         self._dbs = lmdb_format.open_databases(self._env)
-        with self._env.begin(write=True) as txn:
+        with lmdb_txn.write_transaction(self._env, self._file_lock) as txn:
             lmdb_format.check_format(txn, self._dbs)
             raw = txn.get(lmdb_format.NEXT_STREAM_ID_KEY, db=self._dbs.meta)
             self._next_stream_id = U64.unpack(raw)[0] if raw else 1
             self._head, self._last_ts = self._load_head(txn)
-        # Held through every write transaction (the only times LMDB writes the
-        # file) and by the preallocator around each write of zeros past its end.
-        self._file_lock = threading.Lock()
         self._page_size = int(self._env.stat()["psize"])
         self._prealloc: Preallocator | None = None
         if preallocate:
@@ -187,7 +177,7 @@ class LmdbEventStore(EventStore):
             except StorageFull as exc:
                 results.append(exc)
         if pending:
-            raise _map_full()
+            raise lmdb_txn.storage_full()
         return results
 
     def _commit(
@@ -196,33 +186,18 @@ class LmdbEventStore(EventStore):
         stamp = max(self._clock(), self._last_ts)
         group = _Group(self._head, self._next_stream_id, records.timestamp_field(stamp))
         results: list[AppendResult | StoreError] = []
-        # The whole write transaction holds the file lock, not just its commit:
-        # LMDB also writes pages before the commit when a transaction's dirty
-        # pages outgrow its list of them (see prealloc.py).
-        with self._file_lock:
-            txn = self._env.begin(write=True)
-            try:
-                for cmd in commands:
-                    try:
-                        results.append(self._apply(txn, group, cmd))
-                    except StoreError as exc:
-                        results.append(exc)
-                self._write(txn, group)
-                for consumer, position in (checkpoints or {}).items():
-                    key = consumer.encode()
-                    stored = txn.get(key, db=self._dbs.consumers)
-                    if stored is None or U64.unpack(stored)[0] < position:  # never backwards
-                        txn.put(key, U64.pack(position), db=self._dbs.consumers)
-                txn.commit()
-            except lmdb.MapFullError:
-                txn.abort()
-                raise _map_full() from None
-            except lmdb.Error as exc:
-                txn.abort()
-                raise StorageFailure(f"storage write failed: {type(exc).__name__}") from exc
-            except BaseException:
-                txn.abort()
-                raise
+        with lmdb_txn.write_transaction(self._env, self._file_lock) as txn:
+            for cmd in commands:
+                try:
+                    results.append(self._apply(txn, group, cmd))
+                except StoreError as exc:
+                    results.append(exc)
+            self._write(txn, group)
+            for consumer, position in (checkpoints or {}).items():
+                key = consumer.encode()
+                stored = txn.get(key, db=self._dbs.consumers)
+                if stored is None or U64.unpack(stored)[0] < position:  # never backwards
+                    txn.put(key, U64.pack(position), db=self._dbs.consumers)
         self._tail.add(group.records)  # only once durable: readers never see more
         if group.head != self._head:
             self._head, self._last_ts = group.head, stamp
@@ -511,8 +486,3 @@ class _Group:
         self.streams: dict[bytes, tuple[int, int, int]] = {}  # name -> id, next rev, last pos
         self.records: dict[int, bytes] = {}  # position -> record, for in-group retries
 
-
-def _map_full() -> StorageFull:
-    return StorageFull(
-        "the store is full (LMDB map size reached); restart the daemon with a larger --map-size"
-    )
