@@ -1,38 +1,29 @@
-"""The LMDB event store: the write transaction and paged reads.
+"""The LMDB implementation of :class:`EventStore`: opening a data dir, the write path.
 
-The on-disk format (key layout, record format) is specified in
-``lmdb_format.py``.
+Beside it: ``lmdb_format.py`` (the on-disk format spec), ``lmdb_txn.py``
+(driver errors and the write transaction), ``lmdb_reads.py`` (paged reads,
+each in a short read transaction) and ``tail.py`` (recent records in memory).
 
 Write path
 ==========
 
 ``commit()`` is the only writer. It runs on the group-commit thread
-(``writer.py``) and applies a whole group of appends in one write
-transaction: for each append, in arrival order, it first checks (idempotency
-via ``event_ids``, then the expected revision via ``streams``), and only if
-every check passes does it stage the append's records, so a failed append
-leaves nothing behind while the others in the group still commit. Checks see
-the appends staged earlier in the same group. The staged writes go in with a
-few ``putmulti`` calls at the end (the log with ``MDB_APPEND``, the indexes in
-key order): py-lmdb releases the GIL around each call, and a handful per group
-instead of several per event keeps the event loop and the writer from
-trading the GIL back and forth. Positions are ``head + 1 ...``;
-``recorded_at`` is taken once per transaction and never goes below the
-previous transaction's, so it never decreases with position. In ``fsync``
-durability the commit is an LMDB sync commit (``fdatasync``) before any
-append of the group is acknowledged; ``async`` opens the environment with
+(``writer.py``) and applies a whole group of appends in one write transaction
+(``lmdb_txn.write_transaction``): for each append, in arrival order, it first
+checks (idempotency via ``event_ids``, then the expected revision via
+``streams``), and only if every check passes does it stage the append's
+records, so a failed append leaves nothing behind while the others in the
+group still commit. Checks see the appends staged earlier in the same group.
+The staged writes go in with a few ``putmulti`` calls at the end (the log with
+``MDB_APPEND``, the indexes in key order): py-lmdb releases the GIL around
+each call, and a handful per group instead of several per event keeps the
+event loop and the writer from trading the GIL back and forth. Positions are
+``head + 1 ...``; ``recorded_at`` is taken once per transaction and never goes
+below the previous transaction's, so it never decreases with position. In
+``fsync`` durability the commit is an LMDB sync commit (``fdatasync``) before
+any append of the group is acknowledged; ``async`` opens the environment with
 ``sync=False``. LMDB's copy-on-write B-trees make a commit atomic: a
-``kill -9`` at any moment leaves the last committed state, never a torn
-record.
-
-Reads
-=====
-
-Each page is read in its own short read transaction (no long-lived reader
-pins old pages while a replay runs), and every record's checksum is verified
-before it leaves the store. A time window ``[from, to)`` is turned into a key
-range by binary search, since ``recorded_at`` never decreases along the log or
-along a stream.
+``kill -9`` at any moment leaves the last committed state, never a torn record.
 """
 
 from __future__ import annotations
@@ -43,16 +34,14 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from lighthouse_store import lmdb_format, lmdb_txn, records
+from lighthouse_store import lmdb_format, lmdb_reads, lmdb_txn, records
 from lighthouse_store.config import TAIL_BYTES, Durability
 from lighthouse_store.errors import (
-    Corruption,
     EventIdConflict,
     InvalidArgument,
     StorageFailure,
     StorageFull,
     StoreError,
-    StreamNotFound,
     WrongExpectedRevision,
 )
 from lighthouse_store.lmdb_format import INDEX_KEY, STREAM_STATE, U64
@@ -67,10 +56,6 @@ from lighthouse_store.store import (
     ReadQuery,
 )
 from lighthouse_store.tail import Tail
-
-# A filtered page stops after visiting this many records per wanted event, so
-# one page never holds a reader thread for long.
-_SCAN_FACTOR = 16
 
 
 class LmdbEventStore(EventStore):
@@ -112,7 +97,7 @@ class LmdbEventStore(EventStore):
             lmdb_format.check_format(txn, self._dbs)
             raw = txn.get(lmdb_format.NEXT_STREAM_ID_KEY, db=self._dbs.meta)
             self._next_stream_id = U64.unpack(raw)[0] if raw else 1
-            self._head, self._last_ts = self._load_head(txn)
+            self._head, self._last_ts = lmdb_reads.head(txn, self._dbs)
         self._page_size = int(self._env.stat()["psize"])
         self._prealloc: Preallocator | None = None
         if preallocate:
@@ -124,14 +109,6 @@ class LmdbEventStore(EventStore):
                 sync=durable,
             ).start()
 
-    def _load_head(self, txn: Any) -> tuple[int, int]:
-        cur = txn.cursor(db=self._dbs.log)
-        if not cur.last():
-            return 0, 0
-        position = U64.unpack(cur.key())[0]
-        record = records.verify(cur.value(), position)
-        return position, records.recorded_at_ns(records.decode(record))
-
     # -- writes ------------------------------------------------------------
 
     def head_position(self) -> int:
@@ -139,8 +116,7 @@ class LmdbEventStore(EventStore):
 
     def last_position(self) -> int:
         with self._env.begin() as txn:
-            cur = txn.cursor(db=self._dbs.log)
-            return int(U64.unpack(cur.key())[0]) if cur.last() else 0
+            return lmdb_reads.last_position(txn, self._dbs)
 
     @property
     def durability(self) -> Durability:
@@ -297,20 +273,15 @@ class LmdbEventStore(EventStore):
         assert last is not None
         return AppendResult(positions[0], positions[-1], last.revision, duplicate=True)
 
-    # -- reads -------------------------------------------------------------
+    # -- reads (lmdb_reads.py), each in a short read transaction of its own ----
 
     def get_checkpoint(self, consumer: str) -> int | None:
         with self._env.begin() as txn:
-            raw = txn.get(consumer.encode(), db=self._dbs.consumers)
-            return None if raw is None else int(U64.unpack(raw)[0])
+            return lmdb_reads.checkpoint(txn, self._dbs, consumer)
 
     def get_event(self, event_id: bytes) -> bytes | None:
         with self._env.begin() as txn:
-            raw = txn.get(event_id, db=self._dbs.event_ids)
-            if raw is None:
-                return None
-            position = U64.unpack(raw)[0]
-            return records.verify(self._must_get_log(txn, position), position)
+            return lmdb_reads.event_by_id(txn, self._dbs, event_id)
 
     def read_page(
         self,
@@ -321,153 +292,14 @@ class LmdbEventStore(EventStore):
         max_scan: int = 0,
     ) -> Page:
         with self._env.begin() as txn:
-            if cursor is None:
-                cursor = self._start(txn, query)
-                if cursor is None:
-                    return Page([], None)
-            get, recent, log, verify = txn.get, self._tail.get, self._dbs.log, records.verify
-
-            def record_at(position: int, key: bytes) -> bytes:
-                # The in-memory tail holds the exact bytes committed moments ago;
-                # anything read from the disk has its checksum checked.
-                record = recent(position)
-                if record is None:
-                    raw = get(key, db=log)
-                    if raw is None:
-                        raise Corruption(f"log has no event at position {position}", position)
-                    record = verify(raw, position)
-                return record
-
-            if query.stream is None:
-
-                def fetch(key: int) -> bytes:
-                    return record_at(key, U64.pack(key))
-
-            else:
-                sid = self._stream_id(txn, query.stream)
-                idx = self._dbs.stream_index
-
-                def fetch(key: int) -> bytes:
-                    raw = get(INDEX_KEY.pack(sid, key), db=idx)
-                    if raw is None:
-                        raise Corruption(f"stream index entry missing for revision {key}", 0)
-                    return record_at(U64.unpack(raw)[0], raw)
-
-            scan = max_scan or max_events * _SCAN_FACTOR
-            return self._page(query, cursor, max_events, max_bytes, scan, fetch)
-
-    def _page(
-        self,
-        query: ReadQuery,
-        cursor: ReadCursor,
-        max_events: int,
-        max_bytes: int,
-        budget: int,
-        fetch: Callable[[int], bytes],
-    ) -> Page:
-        step = -1 if query.backwards else 1
-        key, stop, remaining = cursor.next_key, cursor.stop_key, cursor.remaining
-        out: list[bytes] = []
-        size = 0
-        done = False
-        while budget > 0 and len(out) < max_events and size < max_bytes:
-            if (key > stop) if step > 0 else (key < stop):
-                done = True
-                break
-            record = fetch(key)
-            key += step
-            budget -= 1
-            if query.filtered and not _matches(query, record):
-                continue
-            out.append(record)
-            size += len(record)
-            remaining -= 1
-            if remaining == 0:
-                done = True
-                break
-        done = done or ((key > stop) if step > 0 else (key < stop))
-        return Page(out, None if done else ReadCursor(key, stop, remaining), key - step)
-
-    def _stream_id(self, txn: Any, stream: str) -> int:
-        raw = txn.get(stream.encode(), db=self._dbs.streams)
-        if raw is None:
-            raise StreamNotFound(stream)
-        return int(STREAM_STATE.unpack(raw)[0])
-
-    def _must_get_log(self, txn: Any, position: int) -> bytes:
-        record: bytes | None = txn.get(U64.pack(position), db=self._dbs.log)
-        if record is None:
-            raise Corruption(f"log has no event at position {position}", position)
-        return record
-
-    def _start(self, txn: Any, query: ReadQuery) -> ReadCursor | None:
-        """Resolve a query into the first and last key to visit, or None if empty."""
-        if query.stream is None:
-            cur = txn.cursor(db=self._dbs.log)
-            last = U64.unpack(cur.key())[0] if cur.last() else 0
-            first = 1
-
-            def ts_of(k: int) -> int:
-                return records.recorded_at_ns(records.decode(self._must_get_log(txn, k)))
-        else:
-            raw = txn.get(query.stream.encode(), db=self._dbs.streams)
-            if raw is None:
-                raise StreamNotFound(query.stream)
-            sid, next_rev, _ = STREAM_STATE.unpack(raw)
-            first, last = 0, next_rev - 1
-
-            def ts_of(k: int) -> int:
-                pos = U64.unpack(txn.get(INDEX_KEY.pack(sid, k), db=self._dbs.stream_index))[0]
-                return records.recorded_at_ns(records.decode(self._must_get_log(txn, pos)))
-
-        if last < first:
-            return None
-        lo, hi = first, last
-        if query.from_time_ns is not None:
-            lo = _first_at_or_after(lo, hi, query.from_time_ns, ts_of)
-        if query.to_time_ns is not None:
-            hi = _first_at_or_after(lo, hi, query.to_time_ns, ts_of) - 1
-        if query.backwards:
-            start = hi if query.start is None else min(query.start, hi)
-            stop = lo
-            empty = start < stop
-        else:
-            start = lo if query.start is None else max(query.start, lo)
-            stop = hi
-            empty = start > stop
-        if empty:
-            return None
-        return ReadCursor(start, stop, query.max_count or -1)
+            return lmdb_reads.page(
+                txn, self._dbs, self._tail.get, query, cursor, max_events, max_bytes, max_scan
+            )
 
     def close(self) -> None:
         if self._prealloc is not None:
             self._prealloc.close()
         self._env.close()
-
-
-def _first_at_or_after(lo: int, hi: int, ts: int, ts_of: Callable[[int], int]) -> int:
-    """Smallest key in [lo, hi] whose timestamp is >= ts, or hi + 1."""
-    end = hi + 1
-    while lo < end:
-        mid = (lo + end) // 2
-        if ts_of(mid) >= ts:
-            end = mid
-        else:
-            lo = mid + 1
-    return lo
-
-
-def _matches(query: ReadQuery, record: bytes) -> bool:
-    event = records.decode(record)
-    if query.event_types and event.event_type not in query.event_types:
-        return False
-    if query.streams and event.stream not in query.streams:
-        return False
-    if query.stream_prefixes and not event.stream.startswith(query.stream_prefixes):
-        return False
-    return not (
-        query.correlation_id and event.metadata.get("correlation_id") != query.correlation_id
-    )
 
 
 class _Group:
