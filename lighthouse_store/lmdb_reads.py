@@ -39,7 +39,7 @@ def head(txn: Any, dbs: Databases) -> tuple[int, int]:
     if not cur.last():
         return 0, 0
     position = U64.unpack(cur.key())[0]
-    record = records.verify(cur.value(), position)
+    record = records.checked(cur.value(), position)
     return position, records.recorded_at_ns(records.decode(record))
 
 
@@ -53,7 +53,7 @@ def event_by_id(txn: Any, dbs: Databases, event_id: bytes) -> bytes | None:
     if raw is None:
         return None
     position = U64.unpack(raw)[0]
-    return records.verify(_log_record(txn, dbs, position), position)
+    return records.checked(_log_record(txn, dbs, position), position)
 
 
 def page(
@@ -72,7 +72,7 @@ def page(
         cursor = _start(txn, dbs, query)
         if cursor is None:
             return Page([], None)
-    get, log, verify = txn.get, dbs.log, records.verify
+    get, log, checked = txn.get, dbs.log, records.checked
 
     def record_at(position: int, key: bytes) -> bytes:
         record = recent(position)
@@ -80,7 +80,7 @@ def page(
             raw = get(key, db=log)
             if raw is None:
                 raise Corruption(f"log has no event at position {position}", position)
-            record = verify(raw, position)
+            record = checked(raw, position)
         return record
 
     if query.stream is None:
@@ -89,11 +89,11 @@ def page(
             return record_at(key, U64.pack(key))
 
     else:
-        sid = _stream_id(txn, dbs, query.stream)
-        idx = dbs.stream_index
+        stream_id = _stream_id(txn, dbs, query.stream)
+        index = dbs.stream_index
 
         def fetch(key: int) -> bytes:
-            raw = get(INDEX_KEY.pack(sid, key), db=idx)
+            raw = get(INDEX_KEY.pack(stream_id, key), db=index)
             if raw is None:
                 raise Corruption(f"stream index entry missing for revision {key}", 0)
             return record_at(U64.unpack(raw)[0], raw)
@@ -159,11 +159,11 @@ def _start(txn: Any, dbs: Databases, query: ReadQuery) -> ReadCursor | None:
         raw = txn.get(query.stream.encode(), db=dbs.streams)
         if raw is None:
             raise StreamNotFound(query.stream)
-        sid, next_rev, _ = STREAM_STATE.unpack(raw)
+        stream_id, next_rev, _ = STREAM_STATE.unpack(raw)
         first, last = 0, next_rev - 1
 
         def ts_of(k: int) -> int:
-            pos = U64.unpack(txn.get(INDEX_KEY.pack(sid, k), db=dbs.stream_index))[0]
+            pos = U64.unpack(txn.get(INDEX_KEY.pack(stream_id, k), db=dbs.stream_index))[0]
             return records.recorded_at_ns(records.decode(_log_record(txn, dbs, pos)))
 
     if last < first:

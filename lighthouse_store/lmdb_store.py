@@ -177,7 +177,7 @@ class LmdbEventStore(EventStore):
         self._tail.add(group.records)  # only once durable: readers never see more
         if group.head != self._head:
             self._head, self._last_ts = group.head, stamp
-        self._next_stream_id = group.next_sid
+        self._next_stream_id = group.next_stream_id
         return results
 
     def _write(self, txn: Any, group: _Group) -> None:
@@ -188,8 +188,8 @@ class LmdbEventStore(EventStore):
             # head disagrees with the disk: refuse the commit, never overwrite.
             for db, items, append in (
                 (self._dbs.log, group.log, True),
-                (self._dbs.stream_index, sorted(group.idx), False),
-                (self._dbs.event_ids, sorted(group.ids.items()), False),
+                (self._dbs.stream_index, sorted(group.stream_index), False),
+                (self._dbs.event_ids, sorted(group.event_ids.items()), False),
             ):
                 _, added = txn.cursor(db=db).putmulti(items, overwrite=False, append=append)
                 if added != len(items):
@@ -197,13 +197,14 @@ class LmdbEventStore(EventStore):
             txn.cursor(db=self._dbs.streams).putmulti(
                 sorted((name, STREAM_STATE.pack(*state)) for name, state in group.streams.items())
             )
-        if group.next_sid != self._next_stream_id:
-            txn.put(lmdb_format.NEXT_STREAM_ID_KEY, U64.pack(group.next_sid), db=self._dbs.meta)
+        if group.next_stream_id != self._next_stream_id:
+            next_id = U64.pack(group.next_stream_id)
+            txn.put(lmdb_format.NEXT_STREAM_ID_KEY, next_id, db=self._dbs.meta)
 
     def _apply(self, txn: Any, group: _Group, cmd: AppendCommand) -> AppendResult:
         """Check one append against the store and the group so far, then stage
         its writes. Raises before staging anything if a check fails."""
-        get, staged_ids, id_db = txn.get, group.ids, self._dbs.event_ids
+        get, staged_ids, id_db = txn.get, group.event_ids, self._dbs.event_ids
         ids, proposed = cmd.event_ids, cmd.proposed
         if not ids:  # validation never lets one through
             raise InvalidArgument("events: an append needs at least one event")
@@ -217,7 +218,7 @@ class LmdbEventStore(EventStore):
             raw = get(name, db=self._dbs.streams)
             state = None if raw is None else STREAM_STATE.unpack(raw)
         exists = state is not None
-        sid, next_rev = (state[0], state[1]) if state is not None else (group.next_sid, 0)
+        stream_id, next_rev = (state[0], state[1]) if state else (group.next_stream_id, 0)
         exp = cmd.expected
         if exp.kind is not ExpectedKind.ANY and not (
             (exp.kind is ExpectedKind.NO_STREAM and not exists)
@@ -227,19 +228,20 @@ class LmdbEventStore(EventStore):
             actual = str(next_rev - 1) if exists else "no_stream"
             raise WrongExpectedRevision(cmd.stream, str(exp), actual)
         if not exists:
-            group.next_sid += 1
-        pack, pack_idx = U64.pack, INDEX_KEY.pack
+            group.next_stream_id += 1
+        pack, pack_index_key = U64.pack, INDEX_KEY.pack
         first, n = group.head + 1, len(ids)
         positions, revisions = range(first, first + n), range(next_rev, next_rev + n)
         keys = [pack(p) for p in positions]
         recs = records.encode_records(
-            proposed, records.stream_field(cmd.stream), next_rev, first, group.ts_field
+            proposed, records.stream_field(cmd.stream), next_rev, first, group.recorded_at_field
         )
         group.log += zip(keys, recs, strict=True)
         group.records.update(zip(positions, recs, strict=True))
-        group.idx += zip([pack_idx(sid, r) for r in revisions], keys, strict=True)
+        index_keys = [pack_index_key(stream_id, r) for r in revisions]
+        group.stream_index += zip(index_keys, keys, strict=True)
         staged_ids.update(zip(ids, keys, strict=True))
-        group.streams[name] = (sid, next_rev + n, positions[-1])
+        group.streams[name] = (stream_id, next_rev + n, positions[-1])
         group.head = positions[-1]
         return AppendResult(first, positions[-1], revisions[-1])
 
@@ -257,7 +259,7 @@ class LmdbEventStore(EventStore):
         last = None
         for i, (proposed, position) in enumerate(zip(cmd.proposed, positions, strict=True)):
             raw = group.records.get(position) or txn.get(U64.pack(position), db=self._dbs.log)
-            stored = records.decode(records.verify(raw, position))
+            stored = records.decode(records.checked(raw, position))
             if (
                 position != positions[0] + i
                 or stored.stream != cmd.stream
@@ -306,15 +308,24 @@ class _Group:
     """The writes of one commit, staged so that later appends in the group see
     earlier ones, and put in a few calls at the end (``_write``)."""
 
-    __slots__ = ("head", "ids", "idx", "log", "next_sid", "records", "streams", "ts_field")
+    __slots__ = (
+        "event_ids",
+        "head",
+        "log",
+        "next_stream_id",
+        "recorded_at_field",
+        "records",
+        "stream_index",
+        "streams",
+    )
 
-    def __init__(self, head: int, next_sid: int, ts_field: bytes) -> None:
+    def __init__(self, head: int, next_stream_id: int, recorded_at_field: bytes) -> None:
         self.head = head
-        self.next_sid = next_sid
-        self.ts_field = ts_field
-        self.log: list[tuple[bytes, bytes]] = []  # position -> record, ascending
-        self.idx: list[tuple[bytes, bytes]] = []  # stream_id + revision -> position
-        self.ids: dict[bytes, bytes] = {}  # event id -> position
-        self.streams: dict[bytes, tuple[int, int, int]] = {}  # name -> id, next rev, last pos
+        self.next_stream_id = next_stream_id
+        self.recorded_at_field = recorded_at_field  # the same for every record of a commit
+        # Entries for each database, as (key, value) in lmdb_format's layout:
+        self.log: list[tuple[bytes, bytes]] = []  # ascending positions
+        self.stream_index: list[tuple[bytes, bytes]] = []
+        self.event_ids: dict[bytes, bytes] = {}
+        self.streams: dict[bytes, tuple[int, int, int]] = {}  # name -> unpacked stream state
         self.records: dict[int, bytes] = {}  # position -> record, for in-group retries
-

@@ -112,8 +112,8 @@ def consecutive_varints(first: int, n: int) -> list[bytes]:
     return out
 
 
-def verify(record: bytes, position: int) -> bytes:
-    """Return ``record`` if its checksum holds, else raise Corruption."""
+def checked(record: bytes, position: int) -> bytes:
+    """``record``, once its checksum holds; else raise Corruption."""
     if (
         len(record) < TRAILER_LEN
         or record[-TRAILER_LEN] != CHECKSUM_TAG
@@ -124,7 +124,7 @@ def verify(record: bytes, position: int) -> bytes:
 
 
 def decode(record: bytes) -> pb.RecordedEvent:
-    """Parse a stored record (after :func:`verify`)."""
+    """Parse a stored record (after :func:`checked`)."""
     return pb.RecordedEvent.FromString(record)
 
 
