@@ -72,6 +72,7 @@ def page(
         cursor = _start(txn, dbs, query)
         if cursor is None:
             return Page([], None)
+    # Looked up once per page: record_at runs for every record of a replay.
     get, log, checked = txn.get, dbs.log, records.checked
 
     def record_at(position: int, key: bytes) -> bytes:

@@ -204,18 +204,18 @@ class LmdbEventStore(EventStore):
     def _apply(self, txn: Any, group: _Group, cmd: AppendCommand) -> AppendResult:
         """Check one append against the store and the group so far, then stage
         its writes. Raises before staging anything if a check fails."""
-        get, staged_ids, id_db = txn.get, group.event_ids, self._dbs.event_ids
         ids, proposed = cmd.event_ids, cmd.proposed
         if not ids:  # validation never lets one through
             raise InvalidArgument("events: an append needs at least one event")
+        staged_ids, id_db = group.event_ids, self._dbs.event_ids
         # Usually none of the ids exists: one C call (getmulti) finds that out.
         if not staged_ids.keys().isdisjoint(ids) or txn.cursor(db=id_db).getmulti(ids):
-            known = [staged_ids.get(i) or get(i, db=id_db) for i in ids]
+            known = [staged_ids.get(i) or txn.get(i, db=id_db) for i in ids]
             return self._replayed(txn, group, cmd, known)
         name = cmd.stream.encode()
         state = group.streams.get(name)
         if state is None:
-            raw = get(name, db=self._dbs.streams)
+            raw = txn.get(name, db=self._dbs.streams)
             state = None if raw is None else STREAM_STATE.unpack(raw)
         exists = state is not None
         stream_id, next_rev = (state[0], state[1]) if state else (group.next_stream_id, 0)
@@ -229,16 +229,15 @@ class LmdbEventStore(EventStore):
             raise WrongExpectedRevision(cmd.stream, str(exp), actual)
         if not exists:
             group.next_stream_id += 1
-        pack, pack_index_key = U64.pack, INDEX_KEY.pack
         first, n = group.head + 1, len(ids)
         positions, revisions = range(first, first + n), range(next_rev, next_rev + n)
-        keys = [pack(p) for p in positions]
+        keys = [U64.pack(p) for p in positions]
         recs = records.encode_records(
             proposed, records.stream_field(cmd.stream), next_rev, first, group.recorded_at_field
         )
         group.log += zip(keys, recs, strict=True)
         group.records.update(zip(positions, recs, strict=True))
-        index_keys = [pack_index_key(stream_id, r) for r in revisions]
+        index_keys = [INDEX_KEY.pack(stream_id, r) for r in revisions]
         group.stream_index += zip(index_keys, keys, strict=True)
         staged_ids.update(zip(ids, keys, strict=True))
         group.streams[name] = (stream_id, next_rev + n, positions[-1])
