@@ -1,90 +1,50 @@
-"""The LMDB event store: on-disk format, write transaction, paged reads.
+"""The LMDB implementation of :class:`EventStore`: opening a data dir, the write path.
 
-On-disk format, version 1
-=========================
-
-One LMDB environment in ``<data_dir>/lmdb/`` (``data.mdb``, ``lock.mdb``).
-The daemon's single-instance lock is ``<data_dir>/LOCK`` (``lock.py``).
-``data.mdb`` may run past LMDB's last page: space kept zero-filled ahead of
-LMDB's used size so that commits overwrite allocated blocks instead of growing
-the file (``prealloc.py``; after a crash it may also hold pages of a
-transaction that never committed). LMDB never reads it.
-All integers are unsigned 64-bit big-endian, so byte order is numeric order
-and cursors walk positions and revisions in order.
-
-=============  ====================================  =============================================
-database       key                                   value
-=============  ====================================  =============================================
-``log``        position (1, 2, 3, ... gapless)       stored record (``records.py``): a serialized
-                                                     RecordedEvent + CRC-32 trailer
-``streams``    stream name, UTF-8                    stream_id, next_revision, last_position
-``stream_idx`` stream_id + revision                  position
-``event_ids``  event id, 16 raw bytes                position
-``meta``       ``b"format"``                         ``b"1"``
-               ``b"next_stream_id"``                 the next stream_id to hand out
-``consumers``  consumer name, UTF-8                  last acknowledged position
-=============  ====================================  =============================================
-
-A stream exists once it has an event; ``next_revision`` is its event count.
-Streams get a compact numeric id so that index keys are 16 fixed bytes
-whatever the name's length. The log is written only with ``MDB_APPEND``
-(positions only grow); nothing is ever updated in place or deleted.
+Beside it: ``lmdb_format.py`` (the on-disk format spec), ``lmdb_txn.py``
+(driver errors and the write transaction), ``lmdb_reads.py`` (paged reads,
+each in a short read transaction) and ``tail.py`` (recent records in memory).
 
 Write path
 ==========
 
 ``commit()`` is the only writer. It runs on the group-commit thread
-(``writer.py``) and applies a whole group of appends in one write
-transaction: for each append, in arrival order, it first checks (idempotency
-via ``event_ids``, then the expected revision via ``streams``), and only if
-every check passes does it stage the append's records, so a failed append
-leaves nothing behind while the others in the group still commit. Checks see
-the appends staged earlier in the same group. The staged writes go in with a
-few ``putmulti`` calls at the end (the log with ``MDB_APPEND``, the indexes in
-key order): py-lmdb releases the GIL around each call, and a handful per group
-instead of several per event keeps the event loop and the writer from
-trading the GIL back and forth. Positions are ``head + 1 ...``;
-``recorded_at`` is taken once per transaction and never goes below the
-previous transaction's, so it never decreases with position. In ``fsync``
-durability the commit is an LMDB sync commit (``fdatasync``) before any
-append of the group is acknowledged; ``async`` opens the environment with
+(``writer.py``) and applies a whole group of appends in one write transaction
+(``lmdb_txn.write_transaction``): for each append, in arrival order, it first
+checks (idempotency via ``event_ids``, then the expected revision via
+``streams``), and only if every check passes does it stage the append's
+records, so a failed append leaves nothing behind while the others in the
+group still commit. Checks see the appends staged earlier in the same group.
+The staged writes go in with a few ``putmulti`` calls at the end (the log with
+``MDB_APPEND``, the indexes in key order): py-lmdb releases the GIL around
+each call, and a handful per group instead of several per event keeps the
+event loop and the writer from trading the GIL back and forth. Positions are
+``head + 1 ...``; ``recorded_at`` is taken once per transaction and never goes
+below the previous transaction's, so it never decreases with position. In
+``fsync`` durability the commit is an LMDB sync commit (``fdatasync``) before
+any append of the group is acknowledged; ``async`` opens the environment with
 ``sync=False``. LMDB's copy-on-write B-trees make a commit atomic: a
-``kill -9`` at any moment leaves the last committed state, never a torn
-record.
-
-Reads
-=====
-
-Each page is read in its own short read transaction (no long-lived reader
-pins old pages while a replay runs), and every record's checksum is verified
-before it leaves the store. A time window ``[from, to)`` is turned into a key
-range by binary search, since ``recorded_at`` never decreases along the log or
-along a stream.
+``kill -9`` at any moment leaves the last committed state, never a torn record.
 """
 
 from __future__ import annotations
 
-import struct
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import lmdb
-
-from lighthouse_store import records
+from lighthouse_store import lmdb_format, lmdb_reads, lmdb_txn, records
 from lighthouse_store.config import TAIL_BYTES, Durability
 from lighthouse_store.errors import (
-    Corruption,
     EventIdConflict,
     InvalidArgument,
     StorageFailure,
     StorageFull,
     StoreError,
-    StreamNotFound,
     WrongExpectedRevision,
 )
+from lighthouse_store.lmdb_format import INDEX_KEY, STREAM_STATE, U64
 from lighthouse_store.prealloc import Preallocator
 from lighthouse_store.store import (
     AppendCommand,
@@ -95,16 +55,7 @@ from lighthouse_store.store import (
     ReadCursor,
     ReadQuery,
 )
-
-FORMAT_VERSION = b"1"
-
-_U64 = struct.Struct(">Q")
-_IDX = struct.Struct(">QQ")
-_STREAM = struct.Struct(">QQQ")
-
-# A filtered page stops after visiting this many records per wanted event, so
-# one page never holds a reader thread for long.
-_SCAN_FACTOR = 16
+from lighthouse_store.tail import Tail
 
 
 class LmdbEventStore(EventStore):
@@ -120,24 +71,19 @@ class LmdbEventStore(EventStore):
         preallocate: int = 0,
     ) -> None:
         self._clock = clock
-        self._tail = _Tail(tail_bytes)
-        path = Path(data_dir) / "lmdb"
+        self._tail = Tail(tail_bytes)
+        path = lmdb_format.env_path(data_dir)
         path.mkdir(parents=True, exist_ok=True)
         durable = durability is Durability.FSYNC
+        self._env = lmdb_txn.open_env(
+            path, map_size=map_size, durable=durable, max_readers=max_readers
+        )
+        # Held through every write transaction (the only times LMDB writes the
+        # file) and by the preallocator around each write of zeros past its end.
+        self._file_lock = threading.Lock()
         try:
-            self._env = lmdb.open(
-                str(path),
-                map_size=map_size,
-                max_dbs=8,
-                max_readers=max_readers,
-                sync=durable,
-                metasync=durable,
-                readahead=False,
-            )
-        except lmdb.Error as exc:  # not an LMDB file, a torn header, no permission...
-            raise StorageFailure(f"cannot open the LMDB environment: {exc}") from exc
-        try:
-            self._open(path, durable, preallocate)
+            with lmdb_txn.driver_errors(lmdb_txn.OPEN_FAILED, for_operator=True):
+                self._open(path, durable, preallocate)
         except BaseException:
             self._env.close()
             raise
@@ -146,24 +92,12 @@ class LmdbEventStore(EventStore):
         """Open the databases, check the format, load the head, start the
         preallocator. Corruption of the newest record stops the start here."""
         self._env.reader_check()  # drop reader slots left by a killed process
-        self._log = self._env.open_db(b"log")
-        self._streams = self._env.open_db(b"streams")
-        self._idx = self._env.open_db(b"stream_idx")
-        self._ids = self._env.open_db(b"event_ids")
-        self._meta = self._env.open_db(b"meta")
-        self._consumers = self._env.open_db(b"consumers")
-        with self._env.begin(write=True) as txn:
-            fmt = txn.get(b"format", db=self._meta)
-            if fmt is None:
-                txn.put(b"format", FORMAT_VERSION, db=self._meta)
-            elif fmt != FORMAT_VERSION:
-                raise StorageFailure(f"unsupported storage format {fmt!r}")
-            raw = txn.get(b"next_stream_id", db=self._meta)
-            self._next_stream_id = _U64.unpack(raw)[0] if raw else 1
-            self._head, self._last_ts = self._load_head(txn)
-        # Held through every write transaction (the only times LMDB writes the
-        # file) and by the preallocator around each write of zeros past its end.
-        self._file_lock = threading.Lock()
+        self._dbs = lmdb_format.open_databases(self._env)
+        with lmdb_txn.write_transaction(self._env, self._file_lock) as txn:
+            lmdb_format.check_format(txn, self._dbs)
+            raw = txn.get(lmdb_format.NEXT_STREAM_ID_KEY, db=self._dbs.meta)
+            self._next_stream_id = U64.unpack(raw)[0] if raw else 1
+            self._head, self._last_ts = lmdb_reads.head(txn, self._dbs)
         self._page_size = int(self._env.stat()["psize"])
         self._prealloc: Preallocator | None = None
         if preallocate:
@@ -175,14 +109,6 @@ class LmdbEventStore(EventStore):
                 sync=durable,
             ).start()
 
-    def _load_head(self, txn: Any) -> tuple[int, int]:
-        cur = txn.cursor(db=self._log)
-        if not cur.last():
-            return 0, 0
-        position = _U64.unpack(cur.key())[0]
-        record = records.verify(cur.value(), position)
-        return position, records.recorded_at_ns(records.decode(record))
-
     # -- writes ------------------------------------------------------------
 
     def head_position(self) -> int:
@@ -190,8 +116,7 @@ class LmdbEventStore(EventStore):
 
     def last_position(self) -> int:
         with self._env.begin() as txn:
-            cur = txn.cursor(db=self._log)
-            return int(_U64.unpack(cur.key())[0]) if cur.last() else 0
+            return lmdb_reads.last_position(txn, self._dbs)
 
     @property
     def durability(self) -> Durability:
@@ -228,7 +153,7 @@ class LmdbEventStore(EventStore):
             except StorageFull as exc:
                 results.append(exc)
         if pending:
-            raise _map_full()
+            raise lmdb_txn.storage_full()
         return results
 
     def _commit(
@@ -237,37 +162,22 @@ class LmdbEventStore(EventStore):
         stamp = max(self._clock(), self._last_ts)
         group = _Group(self._head, self._next_stream_id, records.timestamp_field(stamp))
         results: list[AppendResult | StoreError] = []
-        # The whole write transaction holds the file lock, not just its commit:
-        # LMDB also writes pages before the commit when a transaction's dirty
-        # pages outgrow its list of them (see prealloc.py).
-        with self._file_lock:
-            txn = self._env.begin(write=True)
-            try:
-                for cmd in commands:
-                    try:
-                        results.append(self._apply(txn, group, cmd))
-                    except StoreError as exc:
-                        results.append(exc)
-                self._write(txn, group)
-                for consumer, position in (checkpoints or {}).items():
-                    key = consumer.encode()
-                    stored = txn.get(key, db=self._consumers)
-                    if stored is None or _U64.unpack(stored)[0] < position:  # never backwards
-                        txn.put(key, _U64.pack(position), db=self._consumers)
-                txn.commit()
-            except lmdb.MapFullError:
-                txn.abort()
-                raise _map_full() from None
-            except lmdb.Error as exc:
-                txn.abort()
-                raise StorageFailure(f"storage write failed: {type(exc).__name__}") from exc
-            except BaseException:
-                txn.abort()
-                raise
+        with lmdb_txn.write_transaction(self._env, self._file_lock) as txn:
+            for cmd in commands:
+                try:
+                    results.append(self._apply(txn, group, cmd))
+                except StoreError as exc:
+                    results.append(exc)
+            self._write(txn, group)
+            for consumer, position in (checkpoints or {}).items():
+                key = consumer.encode()
+                stored = txn.get(key, db=self._dbs.consumers)
+                if stored is None or U64.unpack(stored)[0] < position:  # never backwards
+                    txn.put(key, U64.pack(position), db=self._dbs.consumers)
         self._tail.add(group.records)  # only once durable: readers never see more
         if group.head != self._head:
             self._head, self._last_ts = group.head, stamp
-        self._next_stream_id = group.next_sid
+        self._next_stream_id = group.next_stream_id
         return results
 
     def _write(self, txn: Any, group: _Group) -> None:
@@ -277,37 +187,38 @@ class LmdbEventStore(EventStore):
             # Every log, index and id key is new. If one existed, the in-memory
             # head disagrees with the disk: refuse the commit, never overwrite.
             for db, items, append in (
-                (self._log, group.log, True),
-                (self._idx, sorted(group.idx), False),
-                (self._ids, sorted(group.ids.items()), False),
+                (self._dbs.log, group.log, True),
+                (self._dbs.stream_index, sorted(group.stream_index), False),
+                (self._dbs.event_ids, sorted(group.event_ids.items()), False),
             ):
                 _, added = txn.cursor(db=db).putmulti(items, overwrite=False, append=append)
                 if added != len(items):
                     raise StorageFailure("the store is inconsistent: a new key already exists")
-            txn.cursor(db=self._streams).putmulti(
-                sorted((name, _STREAM.pack(*state)) for name, state in group.streams.items())
+            txn.cursor(db=self._dbs.streams).putmulti(
+                sorted((name, STREAM_STATE.pack(*state)) for name, state in group.streams.items())
             )
-        if group.next_sid != self._next_stream_id:
-            txn.put(b"next_stream_id", _U64.pack(group.next_sid), db=self._meta)
+        if group.next_stream_id != self._next_stream_id:
+            next_id = U64.pack(group.next_stream_id)
+            txn.put(lmdb_format.NEXT_STREAM_ID_KEY, next_id, db=self._dbs.meta)
 
     def _apply(self, txn: Any, group: _Group, cmd: AppendCommand) -> AppendResult:
         """Check one append against the store and the group so far, then stage
         its writes. Raises before staging anything if a check fails."""
-        get, staged_ids = txn.get, group.ids
         ids, proposed = cmd.event_ids, cmd.proposed
         if not ids:  # validation never lets one through
             raise InvalidArgument("events: an append needs at least one event")
+        staged_ids, id_db = group.event_ids, self._dbs.event_ids
         # Usually none of the ids exists: one C call (getmulti) finds that out.
-        if not staged_ids.keys().isdisjoint(ids) or txn.cursor(db=self._ids).getmulti(ids):
-            known = [staged_ids.get(i) or get(i, db=self._ids) for i in ids]
+        if not staged_ids.keys().isdisjoint(ids) or txn.cursor(db=id_db).getmulti(ids):
+            known = [staged_ids.get(i) or txn.get(i, db=id_db) for i in ids]
             return self._replayed(txn, group, cmd, known)
         name = cmd.stream.encode()
         state = group.streams.get(name)
         if state is None:
-            raw = get(name, db=self._streams)
-            state = None if raw is None else _STREAM.unpack(raw)
+            raw = txn.get(name, db=self._dbs.streams)
+            state = None if raw is None else STREAM_STATE.unpack(raw)
         exists = state is not None
-        sid, next_rev = (state[0], state[1]) if state is not None else (group.next_sid, 0)
+        stream_id, next_rev = (state[0], state[1]) if state else (group.next_stream_id, 0)
         exp = cmd.expected
         if exp.kind is not ExpectedKind.ANY and not (
             (exp.kind is ExpectedKind.NO_STREAM and not exists)
@@ -317,19 +228,19 @@ class LmdbEventStore(EventStore):
             actual = str(next_rev - 1) if exists else "no_stream"
             raise WrongExpectedRevision(cmd.stream, str(exp), actual)
         if not exists:
-            group.next_sid += 1
-        pack, pack_idx = _U64.pack, _IDX.pack
+            group.next_stream_id += 1
         first, n = group.head + 1, len(ids)
         positions, revisions = range(first, first + n), range(next_rev, next_rev + n)
-        keys = [pack(p) for p in positions]
+        keys = [U64.pack(p) for p in positions]
         recs = records.encode_records(
-            proposed, records.stream_field(cmd.stream), next_rev, first, group.ts_field
+            proposed, records.stream_field(cmd.stream), next_rev, first, group.recorded_at_field
         )
         group.log += zip(keys, recs, strict=True)
         group.records.update(zip(positions, recs, strict=True))
-        group.idx += zip([pack_idx(sid, r) for r in revisions], keys, strict=True)
+        index_keys = [INDEX_KEY.pack(stream_id, r) for r in revisions]
+        group.stream_index += zip(index_keys, keys, strict=True)
         staged_ids.update(zip(ids, keys, strict=True))
-        group.streams[name] = (sid, next_rev + n, positions[-1])
+        group.streams[name] = (stream_id, next_rev + n, positions[-1])
         group.head = positions[-1]
         return AppendResult(first, positions[-1], revisions[-1])
 
@@ -343,11 +254,11 @@ class LmdbEventStore(EventStore):
                 "an append is idempotent only as a whole",
                 stream=cmd.stream,
             )
-        positions = [_U64.unpack(p)[0] for p in known if p is not None]
+        positions = [U64.unpack(p)[0] for p in known if p is not None]
         last = None
         for i, (proposed, position) in enumerate(zip(cmd.proposed, positions, strict=True)):
-            raw = group.records.get(position) or txn.get(_U64.pack(position), db=self._log)
-            stored = records.decode(records.verify(raw, position))
+            raw = group.records.get(position) or txn.get(U64.pack(position), db=self._dbs.log)
+            stored = records.decode(records.checked(raw, position))
             if (
                 position != positions[0] + i
                 or stored.stream != cmd.stream
@@ -363,20 +274,15 @@ class LmdbEventStore(EventStore):
         assert last is not None
         return AppendResult(positions[0], positions[-1], last.revision, duplicate=True)
 
-    # -- reads -------------------------------------------------------------
+    # -- reads (lmdb_reads.py), each in a short read transaction of its own ----
 
     def get_checkpoint(self, consumer: str) -> int | None:
         with self._env.begin() as txn:
-            raw = txn.get(consumer.encode(), db=self._consumers)
-            return None if raw is None else int(_U64.unpack(raw)[0])
+            return lmdb_reads.checkpoint(txn, self._dbs, consumer)
 
     def get_event(self, event_id: bytes) -> bytes | None:
         with self._env.begin() as txn:
-            raw = txn.get(event_id, db=self._ids)
-            if raw is None:
-                return None
-            position = _U64.unpack(raw)[0]
-            return records.verify(self._must_get_log(txn, position), position)
+            return lmdb_reads.event_by_id(txn, self._dbs, event_id)
 
     def read_page(
         self,
@@ -387,123 +293,9 @@ class LmdbEventStore(EventStore):
         max_scan: int = 0,
     ) -> Page:
         with self._env.begin() as txn:
-            if cursor is None:
-                cursor = self._start(txn, query)
-                if cursor is None:
-                    return Page([], None)
-            get, recent, log, verify = txn.get, self._tail.get, self._log, records.verify
-
-            def record_at(position: int, key: bytes) -> bytes:
-                # The in-memory tail holds the exact bytes committed moments ago;
-                # anything read from the disk has its checksum checked.
-                record = recent(position)
-                if record is None:
-                    raw = get(key, db=log)
-                    if raw is None:
-                        raise Corruption(f"log has no event at position {position}", position)
-                    record = verify(raw, position)
-                return record
-
-            if query.stream is None:
-
-                def fetch(key: int) -> bytes:
-                    return record_at(key, _U64.pack(key))
-
-            else:
-                sid = self._stream_id(txn, query.stream)
-                idx = self._idx
-
-                def fetch(key: int) -> bytes:
-                    raw = get(_IDX.pack(sid, key), db=idx)
-                    if raw is None:
-                        raise Corruption(f"stream index entry missing for revision {key}", 0)
-                    return record_at(_U64.unpack(raw)[0], raw)
-
-            scan = max_scan or max_events * _SCAN_FACTOR
-            return self._page(query, cursor, max_events, max_bytes, scan, fetch)
-
-    def _page(
-        self,
-        query: ReadQuery,
-        cursor: ReadCursor,
-        max_events: int,
-        max_bytes: int,
-        budget: int,
-        fetch: Callable[[int], bytes],
-    ) -> Page:
-        step = -1 if query.backwards else 1
-        key, stop, remaining = cursor.next_key, cursor.stop_key, cursor.remaining
-        out: list[bytes] = []
-        size = 0
-        done = False
-        while budget > 0 and len(out) < max_events and size < max_bytes:
-            if (key > stop) if step > 0 else (key < stop):
-                done = True
-                break
-            record = fetch(key)
-            key += step
-            budget -= 1
-            if query.filtered and not _matches(query, record):
-                continue
-            out.append(record)
-            size += len(record)
-            remaining -= 1
-            if remaining == 0:
-                done = True
-                break
-        done = done or ((key > stop) if step > 0 else (key < stop))
-        return Page(out, None if done else ReadCursor(key, stop, remaining), key - step)
-
-    def _stream_id(self, txn: Any, stream: str) -> int:
-        raw = txn.get(stream.encode(), db=self._streams)
-        if raw is None:
-            raise StreamNotFound(stream)
-        return int(_STREAM.unpack(raw)[0])
-
-    def _must_get_log(self, txn: Any, position: int) -> bytes:
-        record: bytes | None = txn.get(_U64.pack(position), db=self._log)
-        if record is None:
-            raise Corruption(f"log has no event at position {position}", position)
-        return record
-
-    def _start(self, txn: Any, query: ReadQuery) -> ReadCursor | None:
-        """Resolve a query into the first and last key to visit, or None if empty."""
-        if query.stream is None:
-            cur = txn.cursor(db=self._log)
-            last = _U64.unpack(cur.key())[0] if cur.last() else 0
-            first = 1
-
-            def ts_of(k: int) -> int:
-                return records.recorded_at_ns(records.decode(self._must_get_log(txn, k)))
-        else:
-            raw = txn.get(query.stream.encode(), db=self._streams)
-            if raw is None:
-                raise StreamNotFound(query.stream)
-            sid, next_rev, _ = _STREAM.unpack(raw)
-            first, last = 0, next_rev - 1
-
-            def ts_of(k: int) -> int:
-                pos = _U64.unpack(txn.get(_IDX.pack(sid, k), db=self._idx))[0]
-                return records.recorded_at_ns(records.decode(self._must_get_log(txn, pos)))
-
-        if last < first:
-            return None
-        lo, hi = first, last
-        if query.from_time_ns is not None:
-            lo = _first_at_or_after(lo, hi, query.from_time_ns, ts_of)
-        if query.to_time_ns is not None:
-            hi = _first_at_or_after(lo, hi, query.to_time_ns, ts_of) - 1
-        if query.backwards:
-            start = hi if query.start is None else min(query.start, hi)
-            stop = lo
-            empty = start < stop
-        else:
-            start = lo if query.start is None else max(query.start, lo)
-            stop = hi
-            empty = start > stop
-        if empty:
-            return None
-        return ReadCursor(start, stop, query.max_count or -1)
+            return lmdb_reads.page(
+                txn, self._dbs, self._tail.get, query, cursor, max_events, max_bytes, max_scan
+            )
 
     def close(self) -> None:
         if self._prealloc is not None:
@@ -511,110 +303,28 @@ class LmdbEventStore(EventStore):
         self._env.close()
 
 
-def _first_at_or_after(lo: int, hi: int, ts: int, ts_of: Callable[[int], int]) -> int:
-    """Smallest key in [lo, hi] whose timestamp is >= ts, or hi + 1."""
-    end = hi + 1
-    while lo < end:
-        mid = (lo + end) // 2
-        if ts_of(mid) >= ts:
-            end = mid
-        else:
-            lo = mid + 1
-    return lo
-
-
-def _matches(query: ReadQuery, record: bytes) -> bool:
-    event = records.decode(record)
-    if query.event_types and event.event_type not in query.event_types:
-        return False
-    if query.streams and event.stream not in query.streams:
-        return False
-    if query.stream_prefixes and not event.stream.startswith(query.stream_prefixes):
-        return False
-    return not (
-        query.correlation_id and event.metadata.get("correlation_id") != query.correlation_id
-    )
-
-
 class _Group:
     """The writes of one commit, staged so that later appends in the group see
     earlier ones, and put in a few calls at the end (``_write``)."""
 
-    __slots__ = ("head", "ids", "idx", "log", "next_sid", "records", "streams", "ts_field")
-
-    def __init__(self, head: int, next_sid: int, ts_field: bytes) -> None:
-        self.head = head
-        self.next_sid = next_sid
-        self.ts_field = ts_field
-        self.log: list[tuple[bytes, bytes]] = []  # position -> record, ascending
-        self.idx: list[tuple[bytes, bytes]] = []  # stream_id + revision -> position
-        self.ids: dict[bytes, bytes] = {}  # event id -> position
-        self.streams: dict[bytes, tuple[int, int, int]] = {}  # name -> id, next rev, last pos
-        self.records: dict[int, bytes] = {}  # position -> record, for in-group retries
-
-
-def _map_full() -> StorageFull:
-    return StorageFull(
-        "the store is full (LMDB map size reached); restart the daemon with a larger --map-size"
+    __slots__ = (
+        "event_ids",
+        "head",
+        "log",
+        "next_stream_id",
+        "recorded_at_field",
+        "records",
+        "stream_index",
+        "streams",
     )
 
-
-class _Tail:
-    """The most recently committed records, by position, bounded in bytes.
-
-    Live subscribers (and any read near the head) take records from here
-    instead of LMDB: the writer adds a group's records right after its commit
-    is durable, so every subscriber of a fan-out shares one copy and nobody
-    re-reads and re-checks what was just written.
-
-    Two generations, so that adding a group costs one dict update and never a
-    Python step per record: records go into the young dict; once it holds half
-    the budget it becomes the old one, and the old one is dropped whole. The
-    tail therefore always holds at least the newest half of the budget (all of
-    it, right after a swap) and at most the budget plus one group. A young
-    generation bigger than the whole budget (one huge group) keeps only its
-    newest half-budget of records when it becomes old, so memory stays bounded
-    by the budget even then. Readers look in the young dict, then the old one;
-    dict reads and the reference swaps are atomic under the GIL, and a record
-    that moves or goes between the two lookups is simply read from LMDB.
-    """
-
-    def __init__(self, max_bytes: int) -> None:
-        self._max = max_bytes
-        self._half = max_bytes // 2
-        self._young: dict[int, bytes] = {}
-        self._old: dict[int, bytes] = {}
-        self._young_bytes = 0
-
-    @property
-    def max_bytes(self) -> int:
-        return self._max
-
-    def get(self, position: int) -> bytes | None:
-        record = self._young.get(position)
-        return record if record is not None else self._old.get(position)
-
-    def held_bytes(self) -> int:
-        """Bytes held (for tests: not safe to call while another thread adds)."""
-        return sum(map(len, self._young.values())) + sum(map(len, self._old.values()))
-
-    def add(self, committed: dict[int, bytes]) -> None:
-        if not committed or self._max <= 0:
-            return
-        self._young.update(committed)  # ascending positions, after those held
-        self._young_bytes += sum(map(len, committed.values()))
-        if self._young_bytes < self._half:
-            return
-        young = self._young
-        if self._young_bytes > self._max:  # one huge group: keep its newest records
-            kept: dict[int, bytes] = {}
-            size = 0
-            for position in reversed(young):
-                size += len(young[position])
-                if size > self._half:
-                    break
-                kept[position] = young[position]
-            young = dict(reversed(kept.items()))
-        self._old = young  # a reader in between finds a record in either, or in LMDB
-        self._young = {}
-        self._young_bytes = 0
+    def __init__(self, head: int, next_stream_id: int, recorded_at_field: bytes) -> None:
+        self.head = head
+        self.next_stream_id = next_stream_id
+        self.recorded_at_field = recorded_at_field  # the same for every record of a commit
+        # Entries for each database, as (key, value) in lmdb_format's layout:
+        self.log: list[tuple[bytes, bytes]] = []  # ascending positions
+        self.stream_index: list[tuple[bytes, bytes]] = []
+        self.event_ids: dict[bytes, bytes] = {}
+        self.streams: dict[bytes, tuple[int, int, int]] = {}  # name -> unpacked stream state
+        self.records: dict[int, bytes] = {}  # position -> record, for in-group retries

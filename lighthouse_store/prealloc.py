@@ -6,49 +6,20 @@ Why
 LMDB (without ``MDB_WRITEMAP``, as here) grows ``data.mdb`` by writing past
 its end. Every commit that needs new pages then makes the file system
 allocate blocks and change the file size, and the commit's ``fdatasync``
-has to commit that metadata to the file system journal as well as the data.
-Writing into blocks that are already allocated and written is a plain
-overwrite: nothing to allocate, no journal commit, and the pages are already
-in the page cache. Databases do this for their logs (PostgreSQL zero-fills
-WAL segments, etcd preallocates its WAL files). ``fallocate`` is not enough:
-it leaves "unwritten" extents whose conversion on first write still needs a
-journal commit.
-
-Measured on the 2-core dev VM (ext4) with ``perf/commit_bench.py`` (one
-100-event append of 1 KiB events per commit, medians of 3 rounds, both in the
-same run): fsync durability 695 -> 538 us per commit (1.29x); async 275 ->
-249 us (1.11x; an earlier run on the same machine gave 622 -> 282 us, so the
-async gain depends on the file system's state). Fixed fill steps of 256 and
-512 KiB gave 1.02x and 1.28x in fsync durability; ``fallocate`` instead of
-zeros gave nothing measurable.
+has to commit that metadata as well as the data. Writing into blocks that
+are already allocated and written is a plain overwrite: nothing to allocate,
+no size change to commit, and the pages are already in the page cache.
+Databases do this for their logs (PostgreSQL zero-fills WAL segments, etcd
+preallocates its WAL files). ``fallocate`` is not enough: it leaves
+"unwritten" extents whose conversion on first write is again a metadata
+change. Fsync'd commits are about 1.3x faster with it (``perf/RESULTS.md``).
 
 The cost: every byte of the data file is written twice (zeros, then data),
-and every new page of the file is fresh memory for the page cache. On the dev
-VM, fresh memory is slow to write (about 330 MB/s against 1,800 MB/s for
-memory in use, most likely because the host backs guest memory lazily:
-``perf/vm_memory.py``), so
-once a long ingest has used up the recently freed memory, a fill step's write
-holds the lock for milliseconds while a commit waits. So the step adapts:
-a step whose write took over 1 ms halves the next one (down to 64 KiB), a
-fast one doubles it (up to 1 MiB). ``perf/commit_bench.py --grow 14`` (2.8
-million events, past 3 GB of data): with fixed 1 MiB steps up to 13% of
-commits took over 3 ms; with adaptive steps at most 0.4%, the same as with
-``--preallocate 0``, and a median commit of 0.6-1.0 ms against 1.1 ms with
-``--preallocate 0``. ``0`` turns it off.
-
-Tried and not kept: touching the fresh memory outside the lock (``fallocate``
-the step, read it into the page cache, then write the zeros under the lock,
-which then only overwrites cached pages). One sequential client of 100-event
-appends through a daemon, 8 rounds of 1,500 calls on a fresh data dir, two
-runs each (what ``perf/append_rounds.py`` does; the variant's code is not
-kept), median round: this design 67.8k and 69.4k events/s (p99 2.2 ms); the
-variant 65.2k and 62.6k (p99 3.1-3.2 ms); ``--preallocate 0`` 63.8k and 64.3k
-(p99 1.9 ms). Rates that far apart are within this machine's noise (a later
-A/B of this design against ``--preallocate 0``, in ``perf/RESULTS.md``, came out the
-other way round once), so the verdict is no gain for more code; only its
-higher p99 was seen in both runs. Not the journal: the dev VM's ext4 turned
-out to run without one (``ext4_fsync_nojournal`` in a ``perf record`` of the
-daemon), so why the variant's p99 was higher is not known.
+and each new page of the file is fresh page-cache memory, which can be slow
+to write: a big fill step can hold the file lock for milliseconds while a
+commit waits. So the step adapts: a step whose write took over 1 ms halves
+the next one (down to 64 KiB), a fast one doubles it (up to 1 MiB).
+``0`` turns the filler off.
 
 How
 ===
@@ -64,16 +35,17 @@ Why it is safe
 
 LMDB writes the file only during a write transaction: at its commit, and
 before it when the transaction's dirty pages outgrow LMDB's list of them
-(about 128K pages), in which case it writes some of them out early. The
-store holds ``file_lock`` through every write transaction, from begin to
-commit or abort, and the filler writes only while holding it, and only at or
-past the current end of the file; so it never writes where LMDB is writing or
-has written. The lock is in-process: it relies on this daemon being the only
-writer of its data dir (``lock.py``). The space past ``last_pgno`` is
-invisible to LMDB: it reads only pages it has written, sizes its map from its
-meta page, and a copy (``mdb_env_copy``) stops at the last page. After a crash
-it may hold a few more zero pages, or pages of a transaction that never
-committed: equally invisible, and overwritten as the store grows.
+(about 128K pages), in which case it writes some of them out early. The store
+holds ``file_lock`` through every write transaction, from begin to commit or
+abort (``lmdb_txn.write_transaction``), and the filler writes only while
+holding it, and only at or past the current end of the file; so it never
+writes where LMDB is writing or has written. The lock is in-process: it
+relies on this daemon being the only writer of its data dir (``lock.py``).
+The space past ``last_pgno`` is invisible to LMDB: it reads only pages it has
+written, sizes its map from its meta page, and a copy (``mdb_env_copy``)
+stops at the last page. After a crash it may hold a few more zero pages, or
+pages of a transaction that never committed: equally invisible, and
+overwritten as the store grows.
 
 The filler never fails a commit: if a write fails (a full disk, say), it logs
 it once and tries again later, and meanwhile LMDB grows the file itself, as

@@ -1,21 +1,10 @@
-"""The stored record format and the protobuf wire pieces built around it.
+"""Stored records: encoding, checking, and the protobuf wire pieces around them.
 
-A stored record *is* a serialized ``lighthouse.store.v1.RecordedEvent``, so a
-read sends it to the client without parsing or re-encoding it::
-
-    record = body || 0x55 || crc32(body) as 4 bytes little-endian
-
-``body`` holds fields 1-9 of RecordedEvent: the client's ProposedEvent bytes
-(fields 1-5 have the same numbers in both messages, so they are reused as
-sent, after the event id was made canonical) followed by stream (6),
-revision (7), position (8) and recorded_at (9) encoded here. The trailer is
-field 10, ``fixed32 checksum`` (tag 0x55 = field 10, wire type 5). Protobuf
-parsers accept fields in any order and an explicit zero, so every record is a
-valid RecordedEvent as it stands. The CRC-32 (zlib's, as ``zlib.crc32``
-computes it) covers every byte of the body; :func:`verify` checks it on every
-read. It is computed with zlib-ng's vectorized CRC, which gives the same
-values about 4x faster here (100 KiB: 6.5 against 29 µs); the format does not
-depend on which library computes it.
+The record format is specified in ``lmdb_format.py`` (a stored record is a
+serialized RecordedEvent with a CRC-32 trailer in field 10). Checksums are
+computed with zlib-ng's vectorized CRC-32, which gives zlib's values faster
+(measured in perf/RESULTS.md); the format does not depend on which library
+computes them.
 """
 
 from __future__ import annotations
@@ -123,8 +112,8 @@ def consecutive_varints(first: int, n: int) -> list[bytes]:
     return out
 
 
-def verify(record: bytes, position: int) -> bytes:
-    """Return ``record`` if its checksum holds, else raise Corruption."""
+def checked(record: bytes, position: int) -> bytes:
+    """``record``, once its checksum holds; else raise Corruption."""
     if (
         len(record) < TRAILER_LEN
         or record[-TRAILER_LEN] != CHECKSUM_TAG
@@ -135,7 +124,7 @@ def verify(record: bytes, position: int) -> bytes:
 
 
 def decode(record: bytes) -> pb.RecordedEvent:
-    """Parse a stored record (after :func:`verify`)."""
+    """Parse a stored record (after :func:`checked`)."""
     return pb.RecordedEvent.FromString(record)
 
 

@@ -166,7 +166,8 @@ class EventStoreServicer:
             yield message
 
 
-def _raw(message: bytes) -> bytes:
+def _as_is(message: bytes) -> bytes:
+    """The (de)serializer of every handler: requests and responses stay bytes."""
     return message
 
 
@@ -211,7 +212,7 @@ def method_handlers(servicer: EventStoreServicer) -> dict[str, grpc.RpcMethodHan
     assert implementations.keys() == methods.keys(), "handlers out of step with the proto"
     return {
         name: _FACTORIES[(m.client_streaming, m.server_streaming)](
-            implementations[name], request_deserializer=_raw, response_serializer=_raw
+            implementations[name], request_deserializer=_as_is, response_serializer=_as_is
         )
         for name, m in methods.items()
     }

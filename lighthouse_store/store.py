@@ -112,7 +112,7 @@ class ReadCursor:
 class Page:
     records: list[bytes]  # stored records, checksums verified
     cursor: ReadCursor | None  # None: the read is complete
-    visited: int = -1  # the last key (position or revision) visited; -1: none
+    last_visited_key: int = -1  # position or revision, matched or not; -1: none
 
 
 class EventStore(ABC):
@@ -166,7 +166,7 @@ class EventStore(ABC):
 
         A filtered read visits at most ``max_scan`` records per page (0: an
         implementation default), so a page comes back soon even when little
-        matches; ``Page.visited`` says how far it got.
+        matches; ``Page.last_visited_key`` says how far it got.
         """
 
     @abstractmethod

@@ -230,7 +230,7 @@ class Session:
                     yield _EVENTS_TAG + _framed(records.repeated_events(page.records))
                     last_sent = time.monotonic()
                     reported = records.decode(page.records[-1]).position
-                self.cursor = max(self.cursor, page.visited)
+                self.cursor = max(self.cursor, page.last_visited_key)
                 if self.query.filtered and self.cursor - reported >= self.checkpoint_interval:
                     reported = self.cursor
                     yield _message(checkpoint_position=self.cursor)

@@ -28,6 +28,7 @@ import grpc
 import lmdb
 
 from lighthouse_proto.v1 import store_pb2_grpc as pb_grpc
+from lighthouse_store import lmdb_format
 
 __all__ = ["DaemonProcess", "DaemonStartError"]
 
@@ -119,7 +120,7 @@ class DaemonProcess:
         """LMDB write transactions committed so far in the daemon's store
         (``last_txnid``), read from the meta pages through a read-only handle
         without a read transaction, so the daemon is not held up."""
-        path = self.data_dir / "lmdb"  # the layout in lmdb_store.py
+        path = lmdb_format.env_path(self.data_dir)
         env = lmdb.open(str(path), readonly=True, create=False, max_dbs=0)
         try:
             return int(env.info()["last_txnid"])
@@ -219,12 +220,12 @@ class DaemonProcess:
 
 def corrupt_record(data_dir: Path, position: int) -> None:
     """Flip one byte in the middle of the stored record at ``position`` (the
-    ``log`` database of lmdb_store.py, under ``data_dir``), so that its
+    ``log`` database of ``lmdb_format.py``, under ``data_dir``), so that its
     checksum fails when it is next read. Nothing may have the store open."""
-    env = lmdb.open(str(Path(data_dir) / "lmdb"), create=False, max_dbs=8)
+    env = lmdb.open(str(lmdb_format.env_path(data_dir)), create=False, max_dbs=lmdb_format.MAX_DBS)
     try:
-        log = env.open_db(b"log", create=False)
-        key = position.to_bytes(8, "big")
+        log = env.open_db(lmdb_format.LOG, create=False)
+        key = lmdb_format.U64.pack(position)
         with env.begin(write=True) as txn:
             raw = txn.get(key, db=log)
             if raw is None:

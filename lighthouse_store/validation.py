@@ -14,7 +14,7 @@ from typing import Any
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from lighthouse_proto.v1 import store_pb2 as pb
-from lighthouse_store import views
+from lighthouse_store import wire_schemas
 from lighthouse_store.config import Limits
 from lighthouse_store.errors import InvalidArgument
 from lighthouse_store.store import AppendCommand, Expected, ExpectedKind, ReadQuery
@@ -132,7 +132,8 @@ def _checked_at_once(
     labelled: Iterable[Any]
     if wire_size <= VIEWS_MAX_BYTES:
         canonical = req.SerializeToString()
-        labelled, proposed = views.distinct_labels(canonical), views.event_bytes(canonical)
+        labelled = wire_schemas.distinct_labels(canonical)
+        proposed = wire_schemas.event_bytes(canonical)
     else:
         labelled, proposed = req.events, [e.SerializeToString() for e in req.events]
     if not _labels_ok(labelled, limits):

@@ -18,10 +18,13 @@ position per consumer waits in memory and rides along with the next group,
 or, when no append comes, with a checkpoint-only commit at most every
 ``checkpoint_delay`` seconds, so acks never cost an fsync each.
 
-Commit timing, metrics and fault hooks belong here and nowhere else:
-:class:`CommitInfo` listeners run on the event loop after every commit (the
-subscription fan-out hangs off this too); ``faults.after_commit`` runs on the
-writer thread between the durable commit and the answers.
+Commit timing, metrics and fault hooks belong here and nowhere else. Each
+``EventStore.commit`` (transaction and fsync) is timed in one place,
+``_commit``, and the time goes with the group's size and the new head in a
+:class:`CommitInfo` to the listeners, which run on the event loop after every
+commit: metrics read commit durations and batch sizes there, and the
+subscription fan-out hangs off the same call. ``faults.after_commit`` runs on
+the writer thread between the durable commit and the answers.
 """
 
 from __future__ import annotations
@@ -48,6 +51,8 @@ _STOP = "stop"  # queue marker: drain and stop
 
 @dataclass(frozen=True, slots=True)
 class CommitInfo:
+    """What listeners hear after each group commit, failed or not."""
+
     head: int  # head position after the commit
     appends: int  # appends in the group (including failed ones)
     checkpoints: dict[str, int]  # consumer checkpoints stored by this commit

@@ -50,24 +50,24 @@ def test_zero_revision_and_position_round_trip() -> None:
     assert (event.revision, event.position, records.recorded_at_ns(event)) == (0, 1, 0)
 
 
-def test_verify_accepts_an_intact_record() -> None:
+def test_checked_returns_an_intact_record() -> None:
     rec = _record()
-    assert records.verify(rec, 42) is rec
+    assert records.checked(rec, 42) is rec
 
 
 @pytest.mark.parametrize("index", [0, 10, -20, -6, -5, -1])
-def test_verify_rejects_any_flipped_byte(index: int) -> None:
+def test_checked_rejects_any_flipped_byte(index: int) -> None:
     rec = bytearray(_record())
     rec[index] ^= 0x40
     with pytest.raises(Corruption) as info:
-        records.verify(bytes(rec), 42)
+        records.checked(bytes(rec), 42)
     assert info.value.position == 42
     assert "42" in info.value.message
 
 
-def test_verify_rejects_a_truncated_record() -> None:
+def test_checked_rejects_a_truncated_record() -> None:
     with pytest.raises(Corruption):
-        records.verify(_record()[:-1], 7)
+        records.checked(_record()[:-1], 7)
 
 
 def test_repeated_events_is_a_read_response() -> None:
@@ -91,13 +91,13 @@ def test_same_content_compares_the_proposed_fields() -> None:
 
 def test_the_checksum_is_zlibs_crc32_whichever_library_computes_it() -> None:
     """Records written by any version of the store (the first computed the
-    checksum with the standard library's zlib) verify, and new ones carry the
+    checksum with the standard library's zlib) pass the check, and new ones carry the
     same value zlib computes."""
     rec = _record()
     body = rec[: -records.TRAILER_LEN]
     assert int.from_bytes(rec[-4:], "little") == zlib.crc32(body)
     by_zlib = body + bytes((records.CHECKSUM_TAG,)) + zlib.crc32(body).to_bytes(4, "little")
-    assert records.verify(by_zlib, 42) == rec
+    assert records.checked(by_zlib, 42) == rec
 
 
 @pytest.mark.parametrize(
@@ -115,7 +115,7 @@ def test_encode_records_numbers_a_run_of_events() -> None:
     proposed = [e.SerializeToString() for e in events]
     ts = records.timestamp_field(1_795_000_000_000_000_001)
     recs = records.encode_records(proposed, records.stream_field("s-1"), 120, 16_300, ts)
-    stored = [records.decode(records.verify(r, 16_300 + i)) for i, r in enumerate(recs)]
+    stored = [records.decode(records.checked(r, 16_300 + i)) for i, r in enumerate(recs)]
     assert [(e.revision, e.position, e.data) for e in stored] == [
         (120 + i, 16_300 + i, bytes([i])) for i in range(200)
     ]

@@ -333,7 +333,7 @@ class TestLmdbEventStore(EventStoreContract):
             assert store.tail_bytes == 20_000
             tail = store._tail
             group_bytes = 10 * len(tail.get(500) or b"")
-            assert 10_000 <= tail.held_bytes() <= 20_000 + group_bytes  # see _Tail
+            assert 10_000 <= tail.held_bytes() <= 20_000 + group_bytes  # see tail.Tail
             held = [p for p in range(1, 501) if tail.get(p) is not None]
             assert held == list(range(held[0], 501)) and held[0] > 1  # contiguous, newest
             page = store.read_page(ReadQuery(), None, 1000, 1 << 30)

@@ -1,20 +1,20 @@
-"""The in-memory tail of recent records (``lmdb_store._Tail``): pure logic."""
+"""The in-memory tail of recent records (``tail.py``): pure logic."""
 
 from __future__ import annotations
 
-from lighthouse_store.lmdb_store import _Tail
+from lighthouse_store.tail import Tail
 
 
 def group(first: int, n: int, size: int = 100) -> dict[int, bytes]:
     return {p: bytes([p % 256]) * size for p in range(first, first + n)}
 
 
-def held(tail: _Tail, upto: int) -> list[int]:
+def held(tail: Tail, upto: int) -> list[int]:
     return [p for p in range(1, upto + 1) if tail.get(p) is not None]
 
 
 def test_the_newest_half_budget_is_always_held_and_the_budget_plus_a_group_at_most() -> None:
-    tail = _Tail(1000)
+    tail = Tail(1000)
     for first in range(1, 201, 4):  # fifty groups of 4 x 100 bytes
         tail.add(group(first, 4))
         last = first + 3
@@ -27,7 +27,7 @@ def test_the_newest_half_budget_is_always_held_and_the_budget_plus_a_group_at_mo
 
 
 def test_old_records_are_dropped_a_generation_at_a_time() -> None:
-    tail = _Tail(1000)  # generations of 500 bytes
+    tail = Tail(1000)  # generations of 500 bytes
     tail.add(group(1, 3))  # 300: young
     tail.add(group(4, 3))  # 600: young turns old
     assert held(tail, 6) == [1, 2, 3, 4, 5, 6]
@@ -38,7 +38,7 @@ def test_old_records_are_dropped_a_generation_at_a_time() -> None:
 
 
 def test_a_group_over_the_whole_budget_keeps_only_its_newest_half_budget() -> None:
-    tail = _Tail(1000)
+    tail = Tail(1000)
     tail.add(group(1, 3))
     tail.add(group(4, 25))  # 2,500 bytes on its own
     assert held(tail, 28) == list(range(24, 29))
@@ -50,13 +50,13 @@ def test_a_group_over_the_whole_budget_keeps_only_its_newest_half_budget() -> No
 
 
 def test_a_zero_budget_holds_nothing() -> None:
-    tail = _Tail(0)
+    tail = Tail(0)
     tail.add(group(1, 2))
     assert held(tail, 2) == []
 
 
 def test_an_empty_group_changes_nothing() -> None:
-    tail = _Tail(1000)
+    tail = Tail(1000)
     tail.add(group(1, 2))
     tail.add({})
     assert held(tail, 2) == [1, 2]

@@ -1,5 +1,6 @@
-"""Other schemas for the bytes of an AppendRequest, so that whole-append steps
-run in protobuf's C code instead of one Python step per event.
+"""Alternate protobuf schemas for the wire bytes of an AppendRequest, in which
+each event is plain bytes (or only its labels), so that whole-append steps run
+in protobuf's C code instead of one Python step per event.
 
 Protobuf's wire format lets one message's bytes be parsed with a different
 schema whose fields have the same numbers and wire types. ``AppendRequest``'s
@@ -20,7 +21,8 @@ each event's labels as bytes, so that the distinct ones can be found with a
 set. Each parse copies the request, so validation uses them only for appends
 up to ``validation.VIEWS_MAX_BYTES``. These schemas are private to the daemon,
 built here from descriptors (no .proto file, nothing on the wire changes), and
-they must follow ``store.proto``: ``tests/test_views.py`` checks them against it.
+they must follow ``store.proto``: ``tests/test_wire_schemas.py`` checks them
+against it.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from typing import Any
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
-_PACKAGE = "lighthouse.store.views"
+_PACKAGE = "lighthouse.store.wire_schemas"
 _F = descriptor_pb2.FieldDescriptorProto
 
 
@@ -50,7 +52,7 @@ def _field(message: Any, name: str, number: int, kind: int, of: str = "") -> Non
 
 def _file() -> descriptor_pb2.FileDescriptorProto:
     fdp = descriptor_pb2.FileDescriptorProto(
-        name="lighthouse_store/views.proto", package=_PACKAGE, syntax="proto3"
+        name="lighthouse_store/wire_schemas.proto", package=_PACKAGE, syntax="proto3"
     )
     events = fdp.message_type.add(name="AppendEvents")
     events.field.add(name="events", number=6, type=_F.TYPE_BYTES, label=_F.LABEL_REPEATED)
