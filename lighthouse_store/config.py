@@ -61,7 +61,7 @@ __all__ = [
     "markdown_table",
 ]
 
-# Default budget of the in-memory tail of recent records (lmdb_store._Tail):
+# Default budget of the in-memory tail of recent records (tail.Tail):
 # subscribers and reads near the head are served from it without LMDB.
 TAIL_BYTES = 16 * MIB
 # One page of a Read or a subscription must fit one gRPC message, whose limit
