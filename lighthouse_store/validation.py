@@ -24,7 +24,8 @@ _STREAM_RE = re.compile(r"[A-Za-z0-9_.:@\-]{1,255}\Z")
 _UUID_RE = re.compile(
     r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z"
 )
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+# C0, DEL and C1 (U+0080-U+009F): Unicode's control characters (category Cc).
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _MAX_NAME = 255
 _NIL = bytes(16)
 
