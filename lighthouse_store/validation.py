@@ -66,18 +66,10 @@ def _label(field: str, text: str) -> None:
         raise InvalidArgument(f"{field}: must not contain control characters")
 
 
-# Appends up to this size (as received) take their events' bytes and labels
-# through the views: copies of the whole request, cheap while each buffer is
-# below glibc's mmap threshold (128 KiB by default) and so comes from the heap,
-# against Python steps per event. Bigger ones serialize each event and read
-# its labels one by one: past the threshold each copy is fresh memory, and
-# serializing the whole request jumps (9 us at 108 KiB, 55 us at 130 KiB).
-# ``perf/validate_bench.py`` (each cell a new process, median per append),
-# views against per event: 100 events of 1 KiB (108 KiB) 120 against 151 us;
-# 120 of 1 KiB (129 KiB) 146 against 184; 300 of 1 KiB 617 against 427; 100 of
-# 8 KiB 273 against 187; 100 of 64 KiB 1,477 against 583 us. So the crossing
-# lies between 129 and 324 KiB; 128 KiB errs toward the way that never cost
-# more than the code before the views (183 us for 100 of 1 KiB).
+# Appends up to this size (as received) are checked through the views, whole-
+# request copies that are cheap while each stays below glibc's mmap threshold
+# (128 KiB by default); bigger ones event by event, where fresh memory for each
+# copy would cost more than Python steps per event (``perf/validate_bench.py``).
 VIEWS_MAX_BYTES = 128 * 1024
 
 
