@@ -131,3 +131,25 @@ def test_what_follows_the_options_is_named_when_refused(daemon: DaemonProcess) -
             sub.close()
         assert_invalid(err, None, daemon.data_dir)
         assert err.details() == text
+
+
+def test_a_consumer_never_moves_backwards(daemon: DaemonProcess) -> None:
+    """A second subscription of a consumer acks a position below the one the
+    consumer has stored; the consumer stays where it was."""
+    stub = daemon.stub()
+    append(stub, "s", events(50))
+    first = Subscriber(stub, pb.SubscribeOptions(consumer="c", from_start={}))
+    try:
+        first.messages_until(50)
+        first.ack(30)
+        stored(first, 30)
+        second = Subscriber(stub, pb.SubscribeOptions(consumer="c", from_start={}))
+        try:
+            assert second.next_kind("confirmation").confirmation.start_after_position == 30
+            second.ack(10)  # at or below what it was told: taken, and durable (30 >= 10)
+            stored(second, 10)
+        finally:
+            second.close()
+    finally:
+        first.close()
+    assert starts_after(stub, "c") == 30
