@@ -1,5 +1,6 @@
-"""GroupCommitWriter in-process, over a real LMDB store in a temp dir (the
-daemon-level checks of group commit and the queue are in test_group_commit.py)."""
+"""The group-commit writer's consumer checkpoints, in process over a real LMDB
+store in a temp dir (the writer's other in-process tests are in test_writer.py;
+the daemon-level ones in test_group_commit.py)."""
 
 from __future__ import annotations
 
