@@ -31,6 +31,21 @@ Named consumers: ``options.consumer`` resumes after the consumer's stored
 position (exclusive); ``start`` applies only when it has none. Acks go through
 the writer (batched with appends, never an fsync per ack), and the session
 confirms them with ``checkpoint_stored_position`` once they are durable.
+
+Which acks are taken (after KurrentDB's checkpoints and NATS JetStream's acks,
+which only ever name what the server sent): a session may ack any position up
+to the last one it told the client about (``delivered``), whether in an event
+or in a position message: the confirmation's ``start_after_position``,
+``checkpoint_position``, ``caught_up_position``, ``fell_behind_position``.
+Every one of those is a position up to which the session has sent every event
+that matches its filter, so acking it skips nothing unseen. An ack above it is
+INVALID_ARGUMENT (``last_delivered`` in the ErrorInfo), even when at or below
+the head: it would move the consumer past events this subscription never sent,
+and the next one would silently skip them. So a client re-sends an ack made on
+an earlier subscription only once the new one has delivered that far. An ack
+below the consumer's stored position changes nothing (a consumer never moves
+backwards); moving a consumer elsewhere on purpose is a separate, explicit
+operation.
 """
 
 from __future__ import annotations
@@ -136,6 +151,7 @@ class Session:
         self.wake = asyncio.Event()
         self.stored_ack = -1
         self._acked = -1
+        self.delivered = self.cursor  # the last position told to the client (see Acks above)
         self._error: StoreError | None = None
         self._reader: asyncio.Task[None] | None = None
 
@@ -181,6 +197,10 @@ class Session:
                         self.credits += request.credits
                 elif kind == "ack_position":
                     self._ack(request.ack_position)
+                elif kind is None:  # an empty message, or only fields this server does not know
+                    raise InvalidArgument(
+                        "kind: a message after the options must set credits or ack_position"
+                    )
                 else:
                     raise InvalidArgument(f"{kind}: only credits and acks may follow the options")
                 self.wake.set()
@@ -192,6 +212,12 @@ class Session:
         if not self.consumer:
             raise InvalidArgument("ack_position: acks need a named consumer (options.consumer)")
         self._refuse_past_head(position, "ack_position")
+        if position > self.delivered:
+            raise InvalidArgument(
+                f"ack_position: {position} is beyond the last position this subscription "
+                f"delivered ({self.delivered}); an ack names a position the client was sent",
+                last_delivered=str(self.delivered),
+            )
         if position > self._acked:
             self._acked = position
             self.hub.writer.checkpoint(self.consumer, position)
@@ -222,17 +248,20 @@ class Session:
             if can_send and self.cursor < head:
                 if live and head - self.cursor > self.settings.fell_behind_events:
                     live = False
+                    self.delivered = max(self.delivered, self.cursor)
                     yield _message(fell_behind_position=self.cursor)
                 page = await self._next_page(head)
                 if page.records:
                     if self.credits is not None:
                         self.credits -= len(page.records)
+                    reported = records.decode(page.records[-1]).position
+                    # Before the yield: the client may ack it as soon as it arrives.
+                    self.delivered = max(self.delivered, reported)
                     yield _EVENTS_TAG + _framed(records.repeated_events(page.records))
                     last_sent = time.monotonic()
-                    reported = records.decode(page.records[-1]).position
                 self.cursor = max(self.cursor, page.last_visited_key)
                 if self.query.filtered and self.cursor - reported >= self.checkpoint_interval:
-                    reported = self.cursor
+                    reported = self.delivered = self.cursor
                     yield _message(checkpoint_position=self.cursor)
                     last_sent = time.monotonic()
                 elif time.monotonic() - last_sent >= self.heartbeat:
@@ -243,7 +272,8 @@ class Session:
             if not live and self.cursor >= head:
                 live = True
                 # (A page may have read a commit whose head was not out yet.)
-                yield _message(caught_up_position=max(head, self.cursor))
+                self.delivered = max(head, self.cursor)
+                yield _message(caught_up_position=self.delivered)
                 last_sent = time.monotonic()
                 continue
             idle_for = time.monotonic() - last_sent

@@ -24,7 +24,8 @@ _STREAM_RE = re.compile(r"[A-Za-z0-9_.:@\-]{1,255}\Z")
 _UUID_RE = re.compile(
     r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z"
 )
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+# C0, DEL and C1 (U+0080-U+009F): Unicode's control characters (category Cc).
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _MAX_NAME = 255
 _NIL = bytes(16)
 
@@ -65,19 +66,11 @@ def _label(field: str, text: str) -> None:
         raise InvalidArgument(f"{field}: must not contain control characters")
 
 
-# Appends up to this size (as received) take their events' bytes and labels
-# through the views: copies of the whole request, cheap while each buffer is
-# below glibc's mmap threshold (128 KiB by default) and so comes from the heap,
-# against Python steps per event. Bigger ones serialize each event and read
-# its labels one by one: past the threshold each copy is fresh memory, and
-# serializing the whole request jumps (9 us at 108 KiB, 55 us at 130 KiB).
-# ``perf/validate_bench.py`` (each cell a new process, median per append),
-# views against per event: 100 events of 1 KiB (108 KiB) 120 against 151 us;
-# 120 of 1 KiB (129 KiB) 146 against 184; 300 of 1 KiB 617 against 427; 100 of
-# 8 KiB 273 against 187; 100 of 64 KiB 1,477 against 583 us. So the crossing
-# lies between 129 and 324 KiB; 128 KiB errs toward the way that never cost
-# more than the code before the views (183 us for 100 of 1 KiB).
-VIEWS_MAX_BYTES = 128 * 1024
+# Appends up to this size (as received) are checked through the wire schemas, whole-
+# request copies that are cheap while each stays below glibc's mmap threshold
+# (128 KiB by default); bigger ones event by event, where fresh memory for each
+# copy would cost more than Python steps per event (``perf/validate_bench.py``).
+WIRE_SCHEMA_MAX_BYTES = 128 * 1024
 
 
 def append_command(req: pb.AppendRequest, limits: Limits, wire_size: int = 0) -> AppendCommand:
@@ -121,16 +114,16 @@ def _checked_at_once(
     req: pb.AppendRequest, n: int, limits: Limits, wire_size: int
 ) -> tuple[list[bytes], list[bytes]] | None:
     """The common case, checked with whole-append steps where it can (all of
-    them through the views, for appends up to VIEWS_MAX_BYTES): canonical
+    them through the wire schemas, for appends up to WIRE_SCHEMA_MAX_BYTES): canonical
     lowercase ids, each once; labels and metadata checked once per distinct
     combination; data within the limit.
     The events' bytes are what the store keeps: ``req`` has no unknown fields
     left. Returns None if any of that does not hold; the caller then checks
     one event at a time and names what is wrong."""
     # Each labelled item has an event_type, content_type and metadata: the
-    # distinct combinations through the views, else every event.
+    # distinct combinations through the wire schemas, else every event.
     labelled: Iterable[Any]
-    if wire_size <= VIEWS_MAX_BYTES:
+    if wire_size <= WIRE_SCHEMA_MAX_BYTES:
         canonical = req.SerializeToString()
         labelled = wire_schemas.distinct_labels(canonical)
         proposed = wire_schemas.event_bytes(canonical)

@@ -19,7 +19,7 @@ gives every event's own serialized bytes in one call, and parsing it as
 and serializing that without its unknown fields (the id and the data) gives
 each event's labels as bytes, so that the distinct ones can be found with a
 set. Each parse copies the request, so validation uses them only for appends
-up to ``validation.VIEWS_MAX_BYTES``. These schemas are private to the daemon,
+up to ``validation.WIRE_SCHEMA_MAX_BYTES``. These schemas are private to the daemon,
 built here from descriptors (no .proto file, nothing on the wire changes), and
 they must follow ``store.proto``: ``tests/test_wire_schemas.py`` checks them
 against it.

@@ -340,8 +340,10 @@ async def _resume(
     async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
         await asyncio.wait_for(channel.channel_ready(), RPC_TIMEOUT_S)
         stub = pb_grpc.EventStoreServiceStub(channel)
-        # Store the checkpoint: 1 credit, so the server sends one event, not the log.
-        call, _ = await _open(stub, _options(consumer=consumer, from_start={}, initial_credits=1))
+        # Store the checkpoint: start the consumer's first stream after the position (a
+        # position it was told, so it may ack it), 1 credit so the server sends one event.
+        first_stream = _options(consumer=consumer, after_position=position, initial_credits=1)
+        call, _ = await _open(stub, first_stream)
         try:
             t0 = time.monotonic_ns()
             await call.write(pb.SubscribeRequest(ack_position=position))

@@ -10,9 +10,9 @@ content type), then parses and validates each of them ``--repeat`` times in a
 row, exactly as the servicer does (``AppendRequest.FromString`` of the bytes
 as received, then ``append_command`` with their size), and prints the median
 time per append after the first pass, and the first call's time. Each shape
-is measured three ways: as the daemon picks (``auto``: through the views up to
-``VIEWS_MAX_BYTES`` as received, event by event past it), always through the
-views, and always event by event, each in a new process (the allocator's
+is measured three ways: as the daemon picks (``auto``: through the wire schemas up to
+``WIRE_SCHEMA_MAX_BYTES`` as received, event by event past it), always through the
+wire schemas, and always event by event, each in a new process (the allocator's
 state, which the earlier shapes and ways would leave behind, changes these
 numbers by up to 2x). Every loop is bounded by its counts.
 """
@@ -32,7 +32,8 @@ from lighthouse_store import validation
 from lighthouse_store.config import Limits
 
 SHAPES = [(100, 1024), (120, 1024), (300, 1024), (500, 1024), (100, 8192), (100, 65536)]
-WAYS = {"auto": None, "views": 0, "per event": 1 << 40}  # the wire size passed, None: the real one
+# The wire size passed to validation; None: the real one.
+WAYS = {"auto": None, "schemas": 0, "per event": 1 << 40}
 
 
 def requests(events: int, data_bytes: int, count: int) -> list[bytes]:
@@ -84,7 +85,8 @@ def main() -> int:
         events, data_bytes, way = int(args.one[0]), int(args.one[1]), args.one[2]
         print(one(events, data_bytes, way, args.appends, args.repeat))
         return 0
-    print(f"views up to {validation.VIEWS_MAX_BYTES >> 10} KiB as received; median per append")
+    limit = validation.WIRE_SCHEMA_MAX_BYTES >> 10
+    print(f"wire schemas up to {limit} KiB as received; median per append")
     for events, data_bytes in SHAPES:
         cells = []
         for way in WAYS:

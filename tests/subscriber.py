@@ -59,6 +59,9 @@ class Subscriber:
     def ack(self, position: int) -> None:
         self._requests.put(pb.SubscribeRequest(ack_position=position))
 
+    def send(self, request: pb.SubscribeRequest) -> None:
+        self._requests.put(request)
+
     def next(self, timeout: float = 30.0) -> pb.SubscribeResponse | None:
         """The next message, or None when the stream ended."""
         item = self.responses.get(timeout=timeout)

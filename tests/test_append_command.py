@@ -34,14 +34,14 @@ def request(
     )
 
 
-BIG = validation.VIEWS_MAX_BYTES + 1  # a wire size that skips the views
+BIG = validation.WIRE_SCHEMA_MAX_BYTES + 1  # a wire size that skips the views
 
 
 def fast(
     req: pb.AppendRequest, limits: Limits = LIMITS, wire_size: int = 0
 ) -> tuple[list[bytes], list[bytes]] | None:
     """What the fast path makes of a request (None: it leaves it to the careful
-    path); ``wire_size`` BIG takes it without the views."""
+    path); ``wire_size`` BIG takes it without the wire schemas."""
     req.DiscardUnknownFields()
     return validation._checked_at_once(req, len(req.events), limits, wire_size)
 
@@ -57,6 +57,7 @@ def ids(n: int) -> list[str]:
         {"correlation_id": "c-1"},
         {"content_type": "application/json"},
         {"event_type": "NeverSeenBefore", "content_type": "text/plain", "source": "tests"},
+        {"event_type": "~\u00a0\u00e9"},  # around the control ranges: printable, accepted
     ],
 )
 @pytest.mark.parametrize("wire_size", [0, BIG])
@@ -97,6 +98,12 @@ def test_events_with_different_labels_are_each_checked(wire_size: int) -> None:
         ({"event_type": ""}, r"events\[0\]\.event_type: must not be empty"),
         ({"event_type": "x" * 256}, r"events\[0\]\.event_type: must be at most 255"),
         ({"content_type": "a\nb"}, r"events\[0\]\.content_type: must not contain control"),
+        # C1 controls (U+0080-U+009F) like C0: NEL, CSI, the first and the last.
+        ({"event_type": "a\x85b"}, r"events\[0\]\.event_type: must not contain control"),
+        ({"event_type": "\x9b31m"}, r"events\[0\]\.event_type: must not contain control"),
+        ({"event_type": "a\x80"}, r"events\[0\]\.event_type: must not contain control"),
+        ({"event_type": "a\x9f"}, r"events\[0\]\.event_type: must not contain control"),
+        ({"content_type": "text/\x85"}, r"events\[0\]\.content_type: must not contain control"),
         ({"": "empty key"}, r"events\[0\]\.metadata: keys must not be empty"),
     ],
 )

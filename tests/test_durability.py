@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -11,11 +12,13 @@ from typing import Any
 
 import grpc
 import pytest
+from subscriber import Subscriber
 from support import (
     DaemonFactory,
     ThreadErrors,
     append,
     assert_matches,
+    error_info,
     events,
     get_event,
     head,
@@ -27,6 +30,7 @@ from support import (
 
 from lighthouse_proto.v1 import store_pb2 as pb
 from lighthouse_proto.v1 import store_pb2_grpc as pb_grpc
+from lighthouse_store.faults import COMMIT_PAUSE_MS
 from lighthouse_store.testing import DaemonProcess
 
 
@@ -268,16 +272,118 @@ def test_stop_signal_under_load_exits_zero_and_keeps_acknowledged(
     verify_after_crash(daemon.stub(), load.acked, load.sent)
 
 
-@pytest.mark.slow
-def test_sigterm_under_load_refuses_late_calls_as_unavailable(daemon: DaemonProcess) -> None:
-    """Drain: in-flight appends complete; calls the daemon no longer takes get
-    UNAVAILABLE (retryable), not CANCELLED (which a client reads as its own
-    cancellation and does not retry)."""
-    load, code = _sigterm_under_load(daemon)
-    assert code == 0
-    assert load.failures, "no writer saw the shutdown"
-    assert set(load.failures) <= {grpc.StatusCode.UNAVAILABLE}, (
-        f"calls refused during shutdown got {load.failures}; grpc core cancels calls it "
-        "had not handed to a handler yet (grpc/grpc#41785); the daemon should answer "
-        "UNAVAILABLE (with a recoverable ErrorInfo) to calls that arrive while it drains"
-    )
+class Appender(threading.Thread):
+    """One append on a channel of its own (DaemonProcess.stop closes the
+    daemon's), so the call sees what the daemon does while it stops."""
+
+    def __init__(self, daemon: DaemonProcess, stream: str) -> None:
+        super().__init__(daemon=True)
+        self.events = events(1)
+        self.request = pb.AppendRequest(stream=stream, events=self.events)
+        self.channel = grpc.insecure_channel(daemon.address)
+        self.response: pb.AppendResponse | None = None
+        self.error: grpc.RpcError | None = None
+
+    def run(self) -> None:
+        try:
+            stub = pb_grpc.EventStoreServiceStub(self.channel)
+            self.response = stub.Append(self.request, timeout=60)
+        except grpc.RpcError as err:
+            self.error = err
+        finally:
+            self.channel.close()
+
+    def done(self) -> bool:
+        self.join(60)
+        assert not self.is_alive(), "an append was never answered"
+        return True
+
+
+def _fill_the_queue(daemon: DaemonProcess, queue: int) -> tuple[Appender, list[Appender]]:
+    """Hold the writer in a commit pause (``faults.py``) with ``queue`` appends
+    pending: the first, committed and paused before its answer, and the rest
+    queued behind it. Returns the first and the queued ones. Appends are sent
+    until ``queue`` of them were refused as OVERLOADED: the queue cannot drain
+    during the pause, so exactly ``queue - 1`` others are in it by then."""
+    stub = daemon.stub()
+    first = Appender(daemon, "first")
+    first.start()
+    deadline = time.monotonic() + 30
+    while head(stub) < 1:  # durable; the writer pauses before answering it
+        assert time.monotonic() < deadline and first.is_alive(), first.error
+        time.sleep(0.01)
+    tries = [Appender(daemon, f"queued-{i}") for i in range(2 * queue - 1)]
+    for t in tries:
+        t.start()
+    refused: list[Appender] = []
+    while len(refused) < queue:
+        assert time.monotonic() < deadline, f"only {len(refused)} appends refused"
+        refused = [t for t in tries if not t.is_alive() and t.error is not None]
+        time.sleep(0.01)
+    for t in refused:
+        assert t.error is not None and t.error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    queued = [t for t in tries if t not in refused]
+    assert len(queued) == queue - 1 and all(t.is_alive() for t in queued)
+    return first, queued
+
+
+def _stored_ids(daemon: DaemonProcess) -> list[str]:
+    """Restart the stopped daemon; the ids of every event in its log, in order."""
+    daemon.start()
+    return [e.event_id for e in read_all(daemon.stub())]
+
+
+def test_sigterm_answers_queued_appends_and_refuses_late_ones(
+    daemon_factory: DaemonFactory,
+) -> None:
+    """Drain, deterministically: SIGTERM arrives while the writer holds one
+    append in a commit pause and three queued. All four are committed and
+    answered; an append sent once the daemon is draining gets UNAVAILABLE with
+    SHUTTING_DOWN (recoverable), not CANCELLED, which gRPC gives calls a
+    stopped server had not handed to a handler (grpc/grpc#41785) and which a
+    client reads as its own cancellation and does not retry."""
+    env = {**os.environ, COMMIT_PAUSE_MS: "1500"}
+    d = daemon_factory(extra_args=["--max-queue", "4"], env=env)
+    draining = Subscriber(d.stub(), pb.SubscribeOptions(from_end={}))
+    draining.next_kind("caught_up_position")
+    first, queued = _fill_the_queue(d, 4)
+    os.kill(d.pid, signal.SIGTERM)
+    # The daemon ends subscriptions once it refuses new appends.
+    while draining.next() is not None:
+        pass
+    assert draining.error is not None
+    assert draining.error.code() == grpc.StatusCode.UNAVAILABLE, draining.error
+    late = Appender(d, "late")
+    late.run()
+    assert late.error is not None, "an append was taken while the daemon drained"
+    assert late.error.code() == grpc.StatusCode.UNAVAILABLE, late.error
+    ei = error_info(late.error)
+    assert (ei.reason, ei.metadata["failure_class"]) == ("SHUTTING_DOWN", "recoverable"), ei
+    answered = [first, *queued]
+    for t in answered:
+        assert t.done() and t.response is not None, f"a queued append got {t.error}"
+    assert sorted(t.response.first_position for t in answered if t.response) == [1, 2, 3, 4]
+    assert d.stop(timeout=60) == 0
+    assert _stored_ids(d) == [
+        t.events[0].event_id
+        for t in sorted(answered, key=lambda t: t.response.first_position if t.response else 0)
+    ]
+
+
+def test_an_append_still_queued_after_the_grace_is_committed(
+    daemon_factory: DaemonFactory,
+) -> None:
+    """With no grace and a commit pause longer than the drain waits (2 s), the
+    server stops while three appends are still queued: their callers get an
+    error (they retry with the same ids), and the writer commits them all the
+    same before the daemon exits (README, "Configuration")."""
+    env = {**os.environ, COMMIT_PAUSE_MS: "5000"}
+    d = daemon_factory(extra_args=["--max-queue", "4", "--shutdown-grace-seconds", "0"], env=env)
+    first, queued = _fill_the_queue(d, 4)
+    assert d.stop(timeout=60) == 0
+    for t in (first, *queued):
+        assert t.done() and t.error is not None, "answered after the grace ran out"
+        assert t.error.code() == grpc.StatusCode.UNAVAILABLE, t.error  # retryable
+    stored = _stored_ids(d)
+    assert stored[0] == first.events[0].event_id
+    assert sorted(stored[1:]) == sorted(t.events[0].event_id for t in queued)

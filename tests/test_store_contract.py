@@ -126,6 +126,21 @@ class EventStoreContract:
         assert isinstance(results[1], StoreError) and results[1].metadata["actual"] == "no_stream"
         assert self.store.head_position() == 3
 
+    def test_an_exact_revision_ahead_of_or_behind_the_stream_is_wrong(self) -> None:
+        self.commit_ok(cmd("s", event(), event(), event()))  # revisions 0-2
+        ahead, behind, far, unborn = self.store.commit(
+            [cmd("s", expected=exact(3)), cmd("s", expected=exact(1)),
+             cmd("s", expected=exact(1000)), cmd("new", expected=exact(0))]
+        )  # fmt: skip
+        for err, expected in ((ahead, "3"), (behind, "1"), (far, "1000")):
+            assert isinstance(err, WrongExpectedRevision), err
+            assert err.metadata == {"stream": "s", "expected": expected, "actual": "2"}
+        assert isinstance(unborn, WrongExpectedRevision), unborn
+        assert unborn.metadata == {"stream": "new", "expected": "0", "actual": "no_stream"}
+        assert self.store.head_position() == 3
+        (ok,) = self.commit_ok(cmd("s", expected=exact(2)))  # the stream's last revision
+        assert (ok.first_position, ok.last_revision) == (4, 3)
+
     def test_a_failed_append_leaves_nothing_and_the_rest_of_the_group_commits(self) -> None:
         results = self.store.commit(
             [cmd("a", event(), event()), cmd("b", event(), expected=exact(5)), cmd("c", event())]
@@ -181,6 +196,45 @@ class EventStoreContract:
         (r,) = self.commit_ok(cmd("s3"))
         assert r.first_position == 4
         assert [e.stream for e in self.read(ReadQuery(stream="s3"))] == ["s3"]
+
+    # -- consumer checkpoints -------------------------------------------------
+
+    def test_an_unknown_consumer_has_no_checkpoint(self) -> None:
+        assert self.store.get_checkpoint("nobody") is None
+        self.commit_ok(cmd("s"))
+        self.store.commit([], {"other": 1})
+        assert self.store.get_checkpoint("nobody") is None
+
+    def test_checkpoints_are_stored_per_consumer_and_kept_across_reopen(self) -> None:
+        self.commit_ok(cmd("s", event(), event(), event()))
+        assert self.store.commit([], {"billing": 0, "audit": 2}) == []
+        assert (self.store.get_checkpoint("billing"), self.store.get_checkpoint("audit")) == (0, 2)
+        self.reopen()
+        assert (self.store.get_checkpoint("billing"), self.store.get_checkpoint("audit")) == (0, 2)
+
+    def test_a_checkpoint_never_moves_backwards(self) -> None:
+        self.commit_ok(cmd("s", *[event() for _ in range(10)]))
+        self.store.commit([], {"billing": 7})
+        self.store.commit([], {"billing": 3})  # e.g. a second subscription of the consumer, behind
+        assert self.store.get_checkpoint("billing") == 7
+        self.store.commit([], {"billing": 7})
+        assert self.store.get_checkpoint("billing") == 7
+        self.store.commit([cmd("s")], {"billing": 0})  # riding along with an append
+        assert self.store.get_checkpoint("billing") == 7
+        self.reopen()
+        assert self.store.get_checkpoint("billing") == 7
+        self.store.commit([], {"billing": 9})
+        assert self.store.get_checkpoint("billing") == 9
+
+    def test_checkpoints_commit_with_the_group_whatever_its_appends_do(self) -> None:
+        results = self.store.commit(
+            [cmd("s"), cmd("s", expected=NO_STREAM), cmd("t")], {"billing": 1}
+        )
+        assert [type(r) for r in results] == [AppendResult, WrongExpectedRevision, AppendResult]
+        assert self.store.get_checkpoint("billing") == 1
+        (failed,) = self.store.commit([cmd("s", expected=exact(9))], {"billing": 2})
+        assert isinstance(failed, WrongExpectedRevision)
+        assert self.store.get_checkpoint("billing") == 2
 
     # -- reads --------------------------------------------------------------
 

@@ -81,6 +81,8 @@ BAD_STREAMS = [
     "new\nline",
     "bell\x07",
     "del\x7f",
+    "nel\x85",  # C1 controls, like C0
+    "csi\x9b",
     "space here",
     "star*",
     "q?",
@@ -107,7 +109,7 @@ def test_good_stream_name(env: Env, stream: str) -> None:
     good_append(env, append_request(stream, events(1)))
 
 
-@pytest.mark.parametrize("stream", ["a/b", "..", "x" * 256, "tab\there"])
+@pytest.mark.parametrize("stream", ["a/b", "..", "x" * 256, "tab\there", "nel\x85"], ids=repr)
 def test_bad_stream_name_on_read(env: Env, stream: str) -> None:
     err = rpc_error(env.stub.Read, pb.ReadRequest(stream=stream))
     assert_invalid(err, "stream", env.daemon.data_dir)
@@ -188,7 +190,10 @@ def test_duplicate_identical_events_in_one_batch(env: Env) -> None:
 
 
 @pytest.mark.parametrize(
-    "event_type", ["", "x" * 256, "a\nb", "a\x00b", "tab\t", "\x1b[31m", "a\x7fb"], ids=repr
+    "event_type",
+    ["", "x" * 256, "a\nb", "a\x00b", "tab\t", "\x1b[31m", "a\x7fb",
+     "a\x80b", "a\x85b", "\x9b31m", "a\x9fb"],  # C1 (U+0080-U+009F) like C0
+    ids=repr,
 )
 def test_bad_event_type(env: Env, event_type: str) -> None:
     ev = new_event()
@@ -197,7 +202,8 @@ def test_bad_event_type(env: Env, event_type: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "event_type", ["x" * 255, "a", "Order Placed", "order.placed/v2", "\u00e9v\u00e9nement"]
+    "event_type",
+    ["x" * 255, "a", "Order Placed", "order.placed/v2", "\u00e9v\u00e9nement", "~\u00a0"],
 )
 def test_good_event_type(env: Env, event_type: str) -> None:
     good_append(env, append_request("types", [new_event(event_type)]))
