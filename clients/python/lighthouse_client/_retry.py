@@ -4,7 +4,8 @@ Only recoverable errors are retried (``StoreError.retryable``), with
 exponential backoff and full jitter, within one overall deadline per call
 (the call's ``timeout``: every attempt gets what is left of it, and no
 attempt starts after it, so a call fails with the last real error, e.g.
-Unavailable, rather than a synthetic timeout). A server's
+Unavailable, rather than a synthetic timeout; the stop is measured against
+that deadline itself, not against tenacity's own start). A server's
 ``RetryInfo`` hint (``Overloaded.retry_after``) is a floor for the next wait.
 An open circuit breaker is not retried: the caller goes to its fallback.
 """
@@ -21,9 +22,9 @@ from tenacity import (
     RetryCallState,
     retry_if_exception,
     stop_after_attempt,
-    stop_before_delay,
     wait_random_exponential,
 )
+from tenacity.stop import stop_base
 
 from lighthouse_client.exceptions import DeadlineExceeded, Overloaded, StoreError, Unavailable
 
@@ -55,19 +56,26 @@ class RetryPolicy:
     async def run(self, deadline: float, attempt: Callable[[float], Awaitable[T]]) -> T:
         """Call ``attempt(remaining_seconds)`` until it succeeds, fails for good,
         or ``deadline`` (a time.monotonic() value) passes."""
-        budget = max(0.0, deadline - time.monotonic())
+        stop = stop_after_attempt(self.max_attempts) | _StopAtDeadline(deadline)
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.max_attempts) | stop_before_delay(budget),
+            stop=stop,
             wait=self._wait(),
             retry=retry_if_exception(_retryable),
             reraise=True,
         )
+        last: StoreError | None = None
         async for state in retrying:
             with state:
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise DeadlineExceeded("the call's deadline passed before it could be sent")
-                return await attempt(remaining)
+                if remaining <= 0:  # a wait overslept the deadline
+                    raise last or DeadlineExceeded(
+                        "the call's deadline passed before it could be sent"
+                    )
+                try:
+                    return await attempt(remaining)
+                except StoreError as exc:
+                    last = exc
+                    raise
         raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -75,4 +83,12 @@ def _retryable(exc: BaseException) -> bool:
     return isinstance(exc, StoreError) and exc.retryable and not isinstance(exc, CircuitOpen)
 
 
-NO_RETRY = RetryPolicy(max_attempts=1)
+
+class _StopAtDeadline(stop_base):
+    """Stop when the next wait would end at or after ``deadline`` (time.monotonic())."""
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return time.monotonic() + (retry_state.upcoming_sleep or 0.0) >= self.deadline
