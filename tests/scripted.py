@@ -66,8 +66,8 @@ class Call:
 
 
 class ScriptedStore(pb_grpc.EventStoreServiceServicer):
-    """The daemon's service, answering each method from a list of steps:
-    call n gets step n, and the last step answers every call after it."""
+    """The daemon's service, answering each method from a list of steps: the
+    n-th call after ``on()`` gets step n, and the last step every call after it."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -75,14 +75,14 @@ class ScriptedStore(pb_grpc.EventStoreServiceServicer):
 
     def reset(self) -> None:
         with self._lock:
-            self._steps: dict[str, Sequence[Step]] = {}
+            self._steps: dict[str, tuple[int, Sequence[Step]]] = {}  # from which call
             self.calls: dict[str, list[Call]] = {}
 
     def on(self, method: str, *steps: Step) -> None:
         if not steps:
             raise ValueError("a script needs at least one step")
         with self._lock:
-            self._steps[method] = steps
+            self._steps[method] = (len(self.calls.get(method, [])), steps)
 
     def requests(self, method: str) -> list[Any]:
         with self._lock:
@@ -92,11 +92,12 @@ class ScriptedStore(pb_grpc.EventStoreServiceServicer):
         with self._lock:
             calls = self.calls.setdefault(method, [])
             calls.append(Call(request, time.monotonic(), context.time_remaining()))
-            steps = self._steps.get(method)
-        if steps is None:
+            script = self._steps.get(method)
+        if script is None:
             context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not scripted")
             raise AssertionError("unreachable: abort raises")
-        return steps[min(len(calls), len(steps)) - 1]
+        first, steps = script
+        return steps[min(len(calls) - first, len(steps)) - 1]
 
     def Append(self, request: pb.AppendRequest, context: grpc.ServicerContext) -> Any:
         return self._next("Append", request, context)(request, context)

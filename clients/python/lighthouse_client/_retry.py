@@ -26,13 +26,9 @@ from tenacity import (
 )
 from tenacity.stop import stop_base
 
-from lighthouse_client.exceptions import DeadlineExceeded, Overloaded, StoreError, Unavailable
+from lighthouse_client.exceptions import CircuitOpen, DeadlineExceeded, Overloaded, StoreError
 
 T = TypeVar("T")
-
-
-class CircuitOpen(Unavailable):
-    """The circuit breaker is open: the daemon was unreachable too often."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ from lighthouse_client import _rpc_status
 from lighthouse_proto.errors import FAILURE_CLASS_KEY, FailureClass, Reason
 
 __all__ = [
+    "CircuitOpen",
     "Corruption",
     "DeadlineExceeded",
     "EventIdConflict",
@@ -104,6 +105,10 @@ class PermissionDenied(StoreError):
 
 class Unavailable(StoreError):
     failure_class = FailureClass.RECOVERABLE
+
+
+class CircuitOpen(Unavailable):
+    """The circuit breaker is open: the daemon was unreachable too often."""
 
 
 class Overloaded(StoreError):
