@@ -9,10 +9,12 @@ own module:
 - retries: ``_retry.RetryPolicy`` repeats recoverable errors within the
   call's deadline (appends are safe to repeat: every event carries an id);
 - the breaker: ``_breaker.CircuitBreaker`` is asked before every attempt
-  and told what came of it: any answer from the daemon is a success, an
-  attempt that could not reach it a failure. An attempt the breaker refuses
-  raises ``CircuitOpen``, which is not retried: the caller goes to its
-  fallback (the cache, the outbox; ``_degraded.py``).
+  and told what came of it. Any answer from the daemon is a success; an
+  attempt that could not reach it matters only as a half-open probe; a call
+  that gives up unreachable is one failure. An attempt the breaker refuses
+  raises ``CircuitOpen`` with the time until it half-opens, which the retry
+  policy waits for (``fallback=False``) or not (``fallback=True``: the
+  caller has the cache or the outbox to go to; ``_degraded.py``).
 """
 
 from __future__ import annotations
@@ -47,22 +49,36 @@ class Caller:
         self.retry = retry
         self.breaker = breaker
 
-    async def __call__(self, rpc: Rpc[T], deadline: float) -> T:
-        """``rpc``'s result, retried until ``deadline`` (time.monotonic())."""
+    async def __call__(self, rpc: Rpc[T], deadline: float, *, fallback: bool = False) -> T:
+        """``rpc``'s result, retried until ``deadline`` (time.monotonic()).
+        ``fallback``: the caller has somewhere else to go when the daemon cannot
+        be reached, so an open breaker is not waited for."""
+        unreachable = False  # did the last attempt sent fail to reach the daemon?
 
         async def attempt(remaining: float) -> T:
+            nonlocal unreachable
             if not self.breaker.allow():
-                raise CircuitOpen("the daemon was unreachable too often; circuit breaker open")
+                raise CircuitOpen(
+                    "the daemon could not be reached by too many calls; circuit breaker open",
+                    retry_after=self.breaker.open_for() or None,
+                )
             try:
                 result = await rpc(remaining)
             except grpc.RpcError as exc:
                 error = handle_rpc_error(exc)
-                if isinstance(error, UNREACHABLE):
-                    self.breaker.record_failure()
+                unreachable = isinstance(error, UNREACHABLE)
+                if unreachable:
+                    self.breaker.record_attempt_failure()
                 else:
                     self.breaker.record_success()  # it answered
                 raise error from None
+            unreachable = False
             self.breaker.record_success()
             return result
 
-        return await self.retry.run(deadline, attempt)
+        try:
+            return await self.retry.run(deadline, attempt, wait_for_breaker=not fallback)
+        except UNREACHABLE:
+            if unreachable:
+                self.breaker.record_failure()  # one call, however many attempts
+            raise

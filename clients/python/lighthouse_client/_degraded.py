@@ -22,6 +22,10 @@ The policy, in one place (the calls themselves are ``_calls.Caller``'s):
   on; recoverable or restart-required stops the flush there, the entry and
   everything behind it kept. A background task flushes every
   ``interval`` seconds while the breaker is not open.
+- A call with a fallback (a read with a cache, an append or a flush with an
+  outbox) does not wait for an open circuit breaker: it takes the fallback
+  at once. Calls without one wait for the breaker's half-open within their
+  deadline (``_retry.py``).
 """
 
 from __future__ import annotations
@@ -84,7 +88,7 @@ class DegradedMode:
         """``rpc``'s events, or the cache's when the daemon cannot be reached
         and nothing had ``arrived`` from it in this read."""
         try:
-            events = await self._call(rpc, _deadline(timeout))
+            events = await self._call(rpc, _deadline(timeout), fallback=self.cache is not None)
         except UNREACHABLE as exc:
             if self.cache is None or len(arrived):
                 raise
@@ -104,7 +108,7 @@ class DegradedMode:
         self, rpc: Rpc[RecordedEvent], timeout: float, event_id: str
     ) -> EventResult:
         try:
-            event = await self._call(rpc, _deadline(timeout))
+            event = await self._call(rpc, _deadline(timeout), fallback=self.cache is not None)
         except UNREACHABLE as exc:
             if self.cache is None:
                 raise
@@ -136,7 +140,7 @@ class DegradedMode:
                     raise stopped_by
                 return self._queue(stream, expected, events)
         try:
-            return await self._call(rpc, _deadline(timeout))
+            return await self._call(rpc, _deadline(timeout), fallback=self.outbox is not None)
         except UNREACHABLE:
             if self.outbox is None:
                 raise
@@ -160,7 +164,7 @@ class DegradedMode:
             for entry in self.outbox.pending():
                 rpc = self._append_rpc(entry.stream, entry.expected, entry.events)
                 try:
-                    await self._call(rpc, _deadline(timeout))
+                    await self._call(rpc, _deadline(timeout), fallback=True)
                 except StoreError as exc:
                     if flush_action(exc) is not FlushAction.DEAD_LETTER:
                         return sent, exc  # keep it queued, in order

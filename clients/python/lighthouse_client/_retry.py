@@ -2,12 +2,19 @@
 
 Only recoverable errors are retried (``StoreError.retryable``), with
 exponential backoff and full jitter, within one overall deadline per call
-(the call's ``timeout``: every attempt gets what is left of it, and no
-attempt starts after it, so a call fails with the last real error, e.g.
-Unavailable, rather than a synthetic timeout; the stop is measured against
-that deadline itself, not against tenacity's own start). A server's
-``RetryInfo`` hint (``Overloaded.retry_after``) is a floor for the next wait.
-An open circuit breaker is not retried: the caller goes to its fallback.
+(the call's ``timeout``). Every attempt gets what is left of it and no
+attempt starts after it, so a call fails with the last real error (e.g.
+Unavailable, or DeadlineExceeded when the daemon did not answer in time)
+rather than a synthetic timeout. The deadline is the bound; ``max_attempts``
+(0: none) can tighten it.
+
+Waits have floors: a server's ``RetryInfo`` hint (``Overloaded.retry_after``),
+and for an open circuit breaker the time until it lets a probe through
+(``CircuitOpen.retry_after``). A wait that would end after the deadline is
+not taken: the call fails at once with the error in hand. So a call that
+meets an open breaker waits for its half-open and probes when its deadline
+reaches that far, and fails fast otherwise; a call that has a fallback (the
+cache, the outbox) passes ``wait_for_breaker=False`` and takes it at once.
 """
 
 from __future__ import annotations
@@ -28,12 +35,14 @@ from tenacity.stop import stop_base
 
 from lighthouse_client.exceptions import CircuitOpen, DeadlineExceeded, Overloaded, StoreError
 
+__all__ = ["RetryPolicy"]
+
 T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    max_attempts: int = 20
+    max_attempts: int = 0  # 0: as many as the deadline allows
     initial_backoff: float = 0.05  # seconds
     max_backoff: float = 2.0
 
@@ -43,20 +52,34 @@ class RetryPolicy:
         def wait(state: RetryCallState) -> float:
             delay = float(jittered(state))
             exc = state.outcome.exception() if state.outcome else None
-            if isinstance(exc, Overloaded) and exc.retry_after:
+            if isinstance(exc, Overloaded | CircuitOpen) and exc.retry_after:
                 delay = max(delay, exc.retry_after)
             return delay
 
         return wait
 
-    async def run(self, deadline: float, attempt: Callable[[float], Awaitable[T]]) -> T:
+    async def run(
+        self,
+        deadline: float,
+        attempt: Callable[[float], Awaitable[T]],
+        *,
+        wait_for_breaker: bool = True,
+    ) -> T:
         """Call ``attempt(remaining_seconds)`` until it succeeds, fails for good,
         or ``deadline`` (a time.monotonic() value) passes."""
-        stop = stop_after_attempt(self.max_attempts) | _StopAtDeadline(deadline)
+
+        def retryable(exc: BaseException) -> bool:
+            if not isinstance(exc, StoreError) or not exc.retryable:
+                return False
+            return wait_for_breaker or not isinstance(exc, CircuitOpen)
+
+        stop: stop_base = _StopAtDeadline(deadline)
+        if self.max_attempts:
+            stop = stop | stop_after_attempt(self.max_attempts)
         retrying = AsyncRetrying(
             stop=stop,
             wait=self._wait(),
-            retry=retry_if_exception(_retryable),
+            retry=retry_if_exception(retryable),
             reraise=True,
         )
         last: StoreError | None = None
@@ -73,11 +96,6 @@ class RetryPolicy:
                     last = exc
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
-
-
-def _retryable(exc: BaseException) -> bool:
-    return isinstance(exc, StoreError) and exc.retryable and not isinstance(exc, CircuitOpen)
-
 
 
 class _StopAtDeadline(stop_base):

@@ -9,7 +9,8 @@ Layers, each its own module and testable on its own:
 - one call (``_calls.Caller``): errors mapped once (``handle_rpc_error``),
   retries of recoverable errors within the call's deadline (``timeout``,
   default 10 s, covering every attempt; ``_retry``), and the circuit
-  breaker (``_breaker``);
+  breaker (``_breaker``), which counts calls that could not reach the
+  daemon, not attempts;
 - degraded mode (``_degraded.DegradedMode``): reads answered from a
   ``ReadCache`` (marked stale) and appends queued in an ``Outbox``, flushed
   in order, while the daemon cannot be reached;

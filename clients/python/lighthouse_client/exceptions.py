@@ -108,7 +108,13 @@ class Unavailable(StoreError):
 
 
 class CircuitOpen(Unavailable):
-    """The circuit breaker is open: the daemon was unreachable too often."""
+    """The client's circuit breaker is open: the daemon could not be reached by
+    too many calls in a row, so this one was not sent. ``retry_after`` is how
+    long until the breaker lets a probe through (None: a probe is in flight)."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.retry_after = retry_after  # seconds
 
 
 class Overloaded(StoreError):
