@@ -50,7 +50,7 @@ from lighthouse_store import errors as server_errors
 grpc_max_workers = 4  # pytest-grpc's server threads (its default is one)
 
 # Backoff short enough that a test never waits on it; the deadline is the bound.
-FAST = RetryPolicy(max_attempts=100_000, initial_backoff=0.001, max_backoff=0.01)
+FAST = RetryPolicy(initial_backoff=0.001, max_backoff=0.01)
 INFO = pb.GetInfoResponse(head_position=7, server_version="scripted")
 EVENT = pb.RecordedEvent(event_id="e-1", event_type="E", stream="s", position=1)
 
