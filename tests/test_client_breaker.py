@@ -10,7 +10,13 @@ import time
 import pytest
 from scripted import ScriptedStore, reply, unavailable
 
-from lighthouse_client import CircuitOpen, RetryPolicy, StoreClient, Unavailable
+from lighthouse_client import (
+    CircuitOpen,
+    DeadlineExceeded,
+    RetryPolicy,
+    StoreClient,
+    Unavailable,
+)
 from lighthouse_client._breaker import BreakerState, CircuitBreaker
 from lighthouse_proto.v1 import store_pb2 as pb
 
@@ -240,6 +246,9 @@ def test_open_for_is_the_time_left_until_half_open() -> None:
 # -- the client's calls, against a scripted server ---------------------------------
 
 FAST = RetryPolicy(initial_backoff=0.001, max_backoff=0.01)
+# How a call that could not reach the daemon ends: its last attempt was
+# refused, or ran out of the call's time.
+UNREACHABLE = (Unavailable, DeadlineExceeded)
 INFO = pb.GetInfoResponse(head_position=7)
 
 
@@ -295,7 +304,7 @@ def test_a_call_with_time_left_waits_for_the_half_open_and_probes(
     breaker = CircuitBreaker(failure_threshold=1, reset_timeout=0.5)
     store.on("GetInfo", unavailable())
     with StoreClient(grpc_addr, timeout=10.0, retry=FAST, breaker=breaker) as client:
-        with pytest.raises(Unavailable):
+        with pytest.raises(UNREACHABLE):
             client.info(timeout=0.2)  # one failed call opens it
         opened = time.monotonic()
         assert state(breaker) is BreakerState.OPEN
@@ -313,7 +322,7 @@ def test_a_failed_probe_opens_the_breaker_again_at_once(
     breaker = CircuitBreaker(failure_threshold=1, reset_timeout=30.0, clock=clock)
     store.on("GetInfo", unavailable())
     with StoreClient(grpc_addr, timeout=5.0, retry=FAST, breaker=breaker) as client:
-        with pytest.raises(Unavailable):
+        with pytest.raises(UNREACHABLE):
             client.info(timeout=0.2)
         before = len(store.requests("GetInfo"))
         clock.skew += 30.0

@@ -15,6 +15,7 @@ from lighthouse_client import (
     BreakerState,
     CircuitBreaker,
     CircuitOpen,
+    DeadlineExceeded,
     NewEvent,
     Outbox,
     ReadCache,
@@ -27,6 +28,9 @@ from lighthouse_proto.v1 import store_pb2 as pb
 grpc_max_workers = 4  # pytest-grpc's server threads (its default is one)
 
 FAST = RetryPolicy(initial_backoff=0.001, max_backoff=0.01)
+# How a call that could not reach the daemon ends: its last attempt was
+# refused, or ran out of the call's time.
+UNREACHABLE = (Unavailable, DeadlineExceeded)
 
 
 def filled_log() -> MemoryLog:
@@ -39,7 +43,7 @@ def filled_log() -> MemoryLog:
 def open_breaker(client: StoreClient, store: ScriptedStore) -> None:
     """One call that cannot reach the daemon (threshold 1) opens the breaker."""
     store.on("GetInfo", unavailable())
-    with pytest.raises(Unavailable):
+    with pytest.raises(UNREACHABLE):
         client.info(timeout=0.2)
     assert client.aio.breaker.state is BreakerState.OPEN
 
@@ -49,11 +53,11 @@ def test_reads_with_a_cache_take_it_at_once_while_the_breaker_is_open(
 ) -> None:
     log = filled_log()
     store.on("Read", log.read)
-    # Open for 2 s, well inside the reads' 10 s: a call without a fallback
+    # Open for 5 s, well inside the reads' 30 s: a call without a fallback
     # would wait for the half-open and probe.
-    breaker = CircuitBreaker(failure_threshold=1, reset_timeout=2.0)
+    breaker = CircuitBreaker(failure_threshold=1, reset_timeout=5.0)
     cache = ReadCache()
-    with StoreClient(grpc_addr, timeout=10.0, retry=FAST, breaker=breaker, cache=cache) as c:
+    with StoreClient(grpc_addr, timeout=30.0, retry=FAST, breaker=breaker, cache=cache) as c:
         fresh = c.read_stream("s")
         open_breaker(c, store)
         store.on("Read", unavailable())
@@ -80,7 +84,7 @@ def test_a_read_already_under_way_is_not_answered_stale(
     with StoreClient(grpc_addr, timeout=0.5, retry=FAST, cache=cache) as c:
         assert not c.read_stream("s").stale  # the cache holds the whole stream
         store.on("Read", cut_after(1, log.read), unavailable())
-        with pytest.raises(Unavailable):  # events were arriving: reachable, only slow
+        with pytest.raises(UNREACHABLE):  # events were arriving: reachable, only slow
             c.read_stream("s")
         # The same read, with nothing arriving, is answered from the cache.
         store.on("Read", unavailable())
@@ -91,11 +95,11 @@ def test_a_read_already_under_way_is_not_answered_stale(
 def test_an_append_with_an_outbox_is_queued_at_once_while_the_breaker_is_open(
     store: ScriptedStore, grpc_addr: str, tmp_path: Path
 ) -> None:
-    breaker = CircuitBreaker(failure_threshold=1, reset_timeout=2.0)
+    breaker = CircuitBreaker(failure_threshold=1, reset_timeout=5.0)  # as above
     outbox = Outbox(tmp_path / "outbox")
     store.on("Append", unavailable())
     try:
-        with StoreClient(grpc_addr, timeout=10.0, retry=FAST, breaker=breaker, outbox=outbox,
+        with StoreClient(grpc_addr, timeout=30.0, retry=FAST, breaker=breaker, outbox=outbox,
                          outbox_flush_interval=3600) as c:
             open_breaker(c, store)
             first = c.append("s", NewEvent("A"))  # nothing queued yet: sent, or not
