@@ -22,6 +22,9 @@ os.environ.setdefault("LIGHTHOUSE_PREALLOCATE", "2MiB")
 
 from support import DaemonFactory
 
+# The scripted in-process servers (pytest-grpc) for the client's tests.
+pytest_plugins = ["scripted"]
+
 
 def _shutdown(d: DaemonProcess) -> None:
     if d.running():

@@ -47,19 +47,25 @@ def restart_later(daemon: DaemonProcess, delay: float) -> threading.Thread:
 # -- retries ------------------------------------------------------------------
 
 
-def test_call_succeeds_when_the_daemon_comes_back_within_the_deadline(
-    daemon: DaemonProcess,
-) -> None:
+def test_a_call_rides_out_a_5s_outage_inside_its_30s_deadline(daemon: DaemonProcess) -> None:
+    # Default breaker (10 failed calls open it): the call's dozens of failed
+    # attempts during the outage are one call, which succeeds in the end.
     with StoreClient(daemon.address, timeout=30.0) as client:
         client.append("s", NewEvent("A"))
         daemon.stop()
-        t = restart_later(daemon, 1.0)
+        t = restart_later(daemon, 5.0)
+        event = NewEvent("B")
+        started = time.monotonic()
         try:
-            result = client.append("s", NewEvent("B"), 0)  # starts while the daemon is down
+            result = client.append("s", event, 0)  # starts while the daemon is down
         finally:
             t.join(30)
-        assert result.last_revision == 1
-        assert [e.event_type for e in client.read_stream("s")] == ["A", "B"]
+        assert time.monotonic() - started >= 4.5  # it did wait the outage out
+        assert result.last_revision == 1 and not result.queued
+        stored = client.read_stream("s")
+        assert [e.event_type for e in stored] == ["A", "B"]
+        assert [e.event_id for e in stored].count(event.event_id) == 1
+        assert client.aio.breaker.state is BreakerState.CLOSED
 
 
 def test_an_append_whose_reply_was_lost_is_written_once(

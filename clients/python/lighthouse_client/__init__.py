@@ -12,7 +12,7 @@ public API (tools that need the generated modules import them from the
 from lighthouse_client._breaker import BreakerState, CircuitBreaker
 from lighthouse_client._cache import ReadCache
 from lighthouse_client._outbox import DeadLetter, Outbox, OutboxEntry
-from lighthouse_client._retry import CircuitOpen, RetryPolicy
+from lighthouse_client._retry import RetryPolicy
 from lighthouse_client._subscription import AsyncSubscription
 from lighthouse_client._types import (
     ANY,
@@ -33,6 +33,7 @@ from lighthouse_client._types import (
 from lighthouse_client.aio import AsyncStoreClient
 from lighthouse_client.client import StoreClient, Subscription
 from lighthouse_client.exceptions import (
+    CircuitOpen,
     Corruption,
     DeadlineExceeded,
     EventIdConflict,

@@ -1,17 +1,27 @@
 """The circuit breaker in front of the daemon.
 
-After ``failure_threshold`` consecutive "unreachable" failures the breaker
-opens: calls are refused locally (the client answers from its cache or
-outbox) instead of each one waiting out a connect timeout. After
-``reset_timeout`` seconds it is half-open and lets one probe call through;
-the probe's success closes it, its failure opens it for another
-``reset_timeout``. Defaults (10 failures, 60 s) are those of the original
-design.
+It counts *calls*, not attempts. A call retries what is recoverable within
+its deadline (``_retry.py``); only a call that still could not reach the
+daemon when it gave up is one failure (``record_failure``). After
+``failure_threshold`` such calls in a row the breaker opens: attempts are
+refused locally (``allow()`` is False) instead of each one waiting out a
+connect timeout. After ``reset_timeout`` seconds it is half-open and lets one
+attempt through as the probe: an answer closes it; a probe that finds the
+daemon unreachable (``record_attempt_failure``) opens it again at once, for
+another ``reset_timeout``. So a short outage inside one call's deadline never
+opens it, and a long one costs one refused connection per ``reset_timeout``.
+Defaults (10 calls, 60 s) are those of the original design.
+
+What a refused call does is its caller's policy (``_calls.py``): with a
+fallback (the cache, the outbox) it takes it at once; without one it waits
+for the half-open (``open_for()`` says how long) when its deadline reaches
+that far, and otherwise fails at once with ``CircuitOpen``.
 
 Decisions:
 
 * The caller classifies errors: only failures that say "the daemon cannot be
-  reached" are recorded. Any success closes the breaker and resets the count.
+  reached" are recorded. Any answer from the daemon, even an error, closes
+  the breaker and resets the count (``record_success``).
 * OPEN turns HALF_OPEN when ``state`` or ``allow()`` is read after the
   timeout; no timer thread. Time comes from an injected ``clock`` (monotonic
   by default) so tests step it by hand.
@@ -94,13 +104,33 @@ class CircuitBreaker:
             self._probe_started = now
             return True
 
+    def open_for(self) -> float:
+        """Seconds until an OPEN breaker half-opens; 0 when it is not OPEN."""
+        with self._lock:
+            now = self._clock()
+            if self._state(now) is not BreakerState.OPEN:
+                return 0.0
+            return self._opened_at + self.reset_timeout - now
+
     def record_success(self) -> None:
+        """The daemon answered (with a result or an error of its own)."""
         with self._lock:
             self._open = False
             self._failures = 0
             self._probe_started = None
 
+    def record_attempt_failure(self) -> None:
+        """One attempt found the daemon unreachable. While HALF_OPEN that is the
+        probe failing: open again. Otherwise nothing: the call retries, and is
+        counted once if it fails for good (:meth:`record_failure`)."""
+        with self._lock:
+            now = self._clock()
+            if self._state(now) is BreakerState.HALF_OPEN:
+                self._opened_at = now
+                self._probe_started = None
+
     def record_failure(self) -> None:
+        """A call failed because the daemon could not be reached, after its retries."""
         with self._lock:
             now = self._clock()
             self._failures += 1

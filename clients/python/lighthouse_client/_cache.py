@@ -41,7 +41,8 @@ failed disk write is dropped, never raised (``MapFullError`` logged at debug,
 others at warning); a directory LMDB cannot open leaves a memory-only cache.
 Lookups try memory, then disk, promoting disk hits into memory. One lock
 guards everything. After ``close()`` it answers nothing and ignores writes.
-One cache per directory per process (LMDB's rule): a second raises ValueError.
+One cache per directory per process (LMDB's rule, ``_dir_claims``): a second
+raises ValueError.
 """
 
 from __future__ import annotations
@@ -59,10 +60,11 @@ from typing import Any
 
 import lmdb
 
+from lighthouse_client._dir_claims import claim_dir, release_dir
 from lighthouse_client._types import Filter, RecordedEvent
 from lighthouse_proto.v1 import store_pb2
 
-__all__ = ["ReadCache", "claim_dir", "release_dir"]
+__all__ = ["ReadCache"]
 
 _log = logging.getLogger(__name__)
 _U64 = struct.Struct(">Q")
@@ -72,24 +74,6 @@ _HEAD = b"head"
 _FIELDS: tuple[str, ...] = ("event_id", "event_type", "data", "content_type", "stream")
 _FIELDS += ("revision", "position", "checksum")
 _Answer = tuple[list[RecordedEvent], float] | None
-_OPEN_DIRS: dict[str, str] = {}  # LMDB directories open in this process -> the owner
-_OPEN_DIRS_LOCK = threading.Lock()
-
-
-def claim_dir(path: Path, owner: str) -> str:
-    """Reserve an LMDB directory for one user in this process (LMDB must not open an
-    environment twice in a process; a cache and an outbox must not share one)."""
-    key = str(path.resolve())
-    with _OPEN_DIRS_LOCK:
-        if key in _OPEN_DIRS:
-            raise ValueError(f"{path} is already open in this process ({_OPEN_DIRS[key]})")
-        _OPEN_DIRS[key] = owner
-    return key
-
-
-def release_dir(key: str) -> None:
-    with _OPEN_DIRS_LOCK:
-        _OPEN_DIRS.pop(key, None)
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,7 +53,7 @@ from typing import Any
 
 import lmdb
 
-from lighthouse_client._cache import claim_dir, release_dir
+from lighthouse_client._dir_claims import claim_dir, release_dir
 from lighthouse_client._types import ExpectedRevision, NewEvent, StreamState
 from lighthouse_client.exceptions import FailureClass, Overloaded, StoreError
 

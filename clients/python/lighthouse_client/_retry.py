@@ -2,11 +2,19 @@
 
 Only recoverable errors are retried (``StoreError.retryable``), with
 exponential backoff and full jitter, within one overall deadline per call
-(the call's ``timeout``: every attempt gets what is left of it, and no
-attempt starts after it, so a call fails with the last real error, e.g.
-Unavailable, rather than a synthetic timeout). A server's
-``RetryInfo`` hint (``Overloaded.retry_after``) is a floor for the next wait.
-An open circuit breaker is not retried: the caller goes to its fallback.
+(the call's ``timeout``). Every attempt gets what is left of it and no
+attempt starts after it, so a call fails with the last real error (e.g.
+Unavailable, or DeadlineExceeded when the daemon did not answer in time)
+rather than a synthetic timeout. The deadline is the bound; ``max_attempts``
+(0: none) can tighten it.
+
+Waits have floors: a server's ``RetryInfo`` hint (``Overloaded.retry_after``),
+and for an open circuit breaker the time until it lets a probe through
+(``CircuitOpen.retry_after``). A wait that would end after the deadline is
+not taken: the call fails at once with the error in hand. So a call that
+meets an open breaker waits for its half-open and probes when its deadline
+reaches that far, and fails fast otherwise; a call that has a fallback (the
+cache, the outbox) passes ``wait_for_breaker=False`` and takes it at once.
 """
 
 from __future__ import annotations
@@ -21,22 +29,20 @@ from tenacity import (
     RetryCallState,
     retry_if_exception,
     stop_after_attempt,
-    stop_before_delay,
     wait_random_exponential,
 )
+from tenacity.stop import stop_base
 
-from lighthouse_client.exceptions import DeadlineExceeded, Overloaded, StoreError, Unavailable
+from lighthouse_client.exceptions import CircuitOpen, DeadlineExceeded, Overloaded, StoreError
+
+__all__ = ["RetryPolicy"]
 
 T = TypeVar("T")
 
 
-class CircuitOpen(Unavailable):
-    """The circuit breaker is open: the daemon was unreachable too often."""
-
-
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    max_attempts: int = 20
+    max_attempts: int = 0  # 0: as many as the deadline allows
     initial_backoff: float = 0.05  # seconds
     max_backoff: float = 2.0
 
@@ -46,33 +52,57 @@ class RetryPolicy:
         def wait(state: RetryCallState) -> float:
             delay = float(jittered(state))
             exc = state.outcome.exception() if state.outcome else None
-            if isinstance(exc, Overloaded) and exc.retry_after:
+            if isinstance(exc, Overloaded | CircuitOpen) and exc.retry_after:
                 delay = max(delay, exc.retry_after)
             return delay
 
         return wait
 
-    async def run(self, deadline: float, attempt: Callable[[float], Awaitable[T]]) -> T:
+    async def run(
+        self,
+        deadline: float,
+        attempt: Callable[[float], Awaitable[T]],
+        *,
+        wait_for_breaker: bool = True,
+    ) -> T:
         """Call ``attempt(remaining_seconds)`` until it succeeds, fails for good,
         or ``deadline`` (a time.monotonic() value) passes."""
-        budget = max(0.0, deadline - time.monotonic())
+
+        def retryable(exc: BaseException) -> bool:
+            if not isinstance(exc, StoreError) or not exc.retryable:
+                return False
+            return wait_for_breaker or not isinstance(exc, CircuitOpen)
+
+        stop: stop_base = _StopAtDeadline(deadline)
+        if self.max_attempts:
+            stop = stop | stop_after_attempt(self.max_attempts)
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.max_attempts) | stop_before_delay(budget),
+            stop=stop,
             wait=self._wait(),
-            retry=retry_if_exception(_retryable),
+            retry=retry_if_exception(retryable),
             reraise=True,
         )
+        last: StoreError | None = None
         async for state in retrying:
             with state:
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise DeadlineExceeded("the call's deadline passed before it could be sent")
-                return await attempt(remaining)
+                if remaining <= 0:  # a wait overslept the deadline
+                    raise last or DeadlineExceeded(
+                        "the call's deadline passed before it could be sent"
+                    )
+                try:
+                    return await attempt(remaining)
+                except StoreError as exc:
+                    last = exc
+                    raise
         raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _retryable(exc: BaseException) -> bool:
-    return isinstance(exc, StoreError) and exc.retryable and not isinstance(exc, CircuitOpen)
+class _StopAtDeadline(stop_base):
+    """Stop when the next wait would end at or after ``deadline`` (time.monotonic())."""
 
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
 
-NO_RETRY = RetryPolicy(max_attempts=1)
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return time.monotonic() + (retry_state.upcoming_sleep or 0.0) >= self.deadline

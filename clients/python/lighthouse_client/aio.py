@@ -1,17 +1,19 @@
 """AsyncStoreClient: the asyncio client, and the core the sync client runs on.
 
-Layers, each its own piece:
+Layers, each its own module and testable on its own:
 
-- transport: one ``grpc.aio`` channel with keepalive and reconnect backoff;
-  every call has a deadline (``timeout``, default 10 s, covering retries);
-- errors: every ``grpc.RpcError`` goes through ``exceptions.handle_rpc_error``;
-- retries: ``_retry.RetryPolicy`` (tenacity), recoverable errors only; appends
-  are safe to retry because every event carries an id;
-- degraded mode: a ``CircuitBreaker`` counts unreachable attempts; when the
-  daemon cannot be reached, reads are answered from a ``ReadCache`` (marked
-  stale) and appends go to an ``Outbox`` (when one is configured), flushed in
-  order once the daemon is back (``_outbox.flush_action`` decides, from an
-  error's failure class, what a refused entry does to the flush);
+- transport (here): one ``grpc.aio`` channel with keepalive and reconnect
+  backoff; the requests (``_convert``) and, for reads, resuming a broken
+  stream after the last event received (a retry asks for the rest, neither
+  repeating nor skipping an event);
+- one call (``_calls.Caller``): errors mapped once (``handle_rpc_error``),
+  retries of recoverable errors within the call's deadline (``timeout``,
+  default 10 s, covering every attempt; ``_retry``), and the circuit
+  breaker (``_breaker``), which counts calls that could not reach the
+  daemon, not attempts;
+- degraded mode (``_degraded.DegradedMode``): reads answered from a
+  ``ReadCache`` (marked stale) and appends queued in an ``Outbox``, flushed
+  in order, while the daemon cannot be reached;
 - subscriptions: ``AsyncSubscription`` (``_subscription.py``) reconnects and
   resumes after the last delivered position.
 """
@@ -20,20 +22,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 
 from lighthouse_client import _convert
-from lighthouse_client._breaker import BreakerState, CircuitBreaker
+from lighthouse_client._breaker import CircuitBreaker
 from lighthouse_client._cache import ReadCache
-from lighthouse_client._outbox import DeadLetter, FlushAction, Outbox, flush_action
-from lighthouse_client._retry import CircuitOpen, RetryPolicy
+from lighthouse_client._calls import Caller, Rpc
+from lighthouse_client._degraded import CachedAnswer, DegradedMode
+from lighthouse_client._outbox import DeadLetter, Outbox
+from lighthouse_client._retry import RetryPolicy
 from lighthouse_client._subscription import AsyncSubscription, Start
 from lighthouse_client._types import (
     ANY,
@@ -46,18 +48,8 @@ from lighthouse_client._types import (
     RecordedEvent,
     StoreInfo,
 )
-from lighthouse_client.exceptions import (
-    DeadlineExceeded,
-    StoreError,
-    Unavailable,
-    handle_rpc_error,
-)
 from lighthouse_proto.v1 import store_pb2 as pb
 from lighthouse_proto.v1 import store_pb2_grpc as pb_grpc
-
-log = logging.getLogger("lighthouse_client")
-
-T = TypeVar("T")
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 
@@ -72,9 +64,6 @@ CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
     ("grpc.enable_retries", 0),  # RetryPolicy retries; gRPC's own would stack on top
 )
-
-# Errors that mean "the daemon could not be reached" (as opposed to "it said no").
-UNREACHABLE = (Unavailable, DeadlineExceeded)
 
 
 class AsyncStoreClient:
@@ -100,18 +89,32 @@ class AsyncStoreClient:
     ) -> None:
         self.target = target
         self.timeout = timeout
-        self.retry = retry or RetryPolicy()
-        self.breaker = breaker if breaker is not None else CircuitBreaker()
-        self.cache = cache
-        self.outbox = outbox
-        self.on_conflict = on_conflict
+        self._caller = Caller(retry or RetryPolicy(), breaker or CircuitBreaker())
+        self._degraded = DegradedMode(
+            self._caller, self._append_rpc, cache=cache, outbox=outbox, on_conflict=on_conflict
+        )
         self._flush_interval = outbox_flush_interval
         self._tracing = tracing
         self._options = (*CHANNEL_OPTIONS, *channel_options)
         self._channel: grpc.aio.Channel | None = None
         self._stub: Any = None
-        self._flush_lock: asyncio.Lock | None = None
         self._flusher: asyncio.Task[None] | None = None
+
+    @property
+    def retry(self) -> RetryPolicy:
+        return self._caller.retry
+
+    @property
+    def breaker(self) -> CircuitBreaker:
+        return self._caller.breaker
+
+    @property
+    def cache(self) -> ReadCache | None:
+        return self._degraded.cache
+
+    @property
+    def outbox(self) -> Outbox | None:
+        return self._degraded.outbox
 
     # -- plumbing ------------------------------------------------------------
 
@@ -127,9 +130,10 @@ class AsyncStoreClient:
                 self.target, options=self._options, interceptors=interceptors
             )
             self._stub = pb_grpc.EventStoreServiceStub(self._channel)
-            self._flush_lock = asyncio.Lock()
             if self.outbox is not None:
-                self._flusher = asyncio.get_running_loop().create_task(self._flush_forever())
+                self._flusher = asyncio.get_running_loop().create_task(
+                    self._degraded.flush_forever(self._flush_interval, self.timeout)
+                )
         return self._stub
 
     async def close(self) -> None:
@@ -148,29 +152,9 @@ class AsyncStoreClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    def _deadline(self, timeout: float | None) -> float:
-        return time.monotonic() + (self.timeout if timeout is None else timeout)
-
-    async def _call(self, fn: Callable[[float], Awaitable[T]], timeout: float | None) -> T:
-        """Run one RPC with retries, the breaker and error mapping."""
-        stub = self.stub  # noqa: F841 - creates the channel in this loop
-
-        async def attempt(remaining: float) -> T:
-            if not self.breaker.allow():
-                raise CircuitOpen("the daemon was unreachable too often; circuit breaker open")
-            try:
-                result = await fn(remaining)
-            except grpc.RpcError as exc:
-                error = handle_rpc_error(exc)
-                if isinstance(error, UNREACHABLE):
-                    self.breaker.record_failure()
-                else:
-                    self.breaker.record_success()  # it answered
-                raise error from None
-            self.breaker.record_success()
-            return result
-
-        return await self.retry.run(self._deadline(timeout), attempt)
+    def _timeout(self, timeout: float | None) -> float:
+        _ = self.stub  # creates the channel (and the flusher) in this loop
+        return self.timeout if timeout is None else timeout
 
     # -- writes --------------------------------------------------------------
 
@@ -197,32 +181,18 @@ class AsyncStoreClient:
           append is sent or queued; the node needs an operator.
         """
         evs = [events] if isinstance(events, NewEvent) else list(events)
-        request = _convert.append_request(stream, evs, expected_revision)
-        if self.outbox is not None and len(self.outbox):
-            _, stopped_by = await self._flush(None)
-            if len(self.outbox):
-                # (stopped_by is None when entries were queued during the flush.)
-                if stopped_by is not None and flush_action(stopped_by) is FlushAction.FAIL:
-                    raise stopped_by
-                return self._queue(stream, expected_revision, evs)
-        try:
-            resp = await self._call(functools.partial(self._append_once, request), timeout)
-        except UNREACHABLE:
-            if self.outbox is None:
-                raise
-            return self._queue(stream, expected_revision, evs)
-        return AppendResult(resp.first_position, resp.last_position, resp.last_revision)
+        return await self._degraded.append(stream, expected_revision, evs, self._timeout(timeout))
 
-    async def _append_once(self, request: pb.AppendRequest, timeout: float) -> pb.AppendResponse:
-        response: pb.AppendResponse = await self.stub.Append(request, timeout=timeout)
-        return response
+    def _append_rpc(
+        self, stream: str, expected: ExpectedRevision, events: Sequence[NewEvent]
+    ) -> Rpc[AppendResult]:
+        request = _convert.append_request(stream, events, expected)
 
-    def _queue(
-        self, stream: str, expected: ExpectedRevision, events: list[NewEvent]
-    ) -> AppendResult:
-        assert self.outbox is not None
-        self.outbox.enqueue(stream, expected, events)
-        return AppendResult(0, 0, 0, queued=True)
+        async def append_once(timeout: float) -> AppendResult:
+            r: pb.AppendResponse = await self.stub.Append(request, timeout=timeout)
+            return AppendResult(r.first_position, r.last_position, r.last_revision)
+
+        return append_once
 
     async def flush_outbox(self, *, timeout: float | None = None) -> int:
         """Send queued appends in order; returns how many were written.
@@ -240,48 +210,8 @@ class AsyncStoreClient:
           (:meth:`append` then queues behind them, or raises the
           restart-required error).
         """
-        sent, _ = await self._flush(timeout)
+        sent, _ = await self._degraded.flush(self._timeout(timeout))
         return sent
-
-    async def _flush(self, timeout: float | None) -> tuple[int, StoreError | None]:
-        """flush_outbox, also returning the error that stopped it (None when it
-        got through every entry it saw)."""
-        if self.outbox is None:
-            return 0, None
-        _ = self.stub
-        assert self._flush_lock is not None
-        sent = 0
-        async with self._flush_lock:
-            for entry in self.outbox.pending():
-                request = _convert.append_request(entry.stream, entry.events, entry.expected)
-                try:
-                    await self._call(functools.partial(self._append_once, request), timeout)
-                except StoreError as exc:
-                    if flush_action(exc) is not FlushAction.DEAD_LETTER:
-                        return sent, exc  # keep it queued, in order
-                    dead = self.outbox.dead_letter(entry.seq, f"{type(exc).__name__}: {exc}")
-                    log.warning("outbox entry %d dead-lettered: %s", entry.seq, exc)
-                    if self.on_conflict is not None:
-                        self.on_conflict(dead)
-                    continue
-                self.outbox.remove(entry.seq)
-                sent += 1
-        return sent, None
-
-    async def _flush_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self._flush_interval)
-            # state, not allow(): allow() would take the half-open probe slot
-            # that flush_outbox's own call needs.
-            if (
-                self.outbox is not None
-                and len(self.outbox)
-                and self.breaker.state is not BreakerState.OPEN
-            ):
-                try:
-                    await self.flush_outbox()
-                except Exception:  # keep flushing later; never kill the task
-                    log.exception("outbox flush failed")
 
     # -- reads ---------------------------------------------------------------
 
@@ -300,10 +230,8 @@ class AsyncStoreClient:
         if from_revision is not None:
             request.from_revision = from_revision
 
-        def cached() -> tuple[list[RecordedEvent], float] | None:
-            if self.cache is None:
-                return None
-            return self.cache.read_stream(stream, from_revision, backwards, max_count)
+        def cached(cache: ReadCache) -> tuple[list[RecordedEvent], float] | None:
+            return cache.read_stream(stream, from_revision, backwards, max_count)
 
         return await self._read(request, "from_revision", cached, timeout)
 
@@ -333,12 +261,8 @@ class AsyncStoreClient:
             request.from_position = from_position
         lo, hi = _convert.time_ns(from_time), _convert.time_ns(to_time)
 
-        def cached() -> tuple[list[RecordedEvent], float] | None:
-            if self.cache is None:
-                return None
-            return self.cache.read_all(
-                from_position, backwards, max_count, filter, from_ns=lo, to_ns=hi
-            )
+        def cached(cache: ReadCache) -> tuple[list[RecordedEvent], float] | None:
+            return cache.read_all(from_position, backwards, max_count, filter, from_ns=lo, to_ns=hi)
 
         return await self._read(request, "from_position", cached, timeout)
 
@@ -346,21 +270,21 @@ class AsyncStoreClient:
         self,
         request: pb.ReadRequest,
         start_field: str,
-        cached: Callable[[], tuple[list[RecordedEvent], float] | None],
+        cached: CachedAnswer,
         timeout: float | None,
     ) -> ReadResult:
         got: list[RecordedEvent] = []
         backwards = request.direction == pb.DIRECTION_BACKWARDS
         key = "revision" if start_field == "from_revision" else "position"
 
-        async def attempt(remaining: float) -> None:
+        async def read_once(remaining: float) -> list[RecordedEvent]:
             req = request
             if got:  # a retry resumes after what already arrived
                 nxt = getattr(got[-1], key) + (-1 if backwards else 1)
                 if nxt < (0 if key == "revision" else 1) or (
                     request.max_count and len(got) >= request.max_count
                 ):
-                    return
+                    return got
                 req = pb.ReadRequest()
                 req.CopyFrom(request)
                 setattr(req, start_field, nxt)
@@ -368,47 +292,23 @@ class AsyncStoreClient:
                     req.max_count = request.max_count - len(got)
             async for page in self.stub.Read(req, timeout=remaining):
                 got.extend(_convert.recorded(e) for e in page.events)
+            return got
 
-        try:
-            await self._call(attempt, timeout)
-        except UNREACHABLE as exc:
-            if self.cache is None or got:
-                # With events already flowing the daemon is reachable, only slow:
-                # a stale answer would hide that; the caller sees the error.
-                raise
-            answer = cached()
-            if answer is None:
-                raise Unavailable(
-                    f"the daemon is unreachable and the cache cannot answer this read ({exc})"
-                ) from exc
-            events, fetched_at = answer
-            head = self.cache.head_position if self.cache is not None else None
-            return ReadResult(tuple(events), stale=True, fetched_at=fetched_at, head_position=head)
-        if self.cache is not None:
-            self.cache.put(got)
-        return ReadResult(tuple(got))
+        return await self._degraded.read(read_once, self._timeout(timeout), cached, got)
 
     async def get_event(self, event_id: str, *, timeout: float | None = None) -> EventResult:
         request = pb.GetEventRequest(event_id=event_id)
-        try:
-            resp = await self._call(lambda t: self.stub.GetEvent(request, timeout=t), timeout)
-        except UNREACHABLE as exc:
-            if self.cache is None:
-                raise
-            hit = self.cache.get_event(event_id)
-            if hit is None:
-                raise Unavailable(
-                    f"the daemon is unreachable and event {event_id} is not cached ({exc})"
-                ) from exc
-            return EventResult(hit[0], stale=True, fetched_at=hit[1])
-        event = _convert.recorded(resp.event)
-        if self.cache is not None:
-            self.cache.put([event])
-        return EventResult(event)
+
+        async def get_once(remaining: float) -> RecordedEvent:
+            resp = await self.stub.GetEvent(request, timeout=remaining)
+            return _convert.recorded(resp.event)
+
+        return await self._degraded.get_event(get_once, self._timeout(timeout), event_id)
 
     async def info(self, *, timeout: float | None = None) -> StoreInfo:
         request = pb.GetInfoRequest()
-        resp = await self._call(lambda t: self.stub.GetInfo(request, timeout=t), timeout)
+        deadline = time.monotonic() + self._timeout(timeout)
+        resp = await self._caller(lambda t: self.stub.GetInfo(request, timeout=t), deadline)
         if self.cache is not None:
             self.cache.note_head(resp.head_position)
         return _convert.store_info(resp)

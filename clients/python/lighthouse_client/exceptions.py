@@ -18,6 +18,7 @@ from lighthouse_client import _rpc_status
 from lighthouse_proto.errors import FAILURE_CLASS_KEY, FailureClass, Reason
 
 __all__ = [
+    "CircuitOpen",
     "Corruption",
     "DeadlineExceeded",
     "EventIdConflict",
@@ -104,6 +105,16 @@ class PermissionDenied(StoreError):
 
 class Unavailable(StoreError):
     failure_class = FailureClass.RECOVERABLE
+
+
+class CircuitOpen(Unavailable):
+    """The client's circuit breaker is open: the daemon could not be reached by
+    too many calls in a row, so this one was not sent. ``retry_after`` is how
+    long until the breaker lets a probe through (None: a probe is in flight)."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.retry_after = retry_after  # seconds
 
 
 class Overloaded(StoreError):
