@@ -201,6 +201,43 @@ def test_a_consumer_resumed_from_its_stored_ack_repeats_nothing(daemon: DaemonPr
     assert seen == list(range(1, 51))
 
 
+def test_an_unstored_ack_is_resent_once_the_new_stream_has_passed_it(
+    daemon_factory: DaemonFactory,
+) -> None:
+    # The daemon stores acks with the next commit or after --ack-delay-ms; at
+    # 2 s, ack 31 is certainly not stored when the daemon is killed. The
+    # restarted daemon resumes the consumer after its stored ack (10) and
+    # refuses an ack above what the new stream has sent: the client must hold
+    # ack 31 back until the repeats of 11..31 have passed. A window of 4
+    # credits keeps the new stream from sending past 11..14 before it reads
+    # an ack sent straight after the options.
+    daemon = daemon_factory(extra_args=["--ack-delay-ms", "2000"])
+    with StoreClient(daemon.address, timeout=30.0) as client:
+        client.append("s", [NewEvent("E") for _ in range(30)])
+        sub = client.subscribe(consumer="c", start="start", window=4)
+        seen: list[int] = []
+        for event in sub:
+            seen.append(event.position)
+            if event.position == 10:
+                sub.ack(event)
+                client.append("other", NewEvent("E"))  # position 31; its commit stores ack 10
+                _wait_for_stored_ack(daemon, "c", 10)
+            if event.position == 31:
+                sub.ack(event)
+                daemon.kill9()
+                daemon.start()
+                client.append("s", NewEvent("E"))  # 32, seen only after a reconnect
+            if event.position == 32:
+                break
+        reconnects = sub.reconnects
+        sub.close(flush_timeout=30.0)  # the re-sent ack 31 is stored and confirmed
+    assert reconnects >= 1 and seen == list(range(1, 33))
+    with StoreClient(daemon.address) as client:
+        again = client.subscribe(consumer="c", start="start")
+        assert next(again).position == 32
+        again.close()
+
+
 def test_a_filtered_subscription_s_checkpoints_skip_no_event(daemon: DaemonProcess) -> None:
     # While catching up past events the filter skips, the daemon sends
     # checkpoints (every 1,000 positions by default) that the client resumes

@@ -14,8 +14,13 @@
   ``info().head_position`` when "processed everything up to now" matters.
 - Acks (named consumers): ``ack()`` sends the position; the daemon stores acks
   in batches and confirms them; ``close()`` waits (bounded) for the
-  confirmation of the last ack, and an ack made while disconnected is re-sent
-  on reconnect.
+  confirmation of the last ack, and an ack not yet confirmed is re-sent after
+  a reconnect. The daemon refuses an ack above what the stream it arrives on
+  has told the client about (an event, a checkpoint, the start), and a
+  reconnected consumer restarts from its stored checkpoint, which may be
+  behind the ack: so an ack is written only once the current stream has
+  passed its position (the repeats the client drops count), and otherwise
+  waits for it.
 """
 
 from __future__ import annotations
@@ -74,6 +79,8 @@ class AsyncSubscription:
         self._consumed = 0  # events consumed since credits were last returned
         self._acked = 0
         self._stored_ack = 0
+        self._told = 0  # the highest position the current stream has told us about
+        self._ack_written = 0  # the highest ack written on the current stream
         self._closed = False
         self._failures = 0
         self._down_since: float | None = None
@@ -107,15 +114,13 @@ class AsyncSubscription:
         if pos <= self._acked:
             return
         self._acked = pos
-        if self._call is not None:
-            with contextlib.suppress(*_WRITE_FAILED):  # re-sent after reconnecting
-                await self._call.write(pb.SubscribeRequest(ack_position=pos))
+        await self._write_ack()
 
     async def close(self, flush_timeout: float = 5.0) -> None:
         """Flush the last ack (waiting for the daemon to confirm it), then stop."""
         deadline = time.monotonic() + flush_timeout
         try:
-            # _receive reconnects if the stream broke; _connect re-sends the ack.
+            # _receive reconnects if the stream broke and re-sends the ack.
             while (
                 self.consumer
                 and not self._closed
@@ -150,6 +155,19 @@ class AsyncSubscription:
             with contextlib.suppress(*_WRITE_FAILED):
                 await self._call.write(pb.SubscribeRequest(credits=credits))
 
+    async def _write_ack(self) -> None:
+        """Write the last ack on the current stream once it has passed it."""
+        if (
+            self._call is None
+            or not self.consumer
+            or self._acked <= max(self._ack_written, self._stored_ack)
+            or self._acked > self._told
+        ):
+            return
+        self._ack_written = self._acked
+        with contextlib.suppress(*_WRITE_FAILED):  # the next read reconnects; re-sent then
+            await self._call.write(pb.SubscribeRequest(ack_position=self._acked))
+
     async def _connect(self) -> None:
         options = pb.SubscribeOptions(
             consumer=self.consumer or "",
@@ -166,10 +184,9 @@ class AsyncSubscription:
         else:
             options.after_position = int(self._start)
         self._consumed = 0
+        self._told = self._ack_written = 0
         self._call = self._client.stub.Subscribe()
         await self._call.write(pb.SubscribeRequest(options=options))
-        if self.consumer and self._acked > self._stored_ack:
-            await self._call.write(pb.SubscribeRequest(ack_position=self._acked))
 
     async def _receive(self) -> None:
         """Read one message from the stream, reconnecting if it broke."""
@@ -188,6 +205,10 @@ class AsyncSubscription:
             return
         self._failures, self._down_since = 0, None
         kind = msg.WhichOneof("kind")
+        told = _told(msg, kind)
+        if told > self._told:
+            self._told = told
+            await self._write_ack()
         if kind == "events":
             fresh = [_convert.recorded(e) for e in msg.events.events]
             floor = self._resume_after or 0
@@ -225,3 +246,15 @@ class AsyncSubscription:
         self.caught_up = False
         cap = min(_MAX_BACKOFF, _MIN_BACKOFF * 2 ** min(self._failures, 10))
         await asyncio.sleep(random.uniform(0, cap))  # full jitter
+
+
+def _told(msg: Any, kind: str | None) -> int:
+    """The position up to which ``msg`` tells the client about the log (0: none)."""
+    if kind == "events":
+        events = msg.events.events
+        return int(events[-1].position) if events else 0
+    if kind == "confirmation":
+        return int(msg.confirmation.start_after_position)
+    if kind in ("checkpoint_position", "caught_up_position", "fell_behind_position"):
+        return int(getattr(msg, kind))
+    return 0
