@@ -129,3 +129,29 @@ def test_the_outbox_is_flushed_before_a_new_append_is_sent(
         assert [e.event_id for e in log.events] == [e.event_id for e in [*queued, late]]
     finally:
         outbox.close()
+
+
+def test_calls_with_a_fallback_give_up_on_an_unreachable_daemon_early(
+    store: ScriptedStore, grpc_addr: str, tmp_path: Path
+) -> None:
+    # The breaker stays closed (threshold 10): each call decides alone. With a
+    # fallback, a call stops retrying after fallback_after (0.3 s) of its
+    # 30 s; without one (info), it retries for its whole timeout.
+    retry = RetryPolicy(initial_backoff=0.001, max_backoff=0.01, fallback_after=0.3)
+    outbox, cache = Outbox(tmp_path / "outbox"), ReadCache()
+    for method in ("Append", "Read", "GetInfo"):
+        store.on(method, unavailable())
+    with StoreClient(grpc_addr, timeout=30.0, retry=retry, outbox=outbox, cache=cache) as c:
+        assert c.append("s", NewEvent("E")).queued
+        with pytest.raises(Unavailable, match="cache"):
+            c.read_stream("s")
+        with pytest.raises(UNREACHABLE):
+            c.info(timeout=1.5)
+        assert c.aio.breaker.state is BreakerState.CLOSED
+    for method, least, most in (("Append", 0.3, 10.0), ("Read", 0.3, 10.0), ("GetInfo", 1.0, 1.5)):
+        arrivals = [call.at for call in store.calls[method]]
+        span = arrivals[-1] - arrivals[0]
+        assert least * 0.9 <= span <= most, (method, span, len(arrivals))
+    assert len(outbox) == 1
+    outbox.close()
+    cache.close()

@@ -14,7 +14,9 @@ own module:
   that gives up unreachable is one failure. An attempt the breaker refuses
   raises ``CircuitOpen`` with the time until it half-opens, which the retry
   policy waits for (``fallback=False``) or not (``fallback=True``: the
-  caller has the cache or the outbox to go to; ``_degraded.py``).
+  caller has the cache or the outbox to go to; ``_degraded.py``). A call with
+  a fallback also gives up on an unreachable daemon after
+  ``RetryPolicy.fallback_after`` seconds instead of at its deadline.
 """
 
 from __future__ import annotations
@@ -77,7 +79,12 @@ class Caller:
             return result
 
         try:
-            return await self.retry.run(deadline, attempt, wait_for_breaker=not fallback)
+            return await self.retry.run(
+                deadline,
+                attempt,
+                wait_for_breaker=not fallback,
+                unreachable_budget=self.retry.fallback_after if fallback else None,
+            )
         except UNREACHABLE:
             if unreachable:
                 self.breaker.record_failure()  # one call, however many attempts

@@ -15,6 +15,13 @@ not taken: the call fails at once with the error in hand. So a call that
 meets an open breaker waits for its half-open and probes when its deadline
 reaches that far, and fails fast otherwise; a call that has a fallback (the
 cache, the outbox) passes ``wait_for_breaker=False`` and takes it at once.
+
+A call with a fallback also stops retrying an unreachable daemon after
+``fallback_after`` seconds (the ``unreachable_budget`` of :meth:`run`), well
+inside its deadline: the cache answers stale reads and the outbox keeps
+appends (to be sent exactly once), so waiting out the whole ``timeout`` would
+only hold the caller up. Other recoverable errors (an overloaded daemon) are
+retried until the deadline: the daemon is there.
 """
 
 from __future__ import annotations
@@ -33,7 +40,13 @@ from tenacity import (
 )
 from tenacity.stop import stop_base
 
-from lighthouse_client.exceptions import CircuitOpen, DeadlineExceeded, Overloaded, StoreError
+from lighthouse_client.exceptions import (
+    CircuitOpen,
+    DeadlineExceeded,
+    Overloaded,
+    StoreError,
+    Unavailable,
+)
 
 __all__ = ["RetryPolicy"]
 
@@ -45,6 +58,7 @@ class RetryPolicy:
     max_attempts: int = 0  # 0: as many as the deadline allows
     initial_backoff: float = 0.05  # seconds
     max_backoff: float = 2.0
+    fallback_after: float = 1.0  # seconds a call with a fallback retries an unreachable daemon
 
     def _wait(self) -> Callable[[RetryCallState], float]:
         jittered = wait_random_exponential(multiplier=self.initial_backoff, max=self.max_backoff)
@@ -64,12 +78,21 @@ class RetryPolicy:
         attempt: Callable[[float], Awaitable[T]],
         *,
         wait_for_breaker: bool = True,
+        unreachable_budget: float | None = None,
     ) -> T:
         """Call ``attempt(remaining_seconds)`` until it succeeds, fails for good,
-        or ``deadline`` (a time.monotonic() value) passes."""
+        or ``deadline`` (a time.monotonic() value) passes; an unreachable daemon
+        only for ``unreachable_budget`` seconds, when given."""
+        started = time.monotonic()
 
         def retryable(exc: BaseException) -> bool:
             if not isinstance(exc, StoreError) or not exc.retryable:
+                return False
+            if (
+                unreachable_budget is not None
+                and isinstance(exc, Unavailable | DeadlineExceeded)
+                and time.monotonic() - started >= unreachable_budget
+            ):
                 return False
             return wait_for_breaker or not isinstance(exc, CircuitOpen)
 
