@@ -38,7 +38,17 @@ import echo_server
 import floors
 import machine
 import report
-from pool import MODES, SEQUENTIAL, Arrangement, ClientPool, Run, arrangement, machine_cpu_seconds
+from pool import (
+    MODES,
+    SEQUENTIAL,
+    Arrangement,
+    ClientPool,
+    Run,
+    arrangement,
+    latencies,
+    machine_cpu_seconds,
+    rate,
+)
 from subscription_phases import FULL_SUBS, QUICK_SUBS, SubscriptionPhases
 from workloads import Spec
 
@@ -273,9 +283,9 @@ class Bench:
         m |= {f"lmdb100_{k}": v for k, v in lmdb100.items()}
 
         log(f"sequential latency: empty RPC, then append ({s.latency_calls:,} calls each)")
-        m |= report.latency_ms("echo_seq", _latencies(self.latency("echo", echo)))
+        m |= report.latency_ms("echo_seq", latencies(self.latency("echo", echo)))
         appended = self.latency("append", daemon, keep_ids=True)
-        m |= report.latency_ms("append_seq", _latencies(appended))
+        m |= report.latency_ms("append_seq", latencies(appended))
         ids = [i for r in appended.results for i in r.event_ids]
 
         label = self.arr.describe()
@@ -283,7 +293,7 @@ class Bench:
         m |= _conc("echo_conc", self.window("echo", echo, self.arr), calls=True)
         m |= _conc("append_conc", self.window("append", daemon, self.arr, stream="bench-conc"))
         nogroup = self.window("append", self.nogroup.address, self.arr, stream="bench-nogroup")
-        m["nogroup_conc_rate"] = _rate(nogroup)
+        m["nogroup_conc_rate"] = rate(nogroup)
 
         log("batched appends, 100 events per call: 1 client, then 2")
         batch1 = self.window("append", daemon, SEQUENTIAL, batch=100, stream="bench-batch")
@@ -318,7 +328,7 @@ class Bench:
             warmup_calls=s.latency_warmup,
             event_ids=tuple(ids),
         )
-        lat = report.latency_ms("get", _latencies(self.run("get_event", get_spec)))
+        lat = report.latency_ms("get", latencies(self.run("get_event", get_spec)))
         m |= {k: v for k, v in lat.items() if k in ("get_p50_ms", "get_p99_ms")}
 
         assert self.pool is not None
@@ -383,18 +393,6 @@ def _daemon_step(name: str, daemon: Any) -> _StopStep:
     return (name, daemon.stop, lambda: daemon.kill9() if daemon.running() else None)
 
 
-def _latencies(run: Run) -> list[int]:
-    return [x for r in run.results for x in r.latencies_ns]
-
-
-def _rate(run: Run, calls: bool = False) -> float:
-    results = run.results
-    start = min(r.start_ns for r in results)
-    end = max(r.end_ns for r in results)
-    total = sum(r.calls if calls else r.events for r in results)
-    return total / ((end - start) / 1e9) if end > start else 0.0
-
-
 def _conc(
     prefix: str,
     run: Run,
@@ -408,13 +406,13 @@ def _conc(
     delta = run.probe_delta
     per_commit = {f"{prefix}_appends_per_commit": appends / delta} if delta > 0 else {}
     out = per_commit | {
-        f"{prefix}_rate": _rate(run, calls),
+        f"{prefix}_rate": rate(run, calls),
         f"{prefix}_server_cpu": run.server_cpu,
         f"{prefix}_clients_cpu": run.clients_cpu,
         f"{prefix}_other_cpu": run.other_cpu,
     }
     if latency:
-        lat, p = _latencies(run), prefix_latency or prefix
+        lat, p = latencies(run), prefix_latency or prefix
         out[f"{p}_p50_ms"] = report.percentile(lat, 50) / 1e6
         out[f"{p}_p99_ms"] = report.percentile(lat, 99) / 1e6
     return out
