@@ -68,6 +68,10 @@ class Spec:
     # append: ids with random leading 32 bits (as UUIDv4 ids are, for the id
     # index's B-tree) instead of one client's ids counting up (as UUIDv7 do)
     random_ids: bool = False
+    # "" = the harness's own gRPC stubs (requests built ahead, pre-serialized);
+    # else the name of a system's own Python client (user_clients.py), used as
+    # a user's program would use it: "lighthouse", or a peer's ("umadb")
+    client: str = ""
 
 
 @dataclass
@@ -457,7 +461,12 @@ def worker_main(conn: Connection) -> None:
                     conn.send(("result", msg[1](conn, *msg[2])))
                     continue
                 _, spec, style, base_index, n = msg
-                runner = _run_async if style == "asyncio" else _run_sync
+                if spec.client:  # a system's own client library
+                    import user_clients
+
+                    runner = user_clients.run_async if style == "asyncio" else user_clients.run_sync
+                else:
+                    runner = _run_async if style == "asyncio" else _run_sync
                 conn.send(("result", runner(conn, spec, base_index, n)))
             except Exception:
                 conn.send(("error", traceback.format_exc()))
