@@ -33,11 +33,12 @@ class Peer:
     label: str  # as printed
     module: str  # the module with Server and driver
     package: str  # the Python distribution with its client (and, here, its server)
+    client: str  # its client class, as printed
     style: Literal["sync", "asyncio"]  # its client: one per thread, or one per asyncio task
 
 
 PEERS: dict[str, Peer] = {
-    "umadb": Peer("umadb", "UmaDB", "peer_umadb", "umadb", "sync"),
+    "umadb": Peer("umadb", "UmaDB", "peer_umadb", "umadb", "umadb.Client", "sync"),
 }
 
 
