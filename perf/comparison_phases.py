@@ -190,8 +190,10 @@ class ComparisonPhases:
         stream = f"{kind}-{workload}-{time.monotonic_ns()}"
         base = Spec("append", system.address, s.window_s, 0, stream=stream, client=system.client)
         if workload == "seq":
-            spec = replace(base, duration_s=s.phase_cap_s, max_calls=s.latency_calls,
-                         warmup_calls=s.latency_warmup)  # fmt: skip
+            spec = replace(
+                base, duration_s=s.phase_cap_s, max_calls=s.latency_calls,
+                warmup_calls=s.latency_warmup,
+            )  # fmt: skip
             run = self._go(f"{kind} {name}: single appends", spec, self._arr(system, 1), system)
             lat = latencies(run)
             return {
@@ -200,8 +202,12 @@ class ComparisonPhases:
             }
         if workload == "replay":
             count = s.replay_events
-            spec = replace(base, op="replay", duration_s=s.phase_cap_s, max_calls=1,
-                         replay_count=count)  # fmt: skip
+            # The top-up appends before the read are its warmup: the pool
+            # allows each warmup call a second before the client is ready.
+            spec = replace(
+                base, op="replay", duration_s=s.phase_cap_s, max_calls=1, replay_count=count,
+                warmup_calls=-(-count // 100),
+            )  # fmt: skip
             arr = self._arr(system, 1)
             result = self._go(f"{kind} {name}: replay", spec, arr, system).results[0]
             seconds = result.latencies_ns[0] / 1e9 if result.latencies_ns else 0.0
@@ -210,8 +216,10 @@ class ComparisonPhases:
             return {prefix + "replay_rate": result.events / seconds if seconds else 0.0}
         batch = 1 if workload == "conc" else 100
         clients = {"conc": CONCURRENT_CLIENTS, "batch1": 1, "batch2": 2}[workload]
-        spec = replace(base, max_calls=int(s.window_s * (20_000 if batch == 1 else 2_000)),
-                     warmup_calls=20 if batch == 1 else 5, events_per_call=batch)  # fmt: skip
+        spec = replace(
+            base, max_calls=int(s.window_s * (20_000 if batch == 1 else 2_000)),
+            warmup_calls=20 if batch == 1 else 5, events_per_call=batch,
+        )  # fmt: skip
         arr = self._arr(system, clients)
         run = self._go(f"{kind} {name}: {workload} ({arr.describe()})", spec, arr, system)
         return {
