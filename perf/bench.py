@@ -34,11 +34,25 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import comparison_phases
+import comparisons
 import echo_server
 import floors
 import machine
+import peers
 import report
-from pool import MODES, SEQUENTIAL, Arrangement, ClientPool, Run, arrangement, machine_cpu_seconds
+from comparison_phases import ComparisonPhases
+from pool import (
+    MODES,
+    SEQUENTIAL,
+    Arrangement,
+    ClientPool,
+    Run,
+    arrangement,
+    latencies,
+    machine_cpu_seconds,
+    rate,
+)
 from subscription_phases import FULL_SUBS, QUICK_SUBS, SubscriptionPhases
 from workloads import Spec
 
@@ -92,6 +106,7 @@ class Bench:
         self.daemon: Any = None
         self.nogroup: Any = None
         self._generation = 0  # daemons started so far (pairs), names their data dirs
+        self.peer_servers: list[dict[str, Any]] = []  # --peer: its server's info, per round
 
     # -- setup -------------------------------------------------------------
 
@@ -181,10 +196,16 @@ class Bench:
 
     # -- running specs --------------------------------------------------------
 
-    def run(self, phase: str, spec: Spec, arr: Arrangement = SEQUENTIAL) -> Run:
+    def run(
+        self, phase: str, spec: Spec, arr: Arrangement = SEQUENTIAL, server_pid: int = 0
+    ) -> Run:
+        """Run ``spec`` on the pool; its server is the echo server or a daemon
+        of this run, found by address, or the process ``server_pid``."""
         assert self.pool is not None and self.echo is not None
         servers = [self.echo, self.daemon, self.nogroup]
-        server = next(p.pid for p in servers if p is not None and p.address == spec.address)
+        server = server_pid or next(
+            p.pid for p in servers if p is not None and p.address == spec.address
+        )
         # The commit count is read from the main daemon's env only.
         to_daemon = spec.address == self.daemon.address
         probe = self.commits if spec.op == "append" and to_daemon else None
@@ -273,9 +294,9 @@ class Bench:
         m |= {f"lmdb100_{k}": v for k, v in lmdb100.items()}
 
         log(f"sequential latency: empty RPC, then append ({s.latency_calls:,} calls each)")
-        m |= report.latency_ms("echo_seq", _latencies(self.latency("echo", echo)))
+        m |= report.latency_ms("echo_seq", latencies(self.latency("echo", echo)))
         appended = self.latency("append", daemon, keep_ids=True)
-        m |= report.latency_ms("append_seq", _latencies(appended))
+        m |= report.latency_ms("append_seq", latencies(appended))
         ids = [i for r in appended.results for i in r.event_ids]
 
         label = self.arr.describe()
@@ -283,7 +304,7 @@ class Bench:
         m |= _conc("echo_conc", self.window("echo", echo, self.arr), calls=True)
         m |= _conc("append_conc", self.window("append", daemon, self.arr, stream="bench-conc"))
         nogroup = self.window("append", self.nogroup.address, self.arr, stream="bench-nogroup")
-        m["nogroup_conc_rate"] = _rate(nogroup)
+        m["nogroup_conc_rate"] = rate(nogroup)
 
         log("batched appends, 100 events per call: 1 client, then 2")
         batch1 = self.window("append", daemon, SEQUENTIAL, batch=100, stream="bench-batch")
@@ -318,7 +339,7 @@ class Bench:
             warmup_calls=s.latency_warmup,
             event_ids=tuple(ids),
         )
-        lat = report.latency_ms("get", _latencies(self.run("get_event", get_spec)))
+        lat = report.latency_ms("get", latencies(self.run("get_event", get_spec)))
         m |= {k: v for k, v in lat.items() if k in ("get_p50_ms", "get_p99_ms")}
 
         assert self.pool is not None
@@ -326,6 +347,20 @@ class Bench:
         m |= subs.resume(int(self.daemon_info()["head_position"]))
         m |= subs.delivery()
         m |= subs.fanout()
+
+    def comparisons(self, index: int, m: dict[str, float]) -> None:
+        """The side-by-side phases of round ``index`` (--peer, --compare-*),
+        into ``m``; the peer server's info into ``peer_servers``."""
+        phases = ComparisonPhases(
+            self.run, self.sizes, self.arr, self.work, self.args.daemon_arg, self.args.keep,
+            self.errors, log,
+        )  # fmt: skip
+        if self.args.peer:
+            metrics, info = phases.peer(self.args.peer, index)
+            m |= metrics
+            self.peer_servers.append(info)
+        if self.args.configs:
+            m |= phases.configs(self.args.configs, index)
 
     def fill(self, events: int) -> None:
         head = int(self.daemon_info()["head_position"])
@@ -383,18 +418,6 @@ def _daemon_step(name: str, daemon: Any) -> _StopStep:
     return (name, daemon.stop, lambda: daemon.kill9() if daemon.running() else None)
 
 
-def _latencies(run: Run) -> list[int]:
-    return [x for r in run.results for x in r.latencies_ns]
-
-
-def _rate(run: Run, calls: bool = False) -> float:
-    results = run.results
-    start = min(r.start_ns for r in results)
-    end = max(r.end_ns for r in results)
-    total = sum(r.calls if calls else r.events for r in results)
-    return total / ((end - start) / 1e9) if end > start else 0.0
-
-
 def _conc(
     prefix: str,
     run: Run,
@@ -408,16 +431,44 @@ def _conc(
     delta = run.probe_delta
     per_commit = {f"{prefix}_appends_per_commit": appends / delta} if delta > 0 else {}
     out = per_commit | {
-        f"{prefix}_rate": _rate(run, calls),
+        f"{prefix}_rate": rate(run, calls),
         f"{prefix}_server_cpu": run.server_cpu,
         f"{prefix}_clients_cpu": run.clients_cpu,
         f"{prefix}_other_cpu": run.other_cpu,
     }
     if latency:
-        lat, p = _latencies(run), prefix_latency or prefix
+        lat, p = latencies(run), prefix_latency or prefix
         out[f"{p}_p50_ms"] = report.percentile(lat, 50) / 1e6
         out[f"{p}_p99_ms"] = report.percentile(lat, 99) / 1e6
     return out
+
+
+def _comparisons(args: argparse.Namespace) -> list[comparisons.Comparison]:
+    out = []
+    if args.peer:
+        out.append(comparisons.peer(args.peer, peers.PEERS[args.peer].label))
+    if args.configs:
+        out.append(comparisons.configs([c.label for c in args.configs]))
+    return out
+
+
+def _title(c: comparisons.Comparison, args: argparse.Namespace, infos: list[dict[str, Any]]) -> str:
+    """What a side-by-side table compares, and how."""
+    if c.kind == "cmp":
+        flags = "; ".join(f"{x.label}: {' '.join(x.args) or '(defaults)'}" for x in args.configs)
+        return f"daemon configurations, interleaved, fresh stores, the harness's clients ({flags})"
+    peer = peers.PEERS[args.peer]
+    info = infos[0] if infos else {}
+    durability = info.get("durability", "?")
+    if info and not all(i.get("durability_verified") for i in infos):
+        durability = f"WARNING: {durability}"
+    return (
+        f"compared with {peer.label} {info.get('server_version', '?')}, interleaved, fresh"
+        f" stores, each through its own Python client (ours: lighthouse_client."
+        f"AsyncStoreClient, 1 process x N asyncio tasks; {peer.label}: {peer.client}, 1"
+        f" process x N {'threads' if peer.style == 'sync' else 'asyncio tasks'});"
+        f" {peer.label} durability: {durability}"
+    )
 
 
 def wait_quiet(limit_s: float, quiet_s: float = 5.0) -> None:
@@ -462,6 +513,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="extra daemon flag, repeatable (e.g. --daemon-arg=--durability=async)",
     )
     parser.add_argument(
+        "--peer",
+        choices=sorted(peers.PEERS),
+        help="also measure this event store, each system through its own Python client,"
+        " interleaved with ours in every round (perf/README.md, Peers)",
+    )
+    parser.add_argument(
+        "--compare-config",
+        action="append",
+        default=[],
+        metavar="LABEL=FLAGS",
+        help="also measure the append workloads on a daemon with these extra flags, repeatable,"
+        " interleaved; ratios to the first (e.g. 'nogroup=--max-batch-appends 1' 'default=')",
+    )
+    parser.add_argument(
+        "--compare-workers",
+        metavar="N,M",
+        help="--compare-config for each worker count: 'workersN=--workers N' (e.g. 1,2)",
+    )
+    parser.add_argument(
         "--wait-quiet",
         type=float,
         default=0.0,
@@ -474,6 +544,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not 1 <= args.repeat <= 20:
         parser.error("--repeat must be 1..20")
+    try:
+        args.configs = [comparison_phases.parse_config(c) for c in args.compare_config]
+        if args.compare_workers:
+            args.configs += comparison_phases.worker_configs(args.compare_workers)
+    except ValueError as exc:
+        parser.error(str(exc))
+    labels = [c.label for c in args.configs]
+    if args.configs and (len(labels) < 2 or len(set(labels)) != len(labels)):
+        parser.error(f"compare at least 2 configurations with distinct labels, not {labels}")
+    if args.peer and (why := peers.missing(args.peer)):
+        parser.error(f"--peer {args.peer}: {why}")
     fs = machine.fs_type(args.tmp_dir or Path(tempfile.gettempdir()))
     if fs in ("tmpfs", "ramfs"):  # fsync would do nothing: the numbers would mislead
         parser.error(f"the work dir would be on {fs}, where fsync does nothing: "
@@ -503,6 +584,11 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine.machine_info(work, REPO),
     }
     runs: list[dict[str, float]] = []
+    side_by_side = _comparisons(args)
+    if args.peer:
+        doc["peer_servers"] = bench.peer_servers  # one per round
+    if args.configs:
+        doc["compared_configs"] = [asdict(c) for c in args.configs]
     failed = ""
     t0 = time.monotonic()
     try:
@@ -524,6 +610,7 @@ def main(argv: list[str] | None = None) -> int:
             measured: dict[str, float] = {}
             runs.append(measured)  # kept, with what it has, if the round fails
             bench.round(i, measured)
+            bench.comparisons(i, measured)
         if args.compare_clients:
             if args.wait_quiet > 0:
                 wait_quiet(args.wait_quiet)
@@ -544,6 +631,8 @@ def main(argv: list[str] | None = None) -> int:
 
     for run in runs:
         run |= report.ratios(run)
+        for c in side_by_side:
+            run |= comparisons.ratios(run, c)
     values = report.medians(runs) if runs else {}
     compared = list(doc.get("client_arrangements", {}).values())
     other = [v for run in runs + compared for k, v in run.items() if k.endswith("_other_cpu")]
@@ -555,12 +644,14 @@ def main(argv: list[str] | None = None) -> int:
         },
         "medians": values,
         "runs": runs,
-        "targets": report.evaluate(values),
+        "targets": report.evaluate(values, [*report.TARGETS, *comparisons.TARGETS]),
         "errors": bench.errors + ([failed] if failed else []),
     }
     report.write_json(out, doc)
 
-    print(report.summary(doc, values, NOISY_CPU))
+    titles = [_title(c, args, bench.peer_servers) for c in side_by_side]
+    sections = [comparisons.render(values, c, t) for c, t in zip(side_by_side, titles, strict=True)]
+    print(report.summary(doc, values, NOISY_CPU, sections))
     print(f"results: {out}")
     missed = [t for t in doc["targets"] if t["source"] == "target" and t["passed"] is False]
     if doc["errors"]:

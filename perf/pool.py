@@ -69,7 +69,7 @@ class Run:
     """The Results of every client of a run, and the CPU time used while it ran."""
 
     results: list[Result]
-    server_cpu: float  # CPU seconds per wall second (1.0 = one core busy)
+    server_cpu: float  # CPU seconds per wall second (1.0 = one core busy), with its children
     clients_cpu: float  # the same, summed over the client processes
     other_cpu: float  # the same, for the other processes (other_processes_cpu)
     probe_delta: float = 0.0  # how much the caller's probe counter grew meanwhile
@@ -85,6 +85,47 @@ def cpu_seconds(pid: int) -> float:
         return 0.0
     # fields[0] is field 3 (state), so utime (14) and stime (15) are at 11 and 12.
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and every process descended from it (a daemon's worker
+    processes), from each process's parent in /proc; [] for pid <= 0."""
+    if pid <= 0:
+        return []
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            ppid = int(Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(name))
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo += children.get(p, [])
+    return tree
+
+
+def tree_cpu_seconds(pids: Iterable[int]) -> float:
+    return sum(cpu_seconds(p) for p in pids)
+
+
+def latencies(run: Run) -> list[int]:
+    """Every timed call's latency (ns) of every client of a run."""
+    return [x for r in run.results for x in r.latencies_ns]
+
+
+def rate(run: Run, calls: bool = False) -> float:
+    """Events (or calls) per second over the run: from the shared start
+    instant to the last client's last completed call."""
+    results = run.results
+    start = min(r.start_ns for r in results)
+    end = max(r.end_ns for r in results)
+    total = sum(r.calls if calls else r.events for r in results)
+    return total / ((end - start) / 1e9) if end > start else 0.0
 
 
 def processes_cpu_seconds() -> dict[int, float]:
@@ -168,8 +209,9 @@ class ClientPool:
         for conn in conns:
             conn.send(("go", start_ns))
         processes0 = processes_cpu_seconds()
+        servers = process_tree(server_pid)  # the server and its worker processes, if any
         sleep_until(start_ns)
-        server0 = cpu_seconds(server_pid)
+        server0 = tree_cpu_seconds(servers)
         clients0 = sum(cpu_seconds(pid) for pid in pids)
         probe0 = probe() if probe else 0.0
         limit = spec.duration_s + RPC_TIMEOUT_S * 6
@@ -180,9 +222,9 @@ class ClientPool:
         wall = max(1e-3, ((end_ns if end_ns > start_ns else time.monotonic_ns()) - start_ns) / 1e9)
         return Run(
             results,
-            server_cpu=(cpu_seconds(server_pid) - server0) / wall,
+            server_cpu=(tree_cpu_seconds(servers) - server0) / wall,
             clients_cpu=(sum(cpu_seconds(pid) for pid in pids) - clients0) / wall,
-            other_cpu=other_processes_cpu(processes0, [server_pid, *pids], wall),
+            other_cpu=other_processes_cpu(processes0, [*servers, *pids], wall),
             probe_delta=(probe() - probe0) if probe else 0.0,
         )
 

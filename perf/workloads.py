@@ -14,16 +14,17 @@ calls until the deadline or the call cap, and sends back one Result per client.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import random
 import threading
 import time
 import traceback
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import grpc
 
@@ -67,6 +68,10 @@ class Spec:
     # append: ids with random leading 32 bits (as UUIDv4 ids are, for the id
     # index's B-tree) instead of one client's ids counting up (as UUIDv7 do)
     random_ids: bool = False
+    # "" = the harness's own gRPC stubs (requests built ahead, pre-serialized);
+    # else the name of a system's own Python client (user_clients.py), used as
+    # a user's program would use it: "lighthouse", or a peer's ("umadb")
+    client: str = ""
 
 
 @dataclass
@@ -221,32 +226,82 @@ class SyncClient:
             self.call(self.requests.next())
 
     def run(self, start_ns: int) -> None:
-        spec, res, requests, call = self.spec, self.result, self.requests, self.call
-        requests.keep_ids = spec.keep_ids
-        res.start_ns = start_ns
-        deadline = start_ns + int(spec.duration_s * 1e9)
-        lat = res.latencies_ns
-        sleep_until(start_ns)
-        clock = time.monotonic_ns
-        while res.calls < spec.max_calls and clock() < deadline:
-            request = requests.next()
-            t0 = clock()
-            try:
-                n = call(request)
-            except grpc.RpcError as exc:
-                if _note_error(res, exc):
-                    break
-                continue
-            t1 = clock()
-            requests.written()
-            lat.append(t1 - t0)
-            res.calls += 1
-            res.events += n
-            res.end_ns = t1
-        res.event_ids = requests.ids
+        requests = self.requests
+        requests.keep_ids = self.spec.keep_ids
+        timed_loop(self.spec, self.result, start_ns, requests.next, self.call, requests.written)
+        self.result.event_ids = requests.ids
 
     def close(self) -> None:
         self.channel.close()
+
+
+def timed_loop(
+    spec: Spec,
+    res: Result,
+    start_ns: int,
+    prepare: Callable[[], Any],
+    call: Callable[[Any], int],
+    written: Callable[[], None] = lambda: None,
+    errors: tuple[type[BaseException], ...] = (grpc.RpcError,),
+) -> None:
+    """From the start instant, until the deadline or the call cap: build the
+    next request (``prepare``, not timed), time ``call`` (which returns the
+    events it carried), then ``written``. A call raising one of ``errors``
+    counts as failed (:func:`_note_error`)."""
+    res.start_ns = start_ns
+    deadline = start_ns + int(spec.duration_s * 1e9)
+    lat = res.latencies_ns
+    sleep_until(start_ns)
+    clock = time.monotonic_ns
+    while res.calls < spec.max_calls and clock() < deadline:
+        request = prepare()
+        t0 = clock()
+        try:
+            n = call(request)
+        except errors as exc:
+            if _note_error(res, exc):
+                break
+            continue
+        t1 = clock()
+        written()
+        lat.append(t1 - t0)
+        res.calls += 1
+        res.events += n
+        res.end_ns = t1
+
+
+async def timed_loop_async(
+    spec: Spec,
+    res: Result,
+    start_ns: int,
+    prepare: Callable[[], Any],
+    call: Callable[[Any], Awaitable[int]],
+    written: Callable[[], None] = lambda: None,
+    errors: tuple[type[BaseException], ...] = (grpc.RpcError,),
+) -> None:
+    """:func:`timed_loop` for an asyncio client."""
+    res.start_ns = start_ns
+    deadline = start_ns + int(spec.duration_s * 1e9)
+    delay = (start_ns - time.monotonic_ns()) / 1e9
+    if delay > 0:
+        await asyncio.sleep(delay)
+    clock = time.monotonic_ns
+    lat = res.latencies_ns
+    while res.calls < spec.max_calls and clock() < deadline:
+        request = prepare()
+        t0 = clock()
+        try:
+            n = await call(request)
+        except errors as exc:
+            if _note_error(res, exc):
+                break
+            continue
+        t1 = clock()
+        written()
+        lat.append(t1 - t0)
+        res.calls += 1
+        res.events += n
+        res.end_ns = t1
 
 
 def _note_error(res: Result, exc: BaseException) -> bool:
@@ -263,14 +318,29 @@ def sleep_until(t_ns: int) -> None:
         time.sleep(delay)
 
 
+class ThreadClient(Protocol):
+    """One synchronous client of a run (SyncClient, or a system's own client)."""
+
+    result: Result
+
+    def warmup(self) -> None: ...
+    def run(self, start_ns: int) -> None: ...
+    def close(self) -> None: ...
+
+
 def _run_sync(conn: Connection, spec: Spec, base_index: int, n: int) -> list[Result]:
-    clients = [SyncClient(spec, base_index + i) for i in range(n)]
+    return run_threads(conn, spec, [SyncClient(spec, base_index + i) for i in range(n)])
+
+
+def run_threads(conn: Connection, spec: Spec, clients: Sequence[ThreadClient]) -> list[Result]:
+    """Warm every client up, report ready, wait for the start instant, run
+    them (one thread each, if more than one), return their Results; close them."""
     try:
         for c in clients:
             c.warmup()
         conn.send(("ready",))
         start_ns = _recv_go(conn)
-        if n == 1:
+        if len(clients) == 1:
             clients[0].run(start_ns)
         else:
             threads = [threading.Thread(target=c.run, args=(start_ns,)) for c in clients]
@@ -327,40 +397,42 @@ async def _async_client(
         await ready.put(client_index)
         start_ns = await go
         requests.keep_ids = spec.keep_ids
-        res.start_ns = start_ns
-        deadline = start_ns + int(spec.duration_s * 1e9)
-        delay = (start_ns - time.monotonic_ns()) / 1e9
-        if delay > 0:
-            await asyncio.sleep(delay)
-        clock = time.monotonic_ns
-        lat = res.latencies_ns
-        while res.calls < spec.max_calls and clock() < deadline:
-            request = requests.next()
-            t0 = clock()
-            try:
-                n = await call(request)
-            except grpc.RpcError as exc:
-                if _note_error(res, exc):
-                    break
-                continue
-            t1 = clock()
-            requests.written()
-            lat.append(t1 - t0)
-            res.calls += 1
-            res.events += n
-            res.end_ns = t1
+        await timed_loop_async(spec, res, start_ns, requests.next, call, requests.written)
         res.event_ids = requests.ids
     return res
 
 
+# One asyncio client of a run: given the ready queue and the start future, it
+# connects, warms up, puts its index on the queue, awaits the start instant,
+# runs, and returns its Result.
+TaskClient = Callable[["asyncio.Queue[int]", "asyncio.Future[int]"], Coroutine[Any, Any, Result]]
+
+
 async def _run_async_main(conn: Connection, spec: Spec, base_index: int, n: int) -> list[Result]:
+    clients = [functools.partial(_async_client, spec, base_index + i) for i in range(n)]
+    return await run_tasks(conn, spec, clients)
+
+
+async def run_tasks(conn: Connection, spec: Spec, clients: Sequence[TaskClient]) -> list[Result]:
+    """Run asyncio clients on this loop, with the same ready/start protocol as
+    :func:`run_threads`. A client that fails before it is ready fails the run
+    at once."""
     loop = asyncio.get_running_loop()
     ready: asyncio.Queue[int] = asyncio.Queue()
     go: asyncio.Future[int] = loop.create_future()
-    tasks = [asyncio.create_task(_async_client(spec, base_index + i, ready, go)) for i in range(n)]
+    tasks = [asyncio.create_task(client(ready, go)) for client in clients]
     try:
-        for _ in range(n):
-            await asyncio.wait_for(ready.get(), RPC_TIMEOUT_S * 4)
+        for _ in clients:
+            getter = asyncio.ensure_future(ready.get())
+            done, _ = await asyncio.wait(
+                {getter, *tasks}, timeout=RPC_TIMEOUT_S * 4, return_when=asyncio.FIRST_COMPLETED
+            )
+            if getter not in done:
+                getter.cancel()
+                for t in tasks:
+                    if t.done():
+                        t.result()  # raises the client's error
+                raise TimeoutError("a client did not become ready")
         conn.send(("ready",))
         go.set_result(await loop.run_in_executor(None, _recv_go, conn))
         limit = spec.duration_s + RPC_TIMEOUT_S * 5
@@ -389,7 +461,12 @@ def worker_main(conn: Connection) -> None:
                     conn.send(("result", msg[1](conn, *msg[2])))
                     continue
                 _, spec, style, base_index, n = msg
-                runner = _run_async if style == "asyncio" else _run_sync
+                if spec.client:  # a system's own client library
+                    import user_clients
+
+                    runner = user_clients.run_async if style == "asyncio" else user_clients.run_sync
+                else:
+                    runner = _run_async if style == "asyncio" else _run_sync
                 conn.send(("result", runner(conn, spec, base_index, n)))
             except Exception:
                 conn.send(("error", traceback.format_exc()))
