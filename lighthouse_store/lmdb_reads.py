@@ -72,16 +72,13 @@ def page(
         cursor = _start(txn, dbs, query)
         if cursor is None:
             return Page([], None)
-    # Looked up once per page: record_at runs for every record of a replay.
-    get, log, checked = txn.get, dbs.log, records.checked
-
     def record_at(position: int, key: bytes) -> bytes:
         record = recent(position)
         if record is None:
-            raw = get(key, db=log)
+            raw = txn.get(key, db=dbs.log)
             if raw is None:
                 raise Corruption(f"log has no event at position {position}", position)
-            record = checked(raw, position)
+            record = records.checked(raw, position)
         return record
 
     if query.stream is None:
@@ -94,7 +91,7 @@ def page(
         index = dbs.stream_index
 
         def fetch(key: int) -> bytes:
-            raw = get(INDEX_KEY.pack(stream_id, key), db=index)
+            raw = txn.get(INDEX_KEY.pack(stream_id, key), db=index)
             if raw is None:
                 raise Corruption(f"stream index entry missing for revision {key}", 0)
             return record_at(U64.unpack(raw)[0], raw)

@@ -119,12 +119,11 @@ class EventStoreServicer:
     async def read(self, raw: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
         query = validation.read_query(_parse(pb.ReadRequest, raw))
         loop = asyncio.get_running_loop()
-        read_page = self._store.read_page
         cfg = self._config
         cursor = None
         while True:
             page = await loop.run_in_executor(
-                self._readers, read_page, query, cursor, cfg.page_events, cfg.page_bytes
+                self._readers, self._store.read_page, query, cursor, cfg.page_events, cfg.page_bytes
             )
             if page.records:
                 yield records.repeated_events(page.records)
