@@ -3,9 +3,9 @@
 1. ruff (lint) over the tree;
 2. mypy --strict (configured in pyproject.toml);
 3. buf breaking against the previous commit's protos (when git history has one);
-4. pytest: unit tests, the store contract tests and the integration tests
-   against real daemons (these include ``buf lint`` and the check that the
-   generated code is up to date).
+4. pytest, on every core (pytest-xdist): unit tests, the store contract tests
+   and the integration tests against real daemons (these include ``buf lint``
+   and the check that the generated code is up to date).
 
 Stops at the first failing step and exits with its code.
 """
@@ -44,7 +44,13 @@ def main() -> int:
     run("ruff", [str(BIN / "ruff"), "check", "."])
     run("mypy", [str(BIN / "mypy")])
     buf_breaking()
-    run("pytest", [sys.executable, "-m", "pytest", *sys.argv[1:]])
+    args = sys.argv[1:]
+    if not any(a == "-n" or a.startswith(("-n", "--numprocesses")) for a in args):
+        # Most tests wait on a real daemon (start-up, fsync), so two or more
+        # processes finish sooner even on 2 cores; a module's tests stay in one
+        # process, so module-scoped daemons start once.
+        args = ["-n", "auto", "--dist", "loadfile", *args]
+    run("pytest", [sys.executable, "-m", "pytest", *args])
     return 0
 
 
