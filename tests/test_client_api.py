@@ -191,7 +191,7 @@ def test_a_blocking_call_from_the_client_s_own_loop_raises_instead_of_hanging() 
 
         async def inside() -> None:
             with pytest.raises(RuntimeError, match="inside its own event loop"):
-                client.info()
+                client._loop.run(asyncio.sleep(0))
 
         client._loop.run(inside())
         with pytest.raises(ValueError, match="raised on the loop"):

@@ -10,22 +10,28 @@ import asyncio
 from typing import Any
 
 import grpc
+import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from lighthouse_client import AsyncStoreClient
+from lighthouse_client import AsyncStoreClient, StoreClient
 from lighthouse_proto.v1 import store_pb2 as pb
 from lighthouse_store.servicer import SERVICE_NAME
 
+# (OpenTelemetry's provider is set once per process.)
+EXPORTER = InMemorySpanExporter()
+PROVIDER = TracerProvider()
+PROVIDER.add_span_processor(SimpleSpanProcessor(EXPORTER))
+trace.set_tracer_provider(PROVIDER)
 
-def test_client_spans_and_traceparent() -> None:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    tracer = provider.get_tracer("test")
-    trace.set_tracer_provider(provider)
+
+@pytest.mark.parametrize("blocking", [False, True], ids=["AsyncStoreClient", "StoreClient"])
+def test_client_spans_and_traceparent(blocking: bool) -> None:
+    exporter = EXPORTER
+    exporter.clear()
+    tracer = PROVIDER.get_tracer("test")
     seen: list[dict[str, str]] = []
 
     async def get_info(request: pb.GetInfoRequest, context: Any) -> pb.GetInfoResponse:
@@ -45,10 +51,18 @@ def test_client_spans_and_traceparent() -> None:
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         try:
-            async with AsyncStoreClient(f"127.0.0.1:{port}", tracing=True) as client:
-                with tracer.start_as_current_span("caller") as parent:
-                    info = await client.info()
+            if blocking:  # (in a thread: this loop serves the calls)
+                with (
+                    StoreClient(f"127.0.0.1:{port}", tracing=True) as sync_client,
+                    tracer.start_as_current_span("caller") as parent,
+                ):
+                    info = await asyncio.to_thread(sync_client.info)
                     trace_id = format(parent.get_span_context().trace_id, "032x")
+            else:
+                async with AsyncStoreClient(f"127.0.0.1:{port}", tracing=True) as client:
+                    with tracer.start_as_current_span("caller") as parent:
+                        info = await client.info()
+                        trace_id = format(parent.get_span_context().trace_id, "032x")
         finally:
             await server.stop(None)
         assert info.head_position == 7

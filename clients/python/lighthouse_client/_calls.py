@@ -21,6 +21,7 @@ own module:
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -50,6 +51,9 @@ class Caller:
     def __init__(self, retry: RetryPolicy, breaker: CircuitBreaker) -> None:
         self.retry = retry
         self.breaker = breaker
+        # How a call waits between attempts: on its event loop, or (the
+        # blocking client's calls on their own thread) by blocking that thread.
+        self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
     async def __call__(self, rpc: Rpc[T], deadline: float, *, fallback: bool = False) -> T:
         """``rpc``'s result, retried until ``deadline`` (time.monotonic()).
@@ -84,6 +88,7 @@ class Caller:
                 attempt,
                 wait_for_breaker=not fallback,
                 unreachable_budget=self.retry.fallback_after if fallback else None,
+                sleep=self.sleep,
             )
         except UNREACHABLE:
             if unreachable:

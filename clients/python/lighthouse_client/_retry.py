@@ -26,6 +26,7 @@ retried until the deadline: the daemon is there.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -79,10 +80,11 @@ class RetryPolicy:
         *,
         wait_for_breaker: bool = True,
         unreachable_budget: float | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> T:
         """Call ``attempt(remaining_seconds)`` until it succeeds, fails for good,
         or ``deadline`` (a time.monotonic() value) passes; an unreachable daemon
-        only for ``unreachable_budget`` seconds, when given."""
+        only for ``unreachable_budget`` seconds, when given. Waits are ``sleep``'s."""
         started = time.monotonic()
         # The first attempt runs without tenacity, whose machinery costs more
         # than the rest of the client's side of a call (perf/RESULTS.md, "Client
@@ -111,6 +113,7 @@ class RetryPolicy:
         if self.max_attempts:
             stop = stop | stop_after_attempt(self.max_attempts)
         retrying = AsyncRetrying(
+            sleep=sleep,
             stop=stop,
             wait=self._wait(),
             retry=retry_if_exception(retryable),

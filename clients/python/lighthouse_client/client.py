@@ -1,9 +1,11 @@
 """StoreClient: the synchronous client, a thin facade over AsyncStoreClient.
 
 One implementation of every behaviour (retries, degraded mode, resumable
-subscriptions) lives in the async client; this one runs it on a private
-event loop in a daemon thread and blocks for each result. It is safe to use
-from several threads at once.
+subscriptions) lives in the async client; this one runs it and blocks for
+each result: the unary calls on the calling thread over a synchronous channel
+(``_direct.py``), subscriptions (and every call, with an outbox or tracing)
+on a private event loop in a daemon thread. It is safe to use from several
+threads at once.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Coroutine, Iterator, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
+from lighthouse_client._direct import DirectClient, run_here
 from lighthouse_client._subscription import AsyncSubscription, Start
 from lighthouse_client._types import (
     ANY,
@@ -93,6 +96,16 @@ class StoreClient:
         self._loop = _LoopThread.shared()
         self._async = AsyncStoreClient(target, **kwargs)
         self._closed = False
+        # Where the unary calls run (_direct.py): on this thread, unless the
+        # loop is needed (an outbox's flushes, tracing's grpc.aio interceptors).
+        self._direct: DirectClient | None = None
+        if kwargs.get("outbox") is None and not kwargs.get("tracing"):
+            self._direct = DirectClient(self._async, kwargs.get("channel_options", ()))
+        self._calls = self._direct or self._async
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """A unary call's coroutine (of ``_calls``), run where it belongs."""
+        return self._loop.run(coro) if self._direct is None else run_here(coro)
 
     @property
     def aio(self) -> AsyncStoreClient:
@@ -108,9 +121,7 @@ class StoreClient:
     ) -> AppendResult:
         """As :meth:`AsyncStoreClient.append`: with an outbox, queued behind what
         the daemon cannot take yet, or raising a restart-required error."""
-        return self._loop.run(
-            self._async.append(stream, events, expected_revision, timeout=timeout)
-        )
+        return self._run(self._calls.append(stream, events, expected_revision, timeout=timeout))
 
     def read_stream(
         self,
@@ -121,8 +132,8 @@ class StoreClient:
         max_count: int = 0,
         timeout: float | None = None,
     ) -> ReadResult:
-        return self._loop.run(
-            self._async.read_stream(
+        return self._run(
+            self._calls.read_stream(
                 stream,
                 from_revision=from_revision,
                 backwards=backwards,
@@ -142,8 +153,8 @@ class StoreClient:
         to_time: datetime | None = None,
         timeout: float | None = None,
     ) -> ReadResult:
-        return self._loop.run(
-            self._async.read_all(
+        return self._run(
+            self._calls.read_all(
                 from_position=from_position,
                 backwards=backwards,
                 max_count=max_count,
@@ -155,10 +166,10 @@ class StoreClient:
         )
 
     def get_event(self, event_id: str, *, timeout: float | None = None) -> EventResult:
-        return self._loop.run(self._async.get_event(event_id, timeout=timeout))
+        return self._run(self._calls.get_event(event_id, timeout=timeout))
 
     def info(self, *, timeout: float | None = None) -> StoreInfo:
-        return self._loop.run(self._async.info(timeout=timeout))
+        return self._run(self._calls.info(timeout=timeout))
 
     def flush_outbox(self, *, timeout: float | None = None) -> int:
         """As :meth:`AsyncStoreClient.flush_outbox`."""
@@ -187,6 +198,8 @@ class StoreClient:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
+            if self._direct is not None:
+                self._direct.close_channel()
             self._loop.run(self._async.close())
 
     def __enter__(self) -> StoreClient:
