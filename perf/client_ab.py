@@ -19,6 +19,9 @@ other round, and the medians of the rounds are printed. Per variant:
   read (the stubs read it off the pages);
 * append: ``AsyncStoreClient.append`` of one 1 KiB event on its event loop,
   thread CPU per call; "stubs" awaits the stub with a request built per call;
+* subscribe: ``AsyncStoreClient.subscribe`` (window 1,000) taking ``--events`` // 2
+  events that arrive in messages of 100 (as the harness's fan-out writer makes
+  them), thread CPU per event; "stubs" counts the events of the same messages;
 * sync append: ``StoreClient.append``, wall time per call, p50 (on the calling
   thread since ``_direct.py``; before, the hop to the client's event-loop thread
   and back included); "stubs" calls a synchronous stub that answers at once,
@@ -50,6 +53,7 @@ from lighthouse_proto.v1 import store_pb2 as pb
 
 REPO = Path(__file__).resolve().parent.parent
 PAGE_EVENTS = 450
+SUBSCRIBE_BATCH = 100
 DATA = os.urandom(1024)
 APPENDED = pb.AppendResponse(first_position=1, last_position=1, last_revision=0)
 
@@ -89,11 +93,51 @@ def page_bytes() -> bytes:
     return pb.ReadResponse(events=events).SerializeToString()
 
 
-class Stub:
-    """Answers at once: Append with APPENDED, Read with ``pages`` pages parsed from ``raw``."""
+def subscription_messages(events: int) -> list[bytes]:
+    """``events`` events from position 1 in ``SubscribeResponse`` messages of 100."""
+    out = []
+    for first in range(1, events + 1, SUBSCRIBE_BATCH):
+        batch = pb.SubscribeResponse()
+        for position in range(first, min(first + SUBSCRIBE_BATCH, events + 1)):
+            e = batch.events.events.add(
+                event_id=str(uuid.uuid4()),
+                event_type="BenchEvent",
+                data=DATA,
+                content_type="application/octet-stream",
+                stream=f"bench-{position % 8}",
+                revision=position,
+                position=position,
+            )
+            e.recorded_at.seconds = 1_795_000_000
+        out.append(batch.SerializeToString())
+    return out
 
-    def __init__(self, raw: bytes, pages: int) -> None:
-        self.raw, self.pages = raw, pages
+
+class Stream:
+    """A ``Subscribe`` call that answers at once with ``messages``, in turn."""
+
+    def __init__(self, messages: list[bytes]) -> None:
+        self._messages = iter(messages)
+
+    async def write(self, request: Any) -> None:
+        pass
+
+    async def read(self) -> Any:
+        return pb.SubscribeResponse.FromString(next(self._messages))
+
+    def cancel(self) -> None:
+        pass
+
+
+class Stub:
+    """Answers at once: Append with APPENDED, Read with ``pages`` pages parsed from
+    ``raw``, Subscribe with ``messages``."""
+
+    def __init__(self, raw: bytes, pages: int, messages: list[bytes]) -> None:
+        self.raw, self.pages, self.messages = raw, pages, messages
+
+    def Subscribe(self) -> Stream:
+        return Stream(self.messages)
 
     async def Append(self, request: Any, timeout: float | None = None) -> Any:
         return APPENDED
@@ -145,6 +189,24 @@ class Variant:
     def replay(self, touch: bool = False) -> float:
         """Thread CPU ns per event."""
         return float(self._run(self._replay(touch))) / self.events
+
+    async def _subscribe(self) -> int:
+        n = SUBSCRIBE_BATCH * len(self.stub.messages)
+        t0 = time.thread_time_ns()
+        if self.sync is None:
+            stream, got = self.stub.Subscribe(), 0
+            while got < n:
+                got += len((await stream.read()).events.events)
+        else:
+            sub = self.sync.aio.subscribe(start="start", window=1000)
+            for _ in range(n):
+                await sub.__anext__()
+            await sub.close(0)
+        return (time.thread_time_ns() - t0) // n
+
+    def subscribe(self) -> float:
+        """Thread CPU ns per event."""
+        return float(self._run(self._subscribe()))
 
     async def _appends(self) -> int:
         t0 = time.thread_time_ns()
@@ -210,6 +272,7 @@ _STUB_LOOP: _Loop
 MEASURES: dict[str, tuple[Callable[[Variant], float], str]] = {
     "replay": (Variant.replay, "CPU ns/event"),
     "replay + 1 field": (lambda v: v.replay(touch=True), "CPU ns/event"),
+    "subscribe": (Variant.subscribe, "CPU ns/event"),
     "append (event loop)": (Variant.append, "CPU ns/call"),
     "sync append": (Variant.sync_append, "wall ns/call, p50"),
 }
@@ -230,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         base = load_base(args.base, tmp)
         _STUB_LOOP = _Loop()
-        stub = Stub(page_bytes(), args.events // PAGE_EVENTS)
+        messages = subscription_messages(args.events // 2 // SUBSCRIBE_BATCH * SUBSCRIBE_BATCH)
+        stub = Stub(page_bytes(), args.events // PAGE_EVENTS, messages)
         variants = {
             "stubs": Variant(None, stub, args.events, args.calls),
             "base": Variant(base, stub, args.events, args.calls),

@@ -90,6 +90,18 @@ def test_async_client_every_method(daemon: DaemonProcess) -> None:
     asyncio.run(main())
 
 
+def test_a_subscription_hands_events_on_without_decoding_them(daemon: DaemonProcess) -> None:
+    with StoreClient(daemon.address) as client:
+        client.append("s", [NewEvent("A"), NewEvent("B"), NewEvent("C")])
+        with client.subscribe(start="start") as sub:
+            events = [next(sub) for _ in range(3)]
+            # (an event from the daemon holds its page until a field is read: _types.py)
+            assert [hasattr(e, "_wire") for e in events] == [True] * 3
+            assert sub.last_position == 3
+            assert [hasattr(e, "_wire") for e in events] == [True, True, False]
+            assert [e.event_type for e in events] == ["A", "B", "C"]
+
+
 def test_errors_map_to_the_exception_tree(daemon: DaemonProcess) -> None:
     with StoreClient(daemon.address) as client:
         client.append("s", [NewEvent("A")], NO_STREAM)

@@ -85,7 +85,7 @@ class AsyncSubscription:
         self._failures = 0
         self._down_since: float | None = None
         self.caught_up = False
-        self.last_position: int | None = None  # of the last event handed to the caller
+        self._last: RecordedEvent | None = None  # the last event handed to the caller
         self.reconnects = 0
 
     def __aiter__(self) -> AsyncSubscription:
@@ -97,9 +97,15 @@ class AsyncSubscription:
                 raise StopAsyncIteration
             await self._receive()
         event = self._buffer.popleft()
-        self.last_position = event.position
+        self._last = event
         await self._spent(1)
         return event
+
+    @property
+    def last_position(self) -> int | None:
+        """The position of the last event handed to the caller (read when asked
+        for: reading it decodes that event, ``_types.py``)."""
+        return None if self._last is None else self._last.position
 
     async def lag(self) -> int:
         """Events between the last one delivered and the daemon's head."""
