@@ -22,6 +22,8 @@ other round, and the medians of the rounds are printed. Per variant:
 * subscribe: ``AsyncStoreClient.subscribe`` (window 1,000) taking ``--events`` // 2
   events that arrive in messages of 100 (as the harness's fan-out writer makes
   them), thread CPU per event; "stubs" counts the events of the same messages;
+* sync subscribe: the same through ``StoreClient.subscribe``, wall time per
+  event; "stubs" parses and counts the messages on this thread;
 * sync append: ``StoreClient.append``, wall time per call, p50 (on the calling
   thread since ``_direct.py``; before, the hop to the client's event-loop thread
   and back included); "stubs" calls a synchronous stub that answers at once,
@@ -208,6 +210,21 @@ class Variant:
         """Thread CPU ns per event."""
         return float(self._run(self._subscribe()))
 
+    def sync_subscribe(self) -> float:
+        """Wall ns per event, from this thread."""
+        n = SUBSCRIBE_BATCH * len(self.stub.messages)
+        t0 = time.perf_counter_ns()
+        if self.sync is None:
+            got = 0
+            for raw in self.stub.messages:
+                got += len(pb.SubscribeResponse.FromString(raw).events.events)
+        else:
+            sub = self.sync.subscribe(start="start", window=1000)
+            for _ in range(n):
+                next(sub)
+            sub.close(0)
+        return (time.perf_counter_ns() - t0) / n
+
     async def _appends(self) -> int:
         t0 = time.thread_time_ns()
         for _ in range(self.calls):
@@ -273,6 +290,7 @@ MEASURES: dict[str, tuple[Callable[[Variant], float], str]] = {
     "replay": (Variant.replay, "CPU ns/event"),
     "replay + 1 field": (lambda v: v.replay(touch=True), "CPU ns/event"),
     "subscribe": (Variant.subscribe, "CPU ns/event"),
+    "sync subscribe": (Variant.sync_subscribe, "wall ns/event"),
     "append (event loop)": (Variant.append, "CPU ns/call"),
     "sync append": (Variant.sync_append, "wall ns/call, p50"),
 }

@@ -88,3 +88,21 @@ def test_a_call_that_would_wait_for_an_event_loop_is_refused() -> None:
 
 async def _answer() -> str:
     return "done"
+
+
+def test_a_blocking_subscription_takes_events_in_batches_within_its_window(
+    daemon: DaemonProcess,
+) -> None:
+    with StoreClient(daemon.address) as client:
+        client.append("s", [NewEvent("E") for _ in range(10)])
+        with client.subscribe(start="start", window=3) as small:
+            got: list[int] = []
+            # Credits go back as events are handed out: all 10 arrive through a window of 3.
+            assert in_thread(lambda: got.extend(next(small).position for _ in range(10))).wait(20)
+            assert got == list(range(1, 11))
+        with client.subscribe(start="start") as sub:
+            first = next(sub)  # (the others of its batch are held here)
+            assert sub.last_position == first.position == 1
+            assert sub.lag() == 9  # from the event handed out, not the last one taken
+            assert [next(sub).position for _ in range(9)] == list(range(2, 11))
+            assert sub.lag() == 0

@@ -92,14 +92,30 @@ class AsyncSubscription:
         return self
 
     async def __anext__(self) -> RecordedEvent:
-        while not self._buffer:
-            if self._closed:
-                raise StopAsyncIteration
-            await self._receive()
+        await self._wait_for_events()
         event = self._buffer.popleft()
         self._last = event
         await self._spent(1)
         return event
+
+    async def _take(self, handed: int) -> list[RecordedEvent]:
+        """For the blocking iterator (``client.Subscription``), which hands events
+        out itself, one trip to the loop per batch instead of per event: the
+        ``handed`` events it handed out since its last take are consumed (their
+        credits go back now, as iteration returns them one by one), then every
+        event buffered, waiting for one as iteration does."""
+        await self._spent(handed)
+        await self._wait_for_events()
+        taken = list(self._buffer)
+        self._buffer.clear()
+        self._last = taken[-1]
+        return taken
+
+    async def _wait_for_events(self) -> None:
+        while not self._buffer:
+            if self._closed:
+                raise StopAsyncIteration
+            await self._receive()
 
     @property
     def last_position(self) -> int | None:
@@ -109,8 +125,11 @@ class AsyncSubscription:
 
     async def lag(self) -> int:
         """Events between the last one delivered and the daemon's head."""
+        return await self._lag_after(self.last_position)
+
+    async def _lag_after(self, position: int | None) -> int:
         head = (await self._client.info()).head_position
-        return max(0, head - (self.last_position or 0))
+        return max(0, head - (position or 0))
 
     async def ack(self, position: int | RecordedEvent) -> None:
         """Record that everything up to ``position`` is processed (named consumers)."""
