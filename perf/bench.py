@@ -345,7 +345,8 @@ class Bench:
         m |= {k: v for k, v in lat.items() if k in ("get_p50_ms", "get_p99_ms")}
 
         log("the client library: StoreClient against the stubs, single appends and a replay")
-        m |= client_phase.measure(self.run, s, daemon, index, self.errors)
+        assert self.pool is not None
+        m |= client_phase.measure(self.pool, self.run, s, daemon, index, self.errors)
 
         assert self.pool is not None
         subs = SubscriptionPhases(self.pool, daemon, self.daemon.pid, self.subs, self.errors, log)

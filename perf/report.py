@@ -281,7 +281,8 @@ def _rows(clients_label: str, sizes: dict[str, Any]) -> list[tuple[str, list[Row
             ],
         ),
         (
-            "the client library: StoreClient against the stubs above, same daemon, A B B A",
+            "the client library: StoreClient against the stubs, same daemon"
+            " (appends in turn, replays A B B A)",
             [
                 (
                     "single append p50",

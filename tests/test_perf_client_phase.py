@@ -38,23 +38,31 @@ def test_both_sides_run_on_the_daemon_in_turn(daemon: DaemonProcess) -> None:
 
     errors: list[str] = []
     try:
-        even = client_phase.measure(run, Tiny(), daemon.address, 0, errors)
-        odd = client_phase.measure(run, Tiny(), daemon.address, 1, errors)
+        even = client_phase.measure(pool, run, Tiny(), daemon.address, 0, errors)
+        odd = client_phase.measure(pool, run, Tiny(), daemon.address, 1, errors)
     finally:
         pool.close()
     assert errors == []
     ours = "lighthouse-sync"
     a_b_b_a = [("stubs", ours, ours, "stubs"), (ours, "stubs", "stubs", ours)]
-    for index, order in enumerate(a_b_b_a):
-        calls = ran[8 * index : 8 * index + 8]
-        assert calls == [("append", side) for side in order] + [("replay", s) for s in order]
+    assert ran == [("replay", side) for order in a_b_b_a for side in order]
     for m in (even, odd):
         for key in ("client_append_p50_ms", "client_stubs_append_p50_ms", "client_replay_rate",
                     "client_stubs_replay_rate"):
             assert m[key] > 0, key
         assert m["client_replay_cpu_ns"] >= 0  # (in clock ticks: 0 for so few events)
-    # Each side's appends went to its own stream: 2 rounds x 2 halves x
-    # (1 warm-up call + 5 calls).
+    # Each side's appends went to its own stream: 2 rounds x (2 warm-up calls + 10).
     with StoreClient(daemon.address) as c:
-        for side in ("stubs", ours):
-            assert len(c.read_stream(f"bench-client-append-{side}-0")) == 2 * 2 * (1 + 5)
+        for stream in ("bench-client-append-0", f"bench-client-append-{ours}"):
+            assert len(c.read_stream(stream)) == 2 * (2 + 10)
+
+
+def test_appends_take_turns_call_by_call(daemon: DaemonProcess) -> None:
+    stubs, ours, failed = client_phase.interleaved_appends(None, daemon.address, 6, 1, 20.0)
+    assert failed == "" and len(stubs) == len(ours) == 6
+    with StoreClient(daemon.address) as c:
+        a = c.read_stream("bench-client-append-0")
+        b = c.read_stream("bench-client-append-lighthouse-sync")
+    # Which side went first flips every pair: 1st stubs, 2nd ours, 3rd stubs, ...
+    firsts = ["stubs" if x.position < y.position else "ours" for x, y in zip(a, b, strict=True)]
+    assert firsts == ["stubs", "ours"] * 3 + ["stubs"]
