@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from lighthouse_proto.limits import Limits as Limits  # shared with the client (SPEC §2)
+from lighthouse_proto.limits import Limits as Limits  # shared with the client
 from lighthouse_store import settings
 from lighthouse_store.settings import (
     GIB,
@@ -68,6 +68,10 @@ TAIL_BYTES = 16 * MIB
 # is the largest append plus 4 MiB (server._server_options); a page runs past
 # its byte budget by one record at most, and a record is no larger than an append.
 _MAX_PAGE_BYTES = 2 * MIB
+# The largest append or event a client can send or read back: the client
+# library's channels carry messages of up to 64 MiB, and an event read back
+# carries its metadata and the store's fields besides its data.
+_MAX_MESSAGE_BYTES = 48 * MIB
 
 CONFIG_FLAG = "--config"
 CONFIG_ENV = "LIGHTHOUSE_CONFIG"
@@ -198,9 +202,13 @@ class Config:
     )  # fmt: skip
     limits: Limits = nested(
         Limits,
-        max_event_data_bytes=declare(LIMITS, Size(1, 64 * MIB), "largest `data` of one event"),
+        max_event_data_bytes=declare(
+            LIMITS, Size(1, _MAX_MESSAGE_BYTES), "largest `data` of one event"
+        ),
         max_events_per_append=declare(LIMITS, Count(1, 100_000), "events in one append"),
-        max_append_bytes=declare(LIMITS, Size(KIB, 256 * MIB), "encoded events in one append"),
+        max_append_bytes=declare(
+            LIMITS, Size(KIB, _MAX_MESSAGE_BYTES), "encoded events in one append"
+        ),
         max_metadata_entries=declare(LIMITS, Count(1, 10_000), "metadata entries per event"),
         max_metadata_bytes=declare(LIMITS, Size(1, MIB), "metadata keys + values per event"),
     )

@@ -22,9 +22,10 @@ Commit timing, metrics and fault hooks belong here and nowhere else. Each
 ``EventStore.commit`` (transaction and fsync) is timed in one place,
 ``_commit``, and the time goes with the group's size and the new head in a
 :class:`CommitInfo` to the listeners, which run on the event loop after every
-commit: metrics read commit durations and batch sizes there, and the
-subscription fan-out hangs off the same call. ``faults.after_commit`` runs on
-the writer thread between the durable commit and the answers.
+commit: the subscription fan-out hangs off that call, and it is where metrics
+of commit durations and batch sizes are to be taken, not in the commit.
+``faults.after_commit`` runs on the writer thread between the durable commit
+and the answers.
 """
 
 from __future__ import annotations

@@ -376,7 +376,7 @@ def test_an_append_still_queued_after_the_grace_is_committed(
     """With no grace and a commit pause longer than the drain waits (2 s), the
     server stops while three appends are still queued: their callers get an
     error (they retry with the same ids), and the writer commits them all the
-    same before the daemon exits (README, "Configuration")."""
+    same before the daemon exits (README, "Operations")."""
     env = {**os.environ, COMMIT_PAUSE_MS: "5000"}
     d = daemon_factory(extra_args=["--max-queue", "4", "--shutdown-grace-seconds", "0"], env=env)
     first, queued = _fill_the_queue(d, 4)
