@@ -25,6 +25,12 @@ Commit timing, metrics and fault hooks belong here and nowhere else. Each
 commit: metrics read commit durations and batch sizes there, and the
 subscription fan-out hangs off the same call. ``faults.after_commit`` runs on
 the writer thread between the durable commit and the answers.
+
+With several worker processes, ``announce`` (``wakeups.Wakeups.announce``)
+runs on the writer thread right after each commit that wrote events,
+before the answers and the listeners: the other workers' subscriptions
+wake as soon as the events are durable, without waiting for this worker's
+event loop.
 """
 
 from __future__ import annotations
@@ -73,9 +79,11 @@ class GroupCommitWriter:
         max_batch_bytes: int,
         checkpoint_delay: float,
         faults: Faults | None = None,
+        announce: Callable[[], None] | None = None,
     ) -> None:
         self._store = store
         self._faults = faults or Faults()
+        self._announce = announce
         self._max_queue = max_queue
         self._max_queued_bytes = max_queued_bytes
         self._max_batch_appends = max_batch_appends
@@ -194,6 +202,10 @@ class GroupCommitWriter:
         info = CommitInfo(
             self._store.head_position(), len(batch), checkpoints, time.perf_counter() - started
         )
+        if self._announce is not None and any(
+            isinstance(r, AppendResult) and not r.duplicate for r in results
+        ):
+            self._announce()
         self._faults.after_commit(len(batch))
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self._finish, batch, size, results, info)

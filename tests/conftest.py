@@ -56,6 +56,7 @@ def _make_factory(base: Path, created: list[DaemonProcess]) -> Callable[..., Dae
         extra_args: Sequence[str] = (),
         env: dict[str, str] | None = None,
         start: bool = True,
+        workers: int = 1,
     ) -> DaemonProcess:
         counter[0] += 1
         if data_dir is None:
@@ -66,6 +67,7 @@ def _make_factory(base: Path, created: list[DaemonProcess]) -> Callable[..., Dae
             extra_args=list(extra_args),
             env=env,
             log_path=base / f"daemon{counter[0]}.log",
+            workers=workers,
         )
         created.append(d)
         if start:

@@ -33,6 +33,7 @@ def _serve(conn: Connection, path: Path, clock_offset_ns: int) -> None:
         durability=Durability.ASYNC,
         clock=lambda: time.time_ns() + clock_offset_ns,
     )
+    held: list[Any] = []
     try:
         while True:
             request = conn.recv()
@@ -52,6 +53,9 @@ def _serve(conn: Connection, path: Path, clock_offset_ns: int) -> None:
                 ])
             elif name == "race":  # append to one stream at exact revisions until n succeed
                 conn.send(_race(store, *args))
+            elif name == "hold_read":  # a read transaction left open (its reader slot taken)
+                held.append(store._env.begin())
+                conn.send(True)
             else:
                 conn.send(getattr(store, name)(*args))
     finally:
@@ -125,6 +129,11 @@ class StoreProcess:
         self, commands: Sequence[AppendCommand], checkpoints: Mapping[str, int] | None = None
     ) -> Any:
         return self.call("commit", list(commands), dict(checkpoints or {}))
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would; the store is left as the process left it."""
+        self._proc.kill()
+        self._proc.join(30)
 
     def close(self) -> None:
         if self._proc.is_alive():

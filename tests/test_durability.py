@@ -23,6 +23,7 @@ from support import (
     new_event,
     read_all,
     read_stream,
+    spread_channels,
 )
 
 from lighthouse_proto.v1 import store_pb2 as pb
@@ -109,10 +110,11 @@ class Load:
         self.channels: list[grpc.Channel] = []
 
     def start(self, writers: list[tuple[str, int]]) -> None:
-        for name, batch in writers:
-            # Own channels (not the DaemonProcess's, which stop() closes first), so
-            # in-flight calls see what the daemon does on SIGTERM / kill -9.
-            ch = grpc.insecure_channel(self.daemon.address)
+        # Own channels (not the DaemonProcess's, which stop() closes first), so
+        # in-flight calls see what the daemon does on SIGTERM / kill -9; one
+        # connection each, dealt round the workers when there are several.
+        channels = spread_channels(self.daemon, len(writers))
+        for (name, batch), ch in zip(writers, channels, strict=True):
             self.channels.append(ch)
             stub = pb_grpc.EventStoreServiceStub(ch)
             th = threading.Thread(target=self._run, args=(name, batch, stub))

@@ -119,3 +119,23 @@ def test_two_processes_racing_on_one_stream_write_each_revision_once(
     assert [(r, p) for _, r, p, _ in stream] == [(i, i + 1) for i in range(2 * n)]
     stamps = [ts for *_, ts in stream]
     assert stamps == sorted(stamps)
+
+
+def test_the_reader_check_frees_the_slot_of_a_killed_process(tmp_path: Path) -> None:
+    # What the supervisor does after a worker dies: a read transaction the
+    # worker had open would otherwise keep its reader slot (and pin the
+    # pages it reads) for as long as the environment is open.
+    supervisor = LmdbEventStore(
+        tmp_path, map_size=256 << 20, durability=Durability.ASYNC, shared=True
+    )
+    try:
+        worker = StoreProcess(tmp_path)
+        try:
+            assert worker.call("hold_read") is True
+            worker.kill()
+        finally:
+            worker.close()
+        assert supervisor.reader_check() == 1
+        assert supervisor.reader_check() == 0
+    finally:
+        supervisor.close()
