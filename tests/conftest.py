@@ -97,6 +97,13 @@ def daemon_factory(
         _print_logs(created)
 
 
+@pytest.fixture(params=[1, 2], ids=["1-worker", "2-workers"])
+def workers(request: pytest.FixtureRequest) -> int:
+    """A test that takes this runs twice: against one process, and against a
+    supervisor with two worker processes (``--workers 2``)."""
+    return int(request.param)
+
+
 @pytest.fixture
 def daemon(daemon_factory: DaemonFactory) -> DaemonProcess:
     """A fresh daemon (fsync durability, default limits) on an empty data dir."""

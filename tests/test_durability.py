@@ -1,4 +1,8 @@
-"""Restarts, SIGTERM drain and kill -9 with no loss of acknowledged events."""
+"""Restarts, SIGTERM drain and kill -9 with no loss of acknowledged events.
+
+Every test runs against one process and against a supervisor with two
+worker processes (the ``workers`` fixture): SIGTERM and kill -9 go to the
+process the user started, as they would in production."""
 
 from __future__ import annotations
 
@@ -29,6 +33,11 @@ from support import (
 from lighthouse_proto.v1 import store_pb2 as pb
 from lighthouse_proto.v1 import store_pb2_grpc as pb_grpc
 from lighthouse_store.testing import DaemonProcess
+
+
+@pytest.fixture
+def daemon(daemon_factory: DaemonFactory, workers: int) -> DaemonProcess:
+    return daemon_factory(workers=workers)
 
 
 def test_restart_keeps_everything(daemon: DaemonProcess) -> None:
@@ -206,9 +215,9 @@ def verify_after_crash(
 @pytest.mark.slow
 @pytest.mark.parametrize("durability", ["fsync", "async"])
 def test_kill9_during_writes_loses_no_acknowledged_event(
-    daemon_factory: DaemonFactory, durability: str
+    daemon_factory: DaemonFactory, durability: str, workers: int
 ) -> None:
-    d = daemon_factory(extra_args=["--durability", durability])
+    d = daemon_factory(extra_args=["--durability", durability], workers=workers)
     expected_durability = pb.DURABILITY_FSYNC if durability == "fsync" else pb.DURABILITY_ASYNC
     assert info(d.stub()).durability == expected_durability
     acked: dict[str, Acked] = {}
