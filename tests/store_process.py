@@ -56,6 +56,11 @@ def _serve(conn: Connection, path: Path, clock_offset_ns: int) -> None:
             elif name == "hold_read":  # a read transaction left open (its reader slot taken)
                 held.append(store._env.begin())
                 conn.send(True)
+            elif name == "hold_write":  # LMDB's write lock taken, a page written, never let go
+                txn = store._env.begin(write=True)
+                txn.put(b"half-done", b"x", db=store._dbs.meta)
+                held.append(txn)
+                conn.send(True)
             else:
                 conn.send(getattr(store, name)(*args))
     finally:

@@ -139,3 +139,29 @@ def test_the_reader_check_frees_the_slot_of_a_killed_process(tmp_path: Path) -> 
         assert supervisor.reader_check() == 0
     finally:
         supervisor.close()
+
+
+def test_a_process_killed_holding_the_write_lock_does_not_block_the_others(
+    tmp_path: Path,
+) -> None:
+    # A worker killed in the middle of a commit: LMDB's write lock is a
+    # robust mutex, which the next writer takes over; the dead transaction
+    # left nothing. (Without the kill, the commit below waits for ever: the
+    # bounded wait is what makes this test fail then.)
+    a, b = StoreProcess(tmp_path), StoreProcess(tmp_path)
+    try:
+        assert a.call("head_position") == b.call("head_position") == 0
+        assert a.call("hold_write") is True
+        a.kill()
+        b.send("commit", [cmd("s")], {})
+        assert b.answered(timeout=30), "the write lock of a killed process was never freed"
+        assert b.receive() == [result(1, 1, 0)]
+    finally:
+        a.close()
+        b.close()
+    store = LmdbEventStore(tmp_path, map_size=256 << 20, durability=Durability.ASYNC)
+    try:
+        with store._env.begin() as txn:
+            assert txn.get(b"half-done", db=store._dbs.meta) is None
+    finally:
+        store.close()
