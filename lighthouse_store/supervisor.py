@@ -264,15 +264,15 @@ class Supervisor:
             slot.index, len(self._slots), self._namespace, config.to_json(self._config)
         )
         slot.control.write(spec.encode())
+        line = b""
         try:
             line = await asyncio.wait_for(reader.readline(), READY_TIMEOUT_S)
-            ready = json.loads(line) if line else None
-        except (TimeoutError, ValueError):
-            log.error("worker %d (pid %d) did not start serving; killing it",
-                      slot.index, slot.proc.pid)  # fmt: skip
-            slot.proc.kill()
-            ready = None
-        if ready is None:
+        except TimeoutError:
+            log.error("worker %d (pid %d) did not serve within %.0f s; killing it",
+                      slot.index, slot.proc.pid, READY_TIMEOUT_S)  # fmt: skip
+        if not _says_ready(line):  # it exited (its status says why), or it is stuck
+            if slot.alive():
+                slot.proc.kill()
             return await slot.proc.wait()
         log.info("worker %d (pid %d) serving", slot.index, slot.proc.pid)
         return None
@@ -306,16 +306,15 @@ class Supervisor:
         """SIGTERM every worker and wait for each to drain; False if one had
         to be killed."""
         self._stop.set()
-        for slot in self._slots:
-            if slot.alive():
-                assert slot.proc is not None
-                slot.proc.send_signal(signal.SIGTERM)
+        draining = [slot for slot in self._slots if slot.alive()]
+        for slot in draining:
+            assert slot.proc is not None
+            slot.proc.send_signal(signal.SIGTERM)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._config.shutdown_grace_seconds + DRAIN_MARGIN_S
         clean = True
-        for slot in self._slots:
-            if slot.proc is None:
-                continue
+        for slot in draining:
+            assert slot.proc is not None
             try:
                 code = await asyncio.wait_for(slot.proc.wait(), max(0.0, deadline - loop.time()))
                 log.info("worker %d (pid %d) %s", slot.index, slot.proc.pid, _exit_text(code))
@@ -352,6 +351,14 @@ def _worker_environment() -> dict[str, str]:
     package_root = str(Path(lighthouse_store.__file__).resolve().parent.parent)
     path = os.environ.get("PYTHONPATH", "")
     return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (package_root, path) if p)}
+
+
+def _says_ready(line: bytes) -> bool:
+    try:
+        message = json.loads(line) if line else None
+    except ValueError:
+        return False
+    return isinstance(message, dict) and message.get("event") == "ready"
 
 
 def _exit_text(code: int) -> str:
