@@ -237,6 +237,9 @@ def test_kill9_during_writes_loses_no_acknowledged_event(
         load.stop.set()
         load.join()
         assert load.failures, "the kill did not interrupt the load (raise max_appends)"
+        # A kill is all that stopped it: no append was refused (as a commit
+        # that disagrees with the disk would be, between two workers).
+        assert set(load.failures) == {grpc.StatusCode.UNAVAILABLE}, load.failures
         acked.update(load.acked)
         sent.update(load.sent)
 

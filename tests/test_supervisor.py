@@ -36,6 +36,7 @@ from test_durability import Acked, Load, verify_after_crash
 
 from lighthouse_proto.v1 import store_pb2 as pb
 from lighthouse_proto.v1 import store_pb2_grpc as pb_grpc
+from lighthouse_store.cpus import usable_cpus
 from lighthouse_store.faults import EXIT_AFTER_COMMITS, EXIT_CODE
 from lighthouse_store.testing import DaemonProcess
 
@@ -94,6 +95,18 @@ def test_workers_share_one_port_and_one_store(daemon_factory: DaemonFactory) -> 
     assert head(a) == head(b) == 5  # GetInfo reads the head from storage
     assert [e.position for e in read_stream(a, "s")] == [1, 2, 3, 4, 5]
     assert d.stop() == 0
+
+
+def test_one_worker_is_one_process_and_zero_is_one_per_usable_cpu(
+    daemon_factory: DaemonFactory,
+) -> None:
+    single = daemon_factory(workers=1)
+    assert single.worker_pids() == [] and "workers" not in single.ready
+    assert worker_of(single.stub()) == single.pid == single.ready["pid"]
+    default = daemon_factory(workers=0)
+    n = usable_cpus()
+    assert len(default.worker_pids()) == (n if n > 1 else 0)
+    assert default.ready.get("workers", 1) == n
 
 
 def _run(daemon: DaemonProcess, *args: str) -> subprocess.CompletedProcess[str]:
