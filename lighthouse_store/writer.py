@@ -202,8 +202,10 @@ class GroupCommitWriter:
         info = CommitInfo(
             self._store.head_position(), len(batch), checkpoints, time.perf_counter() - started
         )
-        if self._announce is not None and any(
-            isinstance(r, AppendResult) and not r.duplicate for r in results
+        if (
+            self._announce is not None
+            and not self._faults.drop_wakeups
+            and any(isinstance(r, AppendResult) and not r.duplicate for r in results)
         ):
             self._announce()
         self._faults.after_commit(len(batch))

@@ -37,7 +37,7 @@ from test_durability import Acked, Load, verify_after_crash
 from lighthouse_proto.v1 import store_pb2 as pb
 from lighthouse_proto.v1 import store_pb2_grpc as pb_grpc
 from lighthouse_store.cpus import usable_cpus
-from lighthouse_store.faults import EXIT_AFTER_COMMITS, EXIT_CODE
+from lighthouse_store.faults import DROP_WAKEUPS, EXIT_AFTER_COMMITS, EXIT_CODE
 from lighthouse_store.testing import DaemonProcess
 
 WORKERS = 2
@@ -336,6 +336,27 @@ def serving_pid(daemon: DaemonProcess, index: int) -> int | None:
             if (m := e.get("message", "")).startswith(f"worker {index} (pid ")
             and m.endswith(" serving")]  # fmt: skip
     return pids[-1] if pids else None
+
+
+def test_a_worker_that_missed_a_wake_up_still_answers_with_the_head_on_disk(
+    daemon_factory: DaemonFactory,
+) -> None:
+    # Wake-ups are hints (a full queue drops one): GetInfo's head and where
+    # a subscription from the end starts are read from storage.
+    d = daemon_factory(workers=WORKERS, env={**os.environ, DROP_WAKEUPS: "1"})
+    appender, other = d.worker_pids()
+    append(d.stub(appender), "s", events(3))
+    stub = d.stub(other)
+    assert head(stub) == 3
+    sub = Subscriber(stub, pb.SubscribeOptions(from_end={}))
+    try:
+        assert sub.next_kind("confirmation").confirmation.start_after_position == 3
+        assert sub.next_kind("caught_up_position").caught_up_position == 3
+        # (The fault is on: a live event from the other worker does not reach it.)
+        append(d.stub(appender), "s", events(1))
+        assert "events" not in [m.WhichOneof("kind") for m in sub.quiet_for(0.5)]
+    finally:
+        sub.close()
 
 
 def test_a_worker_that_keeps_dying_is_restarted_later_each_time(
