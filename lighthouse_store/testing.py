@@ -152,7 +152,8 @@ class DaemonProcess:
         return self._signal_and_wait(sig, timeout)
 
     def kill9(self) -> int:
-        """SIGKILL, as a crash would."""
+        """SIGKILL, as a crash would (to the supervisor, when there are
+        workers: the kernel kills them as it dies, without waiting)."""
         return self._signal_and_wait(signal.SIGKILL, 30.0)
 
     def restart(self) -> DaemonProcess:
@@ -161,6 +162,7 @@ class DaemonProcess:
 
     @property
     def pid(self) -> int:
+        """The process started: the daemon, or the supervisor of its workers."""
         assert self.proc is not None
         return self.proc.pid
 
