@@ -36,7 +36,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from lighthouse_store.server import BindError, serve
     from lighthouse_store.supervisor import WorkerStartError, supervise
 
-    workers = cfg.workers or cpus.usable_cpus()
+    try:
+        workers = cpus.worker_count(cfg.workers)
+    except ValueError as exc:
+        print(f"lighthouse-store: bad configuration: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         if workers == 1:
             asyncio.run(serve(cfg))  # one process, no supervisor

@@ -18,13 +18,26 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["cgroup_cpu_quota", "usable_cpus"]
+__all__ = ["cgroup_cpu_quota", "usable_cpus", "worker_count"]
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 PROC_SELF_CGROUP = Path("/proc/self/cgroup")
+
+
+def worker_count(setting: int, platform: str = sys.platform) -> int:
+    """The number of workers ``--workers`` asks for (0: one per usable CPU).
+    Workers need Linux (``SO_REUSEPORT`` spreading connections, abstract
+    sockets, the parent-death signal): elsewhere the default is one process,
+    and more is refused (ValueError)."""
+    if not platform.startswith("linux"):
+        if setting > 1:
+            raise ValueError("--workers: more than one worker process needs Linux")
+        return 1
+    return setting or usable_cpus()
 
 
 def usable_cpus(root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_SELF_CGROUP) -> int:

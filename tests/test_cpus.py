@@ -70,3 +70,11 @@ def test_usable_cpus_follows_the_affinity_mask(tmp_path: Path) -> None:
     finally:
         os.sched_setaffinity(0, mask)
     assert cpus.usable_cpus(root, proc) == len(mask)
+
+
+def test_the_worker_count_is_the_setting_or_usable_cpus_and_one_off_linux() -> None:
+    assert cpus.worker_count(3, "linux") == 3
+    assert cpus.worker_count(0, "linux") == cpus.usable_cpus()
+    assert cpus.worker_count(0, "darwin") == cpus.worker_count(1, "darwin") == 1
+    with pytest.raises(ValueError, match="needs Linux"):
+        cpus.worker_count(2, "darwin")
