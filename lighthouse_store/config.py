@@ -19,10 +19,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import cast
 
 from lighthouse_proto.limits import Limits as Limits  # shared with the client
 from lighthouse_store import settings
@@ -58,7 +59,9 @@ __all__ = [
     "SubscriptionSettings",
     "add_arguments",
     "from_args",
+    "from_json",
     "markdown_table",
+    "to_json",
 ]
 
 # Default budget of the in-memory tail of recent records (tail.Tail):
@@ -144,6 +147,12 @@ class Config:
     log_level: LogLevel = setting(
         SERVER, Choice(LogLevel), LogLevel.INFO,
         "least severe level logged; JSON logs go to stderr, one object per line",
+    )  # fmt: skip
+    workers: int = setting(
+        SERVER, Count(0, 1024), 0,
+        "processes serving gRPC on the one `--listen` port, under a supervisor that"
+        " restarts any that dies; `0`: one per usable CPU (the CPU affinity mask and the"
+        " cgroup CPU quota, at least 1); `1`: a single process, no supervisor",
     )  # fmt: skip
     shutdown_grace_seconds: float = setting(
         SERVER, Seconds(0, 3600), 10.0,
@@ -272,6 +281,29 @@ def _config_file(flag: str | None, environ: Mapping[str, str]) -> tuple[str, dic
     if not path.strip():
         raise ConfigError(f"{where}: must name a file, got {path!r}")
     return path, settings.read_file(path, TABLE)
+
+
+def to_json(cfg: Config) -> dict[str, object]:
+    """A resolved Config as JSON values by setting name (enums and paths as
+    strings), for a worker process (``worker.py``): it gets the supervisor's
+    Config as resolved, never the user's flags, variables and file again."""
+    out: dict[str, object] = {}
+    for s in TABLE:
+        value: object = cfg
+        for name in s.path:
+            value = getattr(value, name)
+        out[s.name] = str(value) if isinstance(value, Path | StrEnum) else value
+    return out
+
+
+def from_json(values: Mapping[str, object]) -> Config:
+    """The Config that :func:`to_json` gave; each value takes its default's type."""
+    built: dict[tuple[str, ...], object] = {}
+    for s in TABLE:
+        if s.name in values:
+            of_type = cast(Callable[[object], object], type(s.default))
+            built[s.path] = of_type(values[s.name])
+    return settings.build(Config, built)
 
 
 def markdown_table() -> str:

@@ -69,6 +69,27 @@ def open_env(path: Path, *, map_size: int, durable: bool, max_readers: int) -> A
         )
 
 
+class WriteLock:
+    """LMDB's own write lock, held by an empty write transaction: entered, no
+    process (this one included) can begin a write transaction until it is
+    left. The supervisor's preallocator holds it around each write of zeros
+    (``prealloc.py``): one lock orders it against every worker's commits.
+    While it is held the used size (``env.info()["last_pgno"]``, read from the
+    newest meta page) cannot change."""
+
+    def __init__(self, env: Any) -> None:
+        self._env = env
+        self._txn: Any = None
+
+    def __enter__(self) -> None:
+        with driver_errors(WRITE_FAILED):
+            self._txn = self._env.begin(write=True)  # py-lmdb waits without the GIL
+
+    def __exit__(self, *exc: object) -> None:
+        txn, self._txn = self._txn, None
+        txn.abort()
+
+
 @contextmanager
 def write_transaction(env: Any, file_lock: threading.Lock) -> Iterator[Any]:
     """A write transaction: committed if the block ends normally, aborted if
