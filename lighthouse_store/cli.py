@@ -16,7 +16,9 @@ EXIT_FAILED = 1
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lighthouse-store", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="lighthouse-store", description="Lighthouse Store, an event-store daemon."
+    )
     parser.add_argument("--version", action="version", version=f"lighthouse-store {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the daemon")
