@@ -20,10 +20,29 @@ each call, and a handful per group instead of several per event keeps the
 event loop and the writer from trading the GIL back and forth. Positions are
 ``head + 1 ...``; ``recorded_at`` is taken once per transaction and never goes
 below the previous transaction's, so it never decreases with position. In
-``fsync`` durability the commit is an LMDB sync commit (``fdatasync``) before
-any append of the group is acknowledged; ``async`` opens the environment with
-``sync=False``. LMDB's copy-on-write B-trees make a commit atomic: a
+``fsync`` durability ``commit()`` returns (and so any append of the group is
+acknowledged) only after two flushes: LMDB's sync commit flushes the data
+pages (``fdatasync``) before it writes the meta page that makes them the
+newest state, and then :func:`lmdb_txn.flush` flushes the file again, meta
+page included. ``async`` opens the environment with ``sync=False`` and
+flushes nothing. LMDB's copy-on-write B-trees make a commit atomic: a
 ``kill -9`` at any moment leaves the last committed state, never a torn record.
+
+The second flush runs after the transaction, outside LMDB's write lock: the
+environment is opened with ``metasync=False`` (``MDB_NOMETASYNC``), so LMDB's
+commit writes the meta page without flushing it. LMDB's own sync commit would
+hold the write lock through both flushes, so with several worker processes
+their commits and flushes ran strictly one after another. Now the lock is held
+through one flush, another worker commits while this one flushes the meta
+page, and their flushes may share a disk write. Durability holds (nothing is
+acknowledged before both flushes); integrity is LMDB's guarantee for
+``MDB_NOMETASYNC`` (the data pages are on disk before the meta page naming
+them is written, so a power cut leaves the previous or the new state). What
+changes: between the commit and its second flush other processes' readers
+(and this process's LMDB reads) can see the group, which a power cut in that
+moment would undo; it is never acknowledged, announced to other workers, put
+in the tail or delivered to subscriptions before the flush. Measured in
+``perf/RESULTS.md`` ("Measured and kept").
 
 Several processes
 =================
@@ -104,6 +123,7 @@ class LmdbEventStore(EventStore):
         path = lmdb_format.env_path(data_dir)
         path.mkdir(parents=True, exist_ok=True)
         durable = durability is Durability.FSYNC
+        self._durable = durable
         self._env = lmdb_txn.open_env(
             path, map_size=map_size, durable=durable, max_readers=max_readers
         )
@@ -163,7 +183,7 @@ class LmdbEventStore(EventStore):
     @property
     def durability(self) -> Durability:
         flags = self._env.flags()
-        return Durability.FSYNC if flags["sync"] and flags["metasync"] else Durability.ASYNC
+        return Durability.FSYNC if flags["sync"] else Durability.ASYNC
 
     @property
     def tail_bytes(self) -> int:
@@ -217,6 +237,8 @@ class LmdbEventStore(EventStore):
                 stored = txn.get(key, db=self._dbs.consumers)
                 if stored is None or U64.unpack(stored)[0] < position:  # never backwards
                     txn.put(key, U64.pack(position), db=self._dbs.consumers)
+        if self._durable:
+            lmdb_txn.flush(self._env)  # the meta page: outside the write lock
         self._tail.add(group.records)  # only once durable: readers never see more
         if group.head != self._head:
             self._head, self._last_ts = group.head, stamp

@@ -55,8 +55,10 @@ def driver_errors(failed: str, *, for_operator: bool = False) -> Iterator[None]:
 
 
 def open_env(path: Path, *, map_size: int, durable: bool, max_readers: int) -> Any:
-    """The store's LMDB environment. ``durable``: every commit syncs the data,
-    then the meta page (fsync durability)."""
+    """The store's LMDB environment. ``durable``: every commit flushes its
+    data pages before writing the meta page (fsync durability); the meta page
+    itself is flushed by :func:`flush` after the commit, outside the write
+    lock (LMDB's ``MDB_NOMETASYNC``; ``lmdb_store.py`` says why)."""
     with driver_errors(OPEN_FAILED, for_operator=True):
         return lmdb.open(
             str(path),
@@ -64,9 +66,17 @@ def open_env(path: Path, *, map_size: int, durable: bool, max_readers: int) -> A
             max_dbs=lmdb_format.MAX_DBS,
             max_readers=max_readers,
             sync=durable,
-            metasync=durable,
+            metasync=False,
             readahead=False,
         )
+
+
+def flush(env: Any) -> None:
+    """Flush the data file (``fdatasync``), the meta pages of transactions
+    committed before the call included. No lock: LMDB allows it beside
+    other writers (py-lmdb waits without the GIL)."""
+    with driver_errors(WRITE_FAILED):
+        env.sync(True)
 
 
 class WriteLock:
