@@ -23,8 +23,8 @@ below the previous transaction's, so it never decreases with position. In
 ``fsync`` durability ``commit()`` returns (and so any append of the group is
 acknowledged) only after two flushes: LMDB's sync commit flushes the data
 pages (``fdatasync``) before it writes the meta page that makes them the
-newest state, and then :func:`lmdb_txn.flush` flushes the file again, meta
-page included. ``async`` opens the environment with ``sync=False`` and
+newest state, and then ``lmdb_txn.write_transaction`` flushes the file
+again, meta page included. ``async`` opens the environment with ``sync=False`` and
 flushes nothing. LMDB's copy-on-write B-trees make a commit atomic: a
 ``kill -9`` at any moment leaves the last committed state, never a torn record.
 
@@ -34,7 +34,10 @@ commit writes the meta page without flushing it. LMDB's own sync commit would
 hold the write lock through both flushes, so with several worker processes
 their commits and flushes ran strictly one after another. Now the lock is held
 through one flush, another worker commits while this one flushes the meta
-page, and their flushes may share a disk write. Durability holds (nothing is
+page, and their flushes may share a disk write. The in-process file lock
+stays held through the flush, so this process's filler (``prealloc.py``)
+writes no zeros for it to flush; the supervisor's filler, with several
+workers, takes only LMDB's write lock and can. Durability holds (nothing is
 acknowledged before both flushes); integrity is LMDB's guarantee for
 ``MDB_NOMETASYNC`` (the data pages are on disk before the meta page naming
 them is written, so a power cut leaves the previous or the new state). What
@@ -222,7 +225,7 @@ class LmdbEventStore(EventStore):
         self, commands: Sequence[AppendCommand], checkpoints: Mapping[str, int] | None
     ) -> list[AppendResult | StoreError]:
         results: list[AppendResult | StoreError] = []
-        with lmdb_txn.write_transaction(self._env, self._file_lock) as txn:
+        with lmdb_txn.write_transaction(self._env, self._file_lock, flush=self._durable) as txn:
             self._catch_up(txn)
             stamp = max(self._clock(), self._last_ts)
             group = _Group(self._head, self._next_stream_id, records.timestamp_field(stamp))
@@ -237,8 +240,6 @@ class LmdbEventStore(EventStore):
                 stored = txn.get(key, db=self._dbs.consumers)
                 if stored is None or U64.unpack(stored)[0] < position:  # never backwards
                     txn.put(key, U64.pack(position), db=self._dbs.consumers)
-        if self._durable:
-            lmdb_txn.flush(self._env)  # the meta page: outside the write lock
         self._tail.add(group.records)  # only once durable: readers never see more
         if group.head != self._head:
             self._head, self._last_ts = group.head, stamp

@@ -57,8 +57,9 @@ def driver_errors(failed: str, *, for_operator: bool = False) -> Iterator[None]:
 def open_env(path: Path, *, map_size: int, durable: bool, max_readers: int) -> Any:
     """The store's LMDB environment. ``durable``: every commit flushes its
     data pages before writing the meta page (fsync durability); the meta page
-    itself is flushed by :func:`flush` after the commit, outside the write
-    lock (LMDB's ``MDB_NOMETASYNC``; ``lmdb_store.py`` says why)."""
+    itself is flushed after the commit, outside LMDB's write
+    lock (``write_transaction(flush=True)``, ``MDB_NOMETASYNC``;
+    ``lmdb_store.py`` says why)."""
     with driver_errors(OPEN_FAILED, for_operator=True):
         return lmdb.open(
             str(path),
@@ -69,14 +70,6 @@ def open_env(path: Path, *, map_size: int, durable: bool, max_readers: int) -> A
             metasync=False,
             readahead=False,
         )
-
-
-def flush(env: Any) -> None:
-    """Flush the data file (``fdatasync``), the meta pages of transactions
-    committed before the call included. No lock: LMDB allows it beside
-    other writers (py-lmdb waits without the GIL)."""
-    with driver_errors(WRITE_FAILED):
-        env.sync(True)
 
 
 class WriteLock:
@@ -101,11 +94,15 @@ class WriteLock:
 
 
 @contextmanager
-def write_transaction(env: Any, file_lock: threading.Lock) -> Iterator[Any]:
+def write_transaction(env: Any, file_lock: threading.Lock, *, flush: bool = False) -> Iterator[Any]:
     """A write transaction: committed if the block ends normally, aborted if
     it raises. ``file_lock`` is held from begin to commit or abort, not only
     around the commit: LMDB also writes pages before the commit when a
-    transaction's dirty pages outgrow its list of them (``prealloc.py``)."""
+    transaction's dirty pages outgrow its list of them (``prealloc.py``).
+    ``flush``: after the commit, with LMDB's write lock released but
+    ``file_lock`` still held (so no step of zeros lands in between), flush the
+    file (``fdatasync``), the commit's meta page included; py-lmdb waits
+    without the GIL."""
     with file_lock, driver_errors(WRITE_FAILED):
         txn = env.begin(write=True)
         try:
@@ -114,3 +111,5 @@ def write_transaction(env: Any, file_lock: threading.Lock) -> Iterator[Any]:
         except BaseException:
             txn.abort()
             raise
+        if flush:
+            env.sync(True)
