@@ -145,7 +145,7 @@ class LmdbEventStore(EventStore):
         preallocator. Corruption of the newest record stops the start here."""
         self._env.reader_check()  # drop reader slots left by a killed process
         self._dbs = lmdb_format.open_databases(self._env)
-        with lmdb_txn.write_transaction(self._env, self._file_lock) as txn:
+        with lmdb_txn.write_transaction(self._env, self._file_lock, flush=durable) as txn:
             lmdb_format.check_format(txn, self._dbs)
             self._head = -1  # unknown: _catch_up reads (and checks) the newest record
             self._catch_up(txn)
