@@ -40,11 +40,12 @@ writes no zeros for it to flush; the supervisor's filler, with several
 workers, takes only LMDB's write lock and can. Durability holds (nothing is
 acknowledged before both flushes); integrity is LMDB's guarantee for
 ``MDB_NOMETASYNC`` (the data pages are on disk before the meta page naming
-them is written, so a power cut leaves the previous or the new state). What
-changes: between the commit and its second flush other processes' readers
-(and this process's LMDB reads) can see the group, which a power cut in that
-moment would undo; it is never acknowledged, announced to other workers, put
-in the tail or delivered to subscriptions before the flush. Measured in
+them is written, so a power cut leaves the previous or the new state). Between
+the commit and its second flush, other processes' readers (and this process's
+LMDB reads) can see the group, which a power cut in that moment would undo; so
+can they in LMDB's own sync commit, between its meta write and its flush: the
+window is longer here, not new. The group is never acknowledged, announced to
+other workers, put in the tail or delivered to subscriptions before the flush. Measured in
 ``perf/RESULTS.md`` ("Measured and kept").
 
 Several processes
