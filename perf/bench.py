@@ -11,7 +11,8 @@ server (perf/echo_server.py), both on 127.0.0.1, plus client worker processes,
 and measures, with 1 KiB events: single-event append latency, 8 concurrent
 appenders, 100-event batches, a full $all replay, GetEvent latency, and the
 subscriptions (subscription_phases.py): append-to-subscriber delivery latency,
-100-subscriber fan-out, resume from a named checkpoint; and the floors: empty
+100-subscriber fan-out, resume from a named checkpoint; the client library
+against the stubs (client_phase.py); and the floors: empty
 gRPC round trips and raw LMDB fsync'd commits. It prints a table
 with ratios and SPEC §6 pass/fail marks, and writes JSON (perf/results/).
 Exit status: 0 done (targets missed or not), 1 a phase failed or an RPC
@@ -34,6 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import client_phase
 import comparison_phases
 import comparisons
 import echo_server
@@ -341,6 +343,9 @@ class Bench:
         )
         lat = report.latency_ms("get", latencies(self.run("get_event", get_spec)))
         m |= {k: v for k, v in lat.items() if k in ("get_p50_ms", "get_p99_ms")}
+
+        log("the client library: StoreClient against the stubs, single appends and a replay")
+        m |= client_phase.measure(self.run, s, daemon, index, self.errors)
 
         assert self.pool is not None
         subs = SubscriptionPhases(self.pool, daemon, self.daemon.pid, self.subs, self.errors, log)

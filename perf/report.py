@@ -60,6 +60,11 @@ RATIOS: dict[str, tuple[str, str, str]] = {
     # Delivery needs the append committed first: append latency is its lower bound.
     "delivery_p50_vs_append_p50": ("delivery_p50_ms", "append_seq_p50_ms", "delivery over append"),
     "delivery_p99_vs_append_p99": ("delivery_p99_ms", "append_seq_p99_ms", "delivery over append"),
+    "client_replay_vs_stubs": (
+        "client_replay_rate",
+        "client_stubs_replay_rate",
+        "issue 15: StoreClient >= 0.8x the stubs",
+    ),
 }
 
 
@@ -74,6 +79,9 @@ def ratios(values: dict[str, float]) -> dict[str, float]:
     if all(k in values for k in floors):
         p50, echo, commit = (values[k] for k in floors)
         out["append_p50_over_floors_ms"] = p50 - echo - commit
+    client = ("client_append_p50_ms", "client_stubs_append_p50_ms")
+    if all(k in values for k in client):
+        out["client_append_minus_stubs_p50_ms"] = values[client[0]] - values[client[1]]
     return out
 
 
@@ -113,6 +121,14 @@ TARGETS = [
         "<=",
         0.25,
         "append p50 <= empty RPC p50 + LMDB commit p50 + 0.25 ms",
+        "issue",
+    ),
+    Target("client_replay_vs_stubs", ">=", 0.8, "StoreClient replay >= 0.8x the stubs'", "issue"),
+    Target(
+        "client_append_minus_stubs_p50_ms",
+        "<=",
+        0.1,
+        "StoreClient single append p50 <= the stubs' + 0.1 ms",
         "issue",
     ),
 ]
@@ -265,6 +281,36 @@ def _rows(clients_label: str, sizes: dict[str, Any]) -> list[tuple[str, list[Row
             ],
         ),
         (
+            "the client library: StoreClient against the stubs above, same daemon, A B B A",
+            [
+                (
+                    "single append p50",
+                    "client_append_p50_ms",
+                    "ms",
+                    "stubs' p50",
+                    "client_stubs_append_p50_ms",
+                    "ms",
+                ),
+                ("p50 - stubs' p50", "client_append_minus_stubs_p50_ms", "ms", "", "", ""),
+                (
+                    "full replay",
+                    "client_replay_rate",
+                    "ev/s",
+                    "stubs' replay",
+                    "client_stubs_replay_rate",
+                    "ev/s",
+                ),
+                (
+                    "replay: client CPU per event",
+                    "client_replay_cpu_ns",
+                    "ns",
+                    "stubs'",
+                    "client_stubs_replay_cpu_ns",
+                    "ns",
+                ),
+            ],
+        ),
+        (
             "floors (same run)",
             [
                 ("empty RPC p50, 1 client", "echo_seq_p50_ms", "ms", "", "", ""),
@@ -303,7 +349,10 @@ def render(values: dict[str, float], clients_label: str, sizes: dict[str, Any]) 
             kind = SOURCES[t.source]
             marks.setdefault(t.key, []).append(f"{mark}: {kind} {t.op} {_num(t.threshold)}")
     # The ratio target is shown on the row that computes that ratio.
-    row_ratio = {("append_conc_rate", "echo_conc_rate"): "append_conc_vs_empty_rpc_conc"}
+    row_ratio = {
+        ("append_conc_rate", "echo_conc_rate"): "append_conc_vs_empty_rpc_conc",
+        ("client_replay_rate", "client_stubs_replay_rate"): "client_replay_vs_stubs",
+    }
     lines: list[str] = []
     for title, rows in _rows(clients_label, sizes):
         lines.append(title)

@@ -3,7 +3,8 @@
 The harness's own clients (``workloads.py``) call the daemon through bare gRPC
 stubs with requests built ahead: they measure the server. To compare with
 another event store, each system is called instead through the client library
-its users install: ours (``lighthouse_client.AsyncStoreClient``) or a peer's
+its users install: ours (``lighthouse_client.AsyncStoreClient``; or
+``StoreClient``, ``OURS_SYNC``, for step 9: ``client_phase.py``) or a peer's
 (``peers.py``). A :class:`Spec` with ``client`` set runs here, in a client
 process, on the same ready/start protocol and with the same timed loop as the
 harness's own clients, so the counts, windows and CPU accounting are the same.
@@ -43,9 +44,10 @@ from workloads import (
     timed_loop_async,
 )
 
-from lighthouse_client import AsyncStoreClient, NewEvent
+from lighthouse_client import AsyncStoreClient, NewEvent, StoreClient
 
 OURS = "lighthouse"
+OURS_SYNC = "lighthouse-sync"  # ours through StoreClient (client_phase.py)
 FILL_BATCH = 100  # events per append when a replay tops the store up
 
 
@@ -120,8 +122,40 @@ class LighthouseDriver:
         await self.client.close()
 
 
+class LighthouseSyncDriver:
+    """:class:`LighthouseDriver` through our blocking client, ``StoreClient``."""
+
+    def __init__(self, address: str, stream: str) -> None:
+        self.client = StoreClient(address, timeout=RPC_TIMEOUT_S)
+        self.stream = stream
+        self.payload = os.urandom(EVENT_BYTES)
+
+    def batch(self, events: int) -> list[NewEvent]:
+        return [
+            NewEvent(EVENT_TYPE, data=self.payload, content_type="application/octet-stream")
+            for _ in range(events)
+        ]
+
+    def append(self, batch: list[NewEvent]) -> int:
+        if self.client.append(self.stream, batch).queued:
+            raise RuntimeError("the append was queued, not written")
+        return len(batch)
+
+    def replay(self, count: int) -> int:
+        read = self.client.read_all(from_position=1, max_count=count, timeout=RPC_TIMEOUT_S * 4)
+        return len(read)
+
+    def head(self) -> int:
+        return self.client.info().head_position
+
+    def close(self) -> None:
+        self.client.close()
+
+
 def make_sync(name: str, address: str, stream: str) -> SyncDriver:
-    """The synchronous driver of peer ``name``."""
+    """The synchronous driver of system ``name``: ours (``StoreClient``), or a peer's."""
+    if name == OURS_SYNC:
+        return LighthouseSyncDriver(address, stream)
     peer = peers.PEERS[name]
     if peer.style != "sync":
         raise ValueError(f"{name}'s client is not synchronous")
@@ -142,7 +176,9 @@ def make_async(name: str, address: str, stream: str) -> AsyncDriver:
 
 def style(name: str) -> str:
     """How system ``name``'s clients run: "asyncio" (tasks) or "sync" (threads)."""
-    return "asyncio" if name == OURS else peers.PEERS[name].style
+    if name in (OURS, OURS_SYNC):
+        return "asyncio" if name == OURS else "sync"
+    return peers.PEERS[name].style
 
 
 # -- running a spec ---------------------------------------------------------------

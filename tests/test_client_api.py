@@ -182,3 +182,23 @@ def test_handle_rpc_error_without_details() -> None:
     err = handle_rpc_error(Plain())
     assert type(err).__name__ == "PermissionDenied"
     assert err.failure_class is FailureClass.HUMAN_INTERVENTION
+
+
+@pytest.mark.timeout(30, method="thread")  # a hang ends the run: no teardown could
+def test_a_blocking_call_from_the_client_s_own_loop_raises_instead_of_hanging() -> None:
+    # (e.g. from an on_conflict callback, which runs on that loop)
+    with StoreClient("127.0.0.1:1") as client:
+
+        async def inside() -> None:
+            with pytest.raises(RuntimeError, match="inside its own event loop"):
+                client.info()
+
+        client._loop.run(inside())
+        with pytest.raises(ValueError, match="raised on the loop"):
+            client._loop.run(_raise(ValueError("raised on the loop")))
+        with pytest.raises(TypeError):  # not a coroutine: the loop cannot start it
+            client._loop.run(42)  # type: ignore[arg-type]
+
+
+async def _raise(exc: Exception) -> None:
+    raise exc

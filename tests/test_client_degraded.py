@@ -154,7 +154,9 @@ def test_calls_with_a_fallback_give_up_on_an_unreachable_daemon_early(
     for method, least, most in (("Append", 0.3, 10.0), ("Read", 0.3, 10.0), ("GetInfo", 1.0, 1.5)):
         arrivals = [call.at for call in store.calls[method]]
         span = arrivals[-1] - arrivals[0]
-        assert least * 0.9 <= span <= most, (method, span, len(arrivals))
+        # (Slack above for the time an attempt takes to reach the server: the
+        # last one may be sent just before the deadline and take longer.)
+        assert least * 0.9 <= span <= most + 0.1, (method, span, len(arrivals))
     assert len(outbox) == 1
     outbox.close()
     cache.close()

@@ -179,6 +179,21 @@ def test_a_call_that_never_answers_ends_at_its_deadline(
     assert only.time_remaining is not None and 0 < only.time_remaining <= 1.1
 
 
+def test_a_call_out_of_time_before_its_first_attempt_sends_nothing(
+    store: ScriptedStore, grpc_addr: str
+) -> None:
+    store.on("GetInfo", reply(INFO))
+    breaker = CircuitBreaker(failure_threshold=10**9)
+    with StoreClient(grpc_addr, retry=FAST, breaker=breaker) as c:
+        with pytest.raises(DeadlineExceeded) as err:
+            c.info(timeout=0)
+        assert "before it could be sent" in err.value.message
+        assert store.requests("GetInfo") == []
+        # Not a sign that the daemon is unreachable.
+        assert breaker.consecutive_failures == 0
+        assert c.info().head_position == 7
+
+
 def test_every_attempt_gets_only_what_is_left_of_the_call_s_deadline(
     store: ScriptedStore, grpc_addr: str
 ) -> None:

@@ -35,7 +35,9 @@ def test_perf_quick_runs_and_writes_results(tmp_path: Path) -> None:
     for metric in ("append_seq_p50_ms", "append_conc_rate", "nogroup_conc_rate", "batch1_rate",
                    "batch1_v7_rate", "batch1_v4_rate", "replay_rate", "get_p99_ms",
                    "delivery_p50_ms", "fanout_rate", "resume_p99_ms", "echo_seq_p50_ms",
-                   "lmdb1_commits_per_s", "lmdb100_events_per_s"):
+                   "lmdb1_commits_per_s", "lmdb100_events_per_s", "client_append_p50_ms",
+                   "client_stubs_append_p50_ms", "client_replay_rate",
+                   "client_stubs_replay_rate", "client_replay_vs_stubs"):
         assert medians.get(metric, 0) > 0, f"{metric} missing from the results, or not positive"
     assert len(results["runs"]) == 2
     daemons = results["daemons"]  # each round has a new daemon, and the file says which

@@ -1,4 +1,8 @@
-"""Protobuf <-> public dataclasses; the only module that builds requests."""
+"""Protobuf <-> public dataclasses; the only module that builds requests.
+
+(Events in responses become ``RecordedEvent`` values through
+``_types.recorded_events``, which decodes each one's fields on first access.)
+"""
 
 from __future__ import annotations
 
@@ -12,28 +16,12 @@ from lighthouse_client._types import (
     Filter,
     Limits,
     NewEvent,
-    RecordedEvent,
     StoreInfo,
     StreamState,
 )
 from lighthouse_proto.v1 import store_pb2 as pb
 
 _DURABILITY = {pb.DURABILITY_FSYNC: "fsync", pb.DURABILITY_ASYNC: "async"}
-
-
-def recorded(e: pb.RecordedEvent) -> RecordedEvent:
-    return RecordedEvent(
-        event_id=e.event_id,
-        event_type=e.event_type,
-        data=e.data,
-        content_type=e.content_type,
-        metadata=dict(e.metadata),
-        stream=e.stream,
-        revision=e.revision,
-        position=e.position,
-        recorded_at_ns=e.recorded_at.seconds * 1_000_000_000 + e.recorded_at.nanos,
-        checksum=e.checksum,
-    )
 
 
 def append_request(

@@ -87,6 +87,20 @@ class RetryPolicy:
         or ``deadline`` (a time.monotonic() value) passes. ``fallback()``: the
         caller still has somewhere else to go (asked at each decision)."""
         unreachable_since: float | None = None  # start of the current unreachable run
+        started = time.monotonic()
+        # The first attempt runs without tenacity, whose machinery costs more
+        # than the rest of the client's side of a call (perf/RESULTS.md, "Client
+        # library cost"); if it fails, tenacity starts from its error as
+        # attempt 1, so what is retried, the waits and the stops are as if
+        # tenacity had run it.
+        if deadline - started <= 0:
+            raise DeadlineExceeded("the call's deadline passed before it could be sent")
+        try:
+            return await attempt(deadline - started)
+        except StoreError as exc:
+            failed: StoreError | None = exc
+            if isinstance(exc, Unavailable | DeadlineExceeded):
+                unreachable_since = time.monotonic()
 
         def retryable(exc: BaseException) -> bool:
             if not isinstance(exc, StoreError) or not exc.retryable:
@@ -111,6 +125,9 @@ class RetryPolicy:
         last: StoreError | None = None
         async for state in retrying:
             with state:
+                if failed is not None:  # attempt 1, made above
+                    last, failed = failed, None
+                    raise last
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:  # a wait overslept the deadline
                     raise last or DeadlineExceeded(

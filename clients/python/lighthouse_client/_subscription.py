@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import grpc
 
 from lighthouse_client import _convert
-from lighthouse_client._types import Filter, RecordedEvent
+from lighthouse_client._types import Filter, RecordedEvent, recorded_events
 from lighthouse_client.exceptions import InvalidRequest, StoreError, Unavailable, handle_rpc_error
 from lighthouse_proto.v1 import store_pb2 as pb
 
@@ -210,11 +210,17 @@ class AsyncSubscription:
             self._told = told
             await self._write_ack()
         if kind == "events":
-            fresh = [_convert.recorded(e) for e in msg.events.events]
+            wire = msg.events.events
+            fresh = recorded_events(wire)
             floor = self._resume_after or 0
-            kept = [e for e in fresh if e.position > floor]
+            # Positions ascend within a page; read off the page, so nothing is decoded.
+            if fresh and wire[0].position > floor:
+                kept, last = fresh, int(wire[-1].position)
+            else:  # repeats after a reconnect
+                kept = [e for e in fresh if e.position > floor]
+                last = kept[-1].position if kept else 0
             if kept:
-                self._resume_after = kept[-1].position
+                self._resume_after = last
                 self._buffer.extend(kept)
                 if self._client.cache is not None:
                     self._client.cache.put(kept)

@@ -1,7 +1,16 @@
-"""The values users see: frozen dataclasses, never protobuf types."""
+"""The values users see: frozen dataclasses, never protobuf types.
+
+A :class:`RecordedEvent` read from the daemon starts as a reference to its
+message in the page it came in (``recorded_events``) and decodes its fields
+the first time one of them is read, all at once; from then on it holds plain
+values and no longer keeps the page alive. A replay that hands events on
+without reading them pays for one small object each, not for ten conversions
+and a copy of the metadata (``perf/RESULTS.md``, "Client library cost").
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import uuid
@@ -10,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import Enum
 from types import MappingProxyType
-from typing import Final
+from typing import TYPE_CHECKING, Any, Final
 
 from lighthouse_proto.limits import Limits as Limits  # GetInfo's limits: the shared type
 
@@ -43,8 +52,15 @@ class NewEvent:
         object.__setattr__(self, "metadata", _frozen_map(self.metadata))
 
 
+class _Undecoded:
+    """Where a :class:`RecordedEvent` from the daemon keeps its message until
+    a field is read: ``_wire[_at]`` (``_wire`` is the page's repeated field)."""
+
+    __slots__ = ("_at", "_wire")
+
+
 @dataclass(frozen=True, slots=True)
-class RecordedEvent:
+class RecordedEvent(_Undecoded):
     """An event as the store recorded it."""
 
     event_id: str
@@ -61,6 +77,74 @@ class RecordedEvent:
     @property
     def recorded_at(self) -> datetime:
         return datetime.fromtimestamp(self.recorded_at_ns / 1e9, tz=UTC)
+
+    if not TYPE_CHECKING:  # (for mypy, every attribute is a plain field)
+
+        def __getattr__(self, name: str) -> Any:
+            # Python calls this only for an attribute not set: a field of an
+            # event that has not been decoded yet, or no attribute at all.
+            getter = _GETTERS.get(name)
+            if getter is None:
+                raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+            _decode(self)
+            return getter(self)
+
+
+_GETTERS = {name: getattr(RecordedEvent, name).__get__ for name in RecordedEvent.__slots__}
+(
+    _set_event_id,
+    _set_event_type,
+    _set_data,
+    _set_content_type,
+    _set_metadata,
+    _set_stream,
+    _set_revision,
+    _set_position,
+    _set_recorded_at_ns,
+    _set_checksum,
+) = (getattr(RecordedEvent, name).__set__ for name in RecordedEvent.__slots__)
+_get_wire = _Undecoded._wire.__get__  # type: ignore[attr-defined]  # slot descriptors
+_set_wire = _Undecoded._wire.__set__  # type: ignore[attr-defined]
+_del_wire = _Undecoded._wire.__delete__  # type: ignore[attr-defined]
+_get_at = _Undecoded._at.__get__  # type: ignore[attr-defined]
+_set_at = _Undecoded._at.__set__  # type: ignore[attr-defined]
+_new = object.__new__
+
+
+def recorded_events(wire: Sequence[Any]) -> list[RecordedEvent]:
+    """The events of ``wire`` (``lighthouse.store.v1.RecordedEvent`` messages,
+    a page's repeated field), each decoded when one of its fields is first read."""
+    events = []
+    for i in range(len(wire)):
+        event = _new(RecordedEvent)
+        _set_wire(event, wire)
+        _set_at(event, i)
+        events.append(event)
+    return events
+
+
+def _decode(event: RecordedEvent) -> None:
+    """Set every field of ``event`` from its message and let go of the page.
+    (Unrolled, with the slots' own setters: a third of the time of a loop.)"""
+    try:
+        wire = _get_wire(event)
+    except AttributeError:  # decoded already (by another thread, just now)
+        return
+    e = wire[_get_at(event)]
+    _set_event_id(event, e.event_id)
+    _set_event_type(event, e.event_type)
+    _set_data(event, e.data)
+    _set_content_type(event, e.content_type)
+    m = e.metadata
+    _set_metadata(event, {k: m[k] for k in m} if m else {})  # (m[missing] would add it)
+    _set_stream(event, e.stream)
+    _set_revision(event, e.revision)
+    _set_position(event, e.position)
+    t = e.recorded_at
+    _set_recorded_at_ns(event, t.seconds * 1_000_000_000 + t.nanos)
+    _set_checksum(event, e.checksum)
+    with contextlib.suppress(AttributeError):  # another thread got there first
+        _del_wire(event)
 
 
 class StreamState(Enum):

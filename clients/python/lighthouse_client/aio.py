@@ -47,6 +47,7 @@ from lighthouse_client._types import (
     ReadResult,
     RecordedEvent,
     StoreInfo,
+    recorded_events,
 )
 from lighthouse_proto.v1 import store_pb2 as pb
 from lighthouse_proto.v1 import store_pb2_grpc as pb_grpc
@@ -291,7 +292,7 @@ class AsyncStoreClient:
                 if request.max_count:
                     req.max_count = request.max_count - len(got)
             async for page in self.stub.Read(req, timeout=remaining):
-                got.extend(_convert.recorded(e) for e in page.events)
+                got.extend(recorded_events(page.events))
             return got
 
         return await self._degraded.read(read_once, self._timeout(timeout), cached, got)
@@ -301,7 +302,7 @@ class AsyncStoreClient:
 
         async def get_once(remaining: float) -> RecordedEvent:
             resp = await self.stub.GetEvent(request, timeout=remaining)
-            return _convert.recorded(resp.event)
+            return recorded_events((resp.event,))[0]
 
         return await self._degraded.get_event(get_once, self._timeout(timeout), event_id)
 
