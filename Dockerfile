@@ -2,11 +2,13 @@
 #
 #   docker build -t lighthouse-store .
 #   docker run -d --name lighthouse -p 50051:50051 -v lighthouse-data:/data lighthouse-store
-#   docker stop -t 30 lighthouse   # SIGTERM; the daemon drains in-flight calls (10 s grace)
+#   docker stop -t 30 lighthouse   # SIGTERM; the daemon drains in-flight calls
 #
 # Flags after the image name go to `lighthouse-store serve` (e.g. --durability async).
 # Change the port with -e LIGHTHOUSE_LISTEN=0.0.0.0:PORT, not --listen: the
 # HEALTHCHECK below probes the port that variable names.
+# The image sets LIGHTHOUSE_DATA_DIR and LIGHTHOUSE_LISTEN, and variables beat
+# a --config file: set those two with -e, not in the file.
 FROM python:3.12-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

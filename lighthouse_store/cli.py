@@ -7,7 +7,7 @@ import asyncio
 import sys
 from collections.abc import Sequence
 
-from lighthouse_store import __version__, config, logs
+from lighthouse_store import __version__, config, cpus, logs
 from lighthouse_store.errors import DataDirLocked, StoreError
 
 EXIT_USAGE = 2
@@ -16,7 +16,9 @@ EXIT_FAILED = 1
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lighthouse-store", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="lighthouse-store", description="Lighthouse Store, an event-store daemon."
+    )
     parser.add_argument("--version", action="version", version=f"lighthouse-store {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the daemon")
@@ -32,10 +34,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"lighthouse-store: bad configuration: {exc}", file=sys.stderr)
         return EXIT_USAGE
     logs.configure(cfg.log_level.value)
-    from lighthouse_store.server import BindError, serve  # after logging is set up
+    # After logging is set up:
+    from lighthouse_store.server import BindError, serve
+    from lighthouse_store.supervisor import WorkerStartError, supervise
 
     try:
-        asyncio.run(serve(cfg))
+        workers = cpus.worker_count(cfg.workers)
+    except ValueError as exc:
+        print(f"lighthouse-store: bad configuration: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        if workers == 1:
+            asyncio.run(serve(cfg))  # one process, no supervisor
+        else:
+            return asyncio.run(supervise(cfg, workers))
+    except WorkerStartError as exc:  # the worker said why on stderr
+        return exc.code if exc.code in (EXIT_USAGE, EXIT_FAILED) else EXIT_FAILED
     except DataDirLocked as exc:
         print(f"lighthouse-store: {exc.message}", file=sys.stderr)
         return EXIT_LOCKED

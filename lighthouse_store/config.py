@@ -19,12 +19,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import cast
 
-from lighthouse_proto.limits import Limits as Limits  # shared with the client (SPEC §2)
+from lighthouse_proto.limits import Limits as Limits  # shared with the client
 from lighthouse_store import settings
 from lighthouse_store.settings import (
     GIB,
@@ -58,7 +59,9 @@ __all__ = [
     "SubscriptionSettings",
     "add_arguments",
     "from_args",
+    "from_json",
     "markdown_table",
+    "to_json",
 ]
 
 # Default budget of the in-memory tail of recent records (tail.Tail):
@@ -68,6 +71,10 @@ TAIL_BYTES = 16 * MIB
 # is the largest append plus 4 MiB (server._server_options); a page runs past
 # its byte budget by one record at most, and a record is no larger than an append.
 _MAX_PAGE_BYTES = 2 * MIB
+# The largest append or event a client can send or read back: the client
+# library's channels carry messages of up to 64 MiB, and an event read back
+# carries its metadata and the store's fields besides its data.
+_MAX_MESSAGE_BYTES = 48 * MIB
 
 CONFIG_FLAG = "--config"
 CONFIG_ENV = "LIGHTHOUSE_CONFIG"
@@ -141,6 +148,12 @@ class Config:
         SERVER, Choice(LogLevel), LogLevel.INFO,
         "least severe level logged; JSON logs go to stderr, one object per line",
     )  # fmt: skip
+    workers: int = setting(
+        SERVER, Count(0, 1024), 0,
+        "processes serving gRPC on the one `--listen` port, under a supervisor that"
+        " restarts any that dies; `0`: one per usable CPU (the CPU affinity mask and the"
+        " cgroup CPU quota, at least 1); `1`: a single process, no supervisor",
+    )  # fmt: skip
     shutdown_grace_seconds: float = setting(
         SERVER, Seconds(0, 3600), 10.0,
         "on SIGTERM or SIGINT, how long in-flight calls get to finish once the writer"
@@ -198,9 +211,13 @@ class Config:
     )  # fmt: skip
     limits: Limits = nested(
         Limits,
-        max_event_data_bytes=declare(LIMITS, Size(1, 64 * MIB), "largest `data` of one event"),
+        max_event_data_bytes=declare(
+            LIMITS, Size(1, _MAX_MESSAGE_BYTES), "largest `data` of one event"
+        ),
         max_events_per_append=declare(LIMITS, Count(1, 100_000), "events in one append"),
-        max_append_bytes=declare(LIMITS, Size(KIB, 256 * MIB), "encoded events in one append"),
+        max_append_bytes=declare(
+            LIMITS, Size(KIB, _MAX_MESSAGE_BYTES), "encoded events in one append"
+        ),
         max_metadata_entries=declare(LIMITS, Count(1, 10_000), "metadata entries per event"),
         max_metadata_bytes=declare(LIMITS, Size(1, MIB), "metadata keys + values per event"),
     )
@@ -264,6 +281,29 @@ def _config_file(flag: str | None, environ: Mapping[str, str]) -> tuple[str, dic
     if not path.strip():
         raise ConfigError(f"{where}: must name a file, got {path!r}")
     return path, settings.read_file(path, TABLE)
+
+
+def to_json(cfg: Config) -> dict[str, object]:
+    """A resolved Config as JSON values by setting name (enums and paths as
+    strings), for a worker process (``worker.py``): it gets the supervisor's
+    Config as resolved, never the user's flags, variables and file again."""
+    out: dict[str, object] = {}
+    for s in TABLE:
+        value: object = cfg
+        for name in s.path:
+            value = getattr(value, name)
+        out[s.name] = str(value) if isinstance(value, Path | StrEnum) else value
+    return out
+
+
+def from_json(values: Mapping[str, object]) -> Config:
+    """The Config that :func:`to_json` gave; each value takes its default's type."""
+    built: dict[tuple[str, ...], object] = {}
+    for s in TABLE:
+        if s.name in values:
+            of_type = cast(Callable[[object], object], type(s.default))
+            built[s.path] = of_type(values[s.name])
+    return settings.build(Config, built)
 
 
 def markdown_table() -> str:

@@ -12,6 +12,11 @@ group of appends it commits (or fails to), before answering its callers: a
 slow disk. Appends that arrive meanwhile queue up (and are refused once the
 queue is full), so tests can see group commit and the queue bound at work
 without racing the machine's speed.
+
+``LIGHTHOUSE_FAULT_DROP_WAKEUPS=1``: with several workers, the writer never
+tells the other workers of its commits (``wakeups.py``), as if every
+wake-up were lost: what a worker answers must not depend on having heard
+of another's commit (GetInfo's head, a subscription from the end).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ log = logging.getLogger("lighthouse_store.faults")
 
 EXIT_AFTER_COMMITS = "LIGHTHOUSE_FAULT_EXIT_AFTER_COMMITS"
 COMMIT_PAUSE_MS = "LIGHTHOUSE_FAULT_COMMIT_PAUSE_MS"
+DROP_WAKEUPS = "LIGHTHOUSE_FAULT_DROP_WAKEUPS"
 EXIT_CODE = 137
 
 
@@ -33,6 +39,7 @@ EXIT_CODE = 137
 class Faults:
     exit_after_commits: int = 0
     commit_pause_ms: int = 0
+    drop_wakeups: bool = False
     _commits: int = 0
 
     @classmethod
@@ -42,11 +49,14 @@ class Faults:
         faults = cls(
             exit_after_commits=int(exit_after) if exit_after.isdigit() else 0,
             commit_pause_ms=int(pause) if pause.isdigit() else 0,
+            drop_wakeups=env.get(DROP_WAKEUPS) == "1",
         )
         if faults.exit_after_commits:
             log.warning("fault injection on: exit after commit %d", faults.exit_after_commits)
         if faults.commit_pause_ms:
             log.warning("fault injection on: %d ms pause after commits", faults.commit_pause_ms)
+        if faults.drop_wakeups:
+            log.warning("fault injection on: other workers are not told of commits")
         return faults
 
     def after_commit(self, appends: int) -> None:

@@ -72,6 +72,7 @@ def page(
         cursor = _start(txn, dbs, query)
         if cursor is None:
             return Page([], None)
+
     def record_at(position: int, key: bytes) -> bytes:
         record = recent(position)
         if record is None:

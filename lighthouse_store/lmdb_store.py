@@ -20,10 +20,54 @@ each call, and a handful per group instead of several per event keeps the
 event loop and the writer from trading the GIL back and forth. Positions are
 ``head + 1 ...``; ``recorded_at`` is taken once per transaction and never goes
 below the previous transaction's, so it never decreases with position. In
-``fsync`` durability the commit is an LMDB sync commit (``fdatasync``) before
-any append of the group is acknowledged; ``async`` opens the environment with
-``sync=False``. LMDB's copy-on-write B-trees make a commit atomic: a
+``fsync`` durability ``commit()`` returns (and so any append of the group is
+acknowledged) only after two flushes: LMDB's sync commit flushes the data
+pages (``fdatasync``) before it writes the meta page that makes them the
+newest state, and then ``lmdb_txn.write_transaction`` flushes the file
+again, meta page included. ``async`` opens the environment with ``sync=False`` and
+flushes nothing. LMDB's copy-on-write B-trees make a commit atomic: a
 ``kill -9`` at any moment leaves the last committed state, never a torn record.
+
+The second flush runs after the transaction, outside LMDB's write lock: the
+environment is opened with ``metasync=False`` (``MDB_NOMETASYNC``), so LMDB's
+commit writes the meta page without flushing it. LMDB's own sync commit would
+hold the write lock through both flushes, so with several worker processes
+their commits and flushes ran strictly one after another. Now the lock is held
+through one flush, another worker commits while this one flushes the meta
+page, and their flushes may share a disk write. The in-process file lock
+stays held through the flush, so this process's filler (``prealloc.py``)
+writes no zeros for it to flush; the supervisor's filler, with several
+workers, takes only LMDB's write lock and can. Durability holds (nothing is
+acknowledged before both flushes); integrity is LMDB's guarantee for
+``MDB_NOMETASYNC`` (the data pages are on disk before the meta page naming
+them is written, so a power cut leaves the previous or the new state). Between
+the commit and its second flush, other processes' readers (and this process's
+LMDB reads) can see the group, which a power cut in that moment would undo; so
+can they in LMDB's own sync commit, between its meta write and its flush: the
+window is longer here, not new. The group is never acknowledged, announced to
+other workers, put in the tail or delivered to subscriptions before the flush. Measured in
+``perf/RESULTS.md`` ("Measured and kept").
+
+Several processes
+=================
+
+With ``--workers N`` every worker process opens the same environment and has
+a store and a writer of its own (``supervisor.py``). LMDB's write lock (a
+robust mutex in ``lock.mdb``, recovered when its holder dies) orders their
+write transactions; every check (idempotency, expected revision, a
+checkpoint's never-backwards max) reads the database inside the transaction,
+so they hold across processes. What the store keeps in memory about the log
+must be read there too: each write transaction starts by finding the last
+position on disk (one ``cursor.last``) and the next stream id (one ``meta``
+get); only when another process moved the head does it decode the last
+record for its ``recorded_at``, so the stamp never goes below another
+worker's either. ``head_position()`` is this process's last view of the head:
+its own commits, and the commits of other workers it hears of
+(:meth:`observe_head`, from ``wakeups.py``); :meth:`last_position` reads the
+disk. The in-memory tail holds only this process's commits: a reader finds
+other workers' records in LMDB. ``shared`` says other processes write the
+environment: the preallocator then takes LMDB's write lock, not an
+in-process one (``prealloc.py``).
 """
 
 from __future__ import annotations
@@ -69,12 +113,21 @@ class LmdbEventStore(EventStore):
         clock: Callable[[], int] = time.time_ns,
         tail_bytes: int = TAIL_BYTES,
         preallocate: int = 0,
+        shared: bool = False,
     ) -> None:
         self._clock = clock
+        self._shared = shared
+        # What this process knows of the log, loaded by _catch_up in every
+        # write transaction (set by the writer thread only):
+        self._head = 0
+        self._last_ts = 0  # recorded_at of the record at _head (ns)
+        self._next_stream_id = 1
+        self._observed = 0  # the head other processes' commits moved to (observe_head)
         self._tail = Tail(tail_bytes)
         path = lmdb_format.env_path(data_dir)
         path.mkdir(parents=True, exist_ok=True)
         durable = durability is Durability.FSYNC
+        self._durable = durable
         self._env = lmdb_txn.open_env(
             path, map_size=map_size, durable=durable, max_readers=max_readers
         )
@@ -93,11 +146,10 @@ class LmdbEventStore(EventStore):
         preallocator. Corruption of the newest record stops the start here."""
         self._env.reader_check()  # drop reader slots left by a killed process
         self._dbs = lmdb_format.open_databases(self._env)
-        with lmdb_txn.write_transaction(self._env, self._file_lock) as txn:
+        with lmdb_txn.write_transaction(self._env, self._file_lock, flush=durable) as txn:
             lmdb_format.check_format(txn, self._dbs)
-            raw = txn.get(lmdb_format.NEXT_STREAM_ID_KEY, db=self._dbs.meta)
-            self._next_stream_id = U64.unpack(raw)[0] if raw else 1
-            self._head, self._last_ts = lmdb_reads.head(txn, self._dbs)
+            self._head = -1  # unknown: _catch_up reads (and checks) the newest record
+            self._catch_up(txn)
         self._page_size = int(self._env.stat()["psize"])
         self._prealloc: Preallocator | None = None
         if preallocate:
@@ -105,23 +157,37 @@ class LmdbEventStore(EventStore):
                 path / "data.mdb",
                 ahead=preallocate,
                 used_bytes=self.used_bytes,
-                file_lock=self._file_lock,
+                file_lock=lmdb_txn.WriteLock(self._env) if self._shared else self._file_lock,
                 sync=durable,
             ).start()
 
     # -- writes ------------------------------------------------------------
 
     def head_position(self) -> int:
-        return self._head
+        # Two values, each written by one thread (the writer; the event loop),
+        # so neither can move the other back.
+        return max(self._head, self._observed)
 
     def last_position(self) -> int:
         with self._env.begin() as txn:
             return lmdb_reads.last_position(txn, self._dbs)
 
+    def observe_head(self) -> int:
+        """Read the head from the disk, after another process's commit: from
+        now on :meth:`head_position` is at least that. Call it from one thread."""
+        self._observed = max(self._observed, self.last_position())
+        return self._observed
+
+    def reader_check(self) -> int:
+        """Free the LMDB reader slots of processes that died (a killed
+        worker's); return how many were freed."""
+        with lmdb_txn.driver_errors(lmdb_txn.OPEN_FAILED, for_operator=True):
+            return int(self._env.reader_check())
+
     @property
     def durability(self) -> Durability:
         flags = self._env.flags()
-        return Durability.FSYNC if flags["sync"] and flags["metasync"] else Durability.ASYNC
+        return Durability.FSYNC if flags["sync"] else Durability.ASYNC
 
     @property
     def tail_bytes(self) -> int:
@@ -159,10 +225,11 @@ class LmdbEventStore(EventStore):
     def _commit(
         self, commands: Sequence[AppendCommand], checkpoints: Mapping[str, int] | None
     ) -> list[AppendResult | StoreError]:
-        stamp = max(self._clock(), self._last_ts)
-        group = _Group(self._head, self._next_stream_id, records.timestamp_field(stamp))
         results: list[AppendResult | StoreError] = []
-        with lmdb_txn.write_transaction(self._env, self._file_lock) as txn:
+        with lmdb_txn.write_transaction(self._env, self._file_lock, flush=self._durable) as txn:
+            self._catch_up(txn)
+            stamp = max(self._clock(), self._last_ts)
+            group = _Group(self._head, self._next_stream_id, records.timestamp_field(stamp))
             for cmd in commands:
                 try:
                     results.append(self._apply(txn, group, cmd))
@@ -179,6 +246,18 @@ class LmdbEventStore(EventStore):
             self._head, self._last_ts = group.head, stamp
         self._next_stream_id = group.next_stream_id
         return results
+
+    def _catch_up(self, txn: Any) -> None:
+        """Load what other processes may have changed since this one's last
+        write transaction: the head (and its ``recorded_at``, decoded only when
+        the head moved) and the next stream id. Positions only grow, so the
+        same last position means no other process appended since."""
+        cur = txn.cursor(db=self._dbs.log)
+        position = U64.unpack(cur.key())[0] if cur.last() else 0
+        if position != self._head:
+            self._head, self._last_ts = lmdb_reads.head(txn, self._dbs)
+        raw = txn.get(lmdb_format.NEXT_STREAM_ID_KEY, db=self._dbs.meta)
+        self._next_stream_id = U64.unpack(raw)[0] if raw else 1
 
     def _write(self, txn: Any, group: _Group) -> None:
         """Put a group's writes: a few C calls (py-lmdb releases the GIL in each)

@@ -55,8 +55,11 @@ def driver_errors(failed: str, *, for_operator: bool = False) -> Iterator[None]:
 
 
 def open_env(path: Path, *, map_size: int, durable: bool, max_readers: int) -> Any:
-    """The store's LMDB environment. ``durable``: every commit syncs the data,
-    then the meta page (fsync durability)."""
+    """The store's LMDB environment. ``durable``: every commit flushes its
+    data pages before writing the meta page (fsync durability); the meta page
+    itself is flushed after the commit, outside LMDB's write
+    lock (``write_transaction(flush=True)``, ``MDB_NOMETASYNC``;
+    ``lmdb_store.py`` says why)."""
     with driver_errors(OPEN_FAILED, for_operator=True):
         return lmdb.open(
             str(path),
@@ -64,17 +67,42 @@ def open_env(path: Path, *, map_size: int, durable: bool, max_readers: int) -> A
             max_dbs=lmdb_format.MAX_DBS,
             max_readers=max_readers,
             sync=durable,
-            metasync=durable,
+            metasync=False,
             readahead=False,
         )
 
 
+class WriteLock:
+    """LMDB's own write lock, held by an empty write transaction: entered, no
+    process (this one included) can begin a write transaction until it is
+    left. The supervisor's preallocator holds it around each write of zeros
+    (``prealloc.py``): one lock orders it against every worker's commits.
+    While it is held the used size (``env.info()["last_pgno"]``, read from the
+    newest meta page) cannot change."""
+
+    def __init__(self, env: Any) -> None:
+        self._env = env
+        self._txn: Any = None
+
+    def __enter__(self) -> None:
+        with driver_errors(WRITE_FAILED):
+            self._txn = self._env.begin(write=True)  # py-lmdb waits without the GIL
+
+    def __exit__(self, *exc: object) -> None:
+        txn, self._txn = self._txn, None
+        txn.abort()
+
+
 @contextmanager
-def write_transaction(env: Any, file_lock: threading.Lock) -> Iterator[Any]:
+def write_transaction(env: Any, file_lock: threading.Lock, *, flush: bool = False) -> Iterator[Any]:
     """A write transaction: committed if the block ends normally, aborted if
     it raises. ``file_lock`` is held from begin to commit or abort, not only
     around the commit: LMDB also writes pages before the commit when a
-    transaction's dirty pages outgrow its list of them (``prealloc.py``)."""
+    transaction's dirty pages outgrow its list of them (``prealloc.py``).
+    ``flush``: after the commit, with LMDB's write lock released but
+    ``file_lock`` still held (so no step of zeros lands in between), flush the
+    file (``fdatasync``), the commit's meta page included; py-lmdb waits
+    without the GIL."""
     with file_lock, driver_errors(WRITE_FAILED):
         txn = env.begin(write=True)
         try:
@@ -83,3 +111,5 @@ def write_transaction(env: Any, file_lock: threading.Lock) -> Iterator[Any]:
         except BaseException:
             txn.abort()
             raise
+        if flush:
+            env.sync(True)

@@ -41,6 +41,10 @@ abort (``lmdb_txn.write_transaction``), and the filler writes only while
 holding it, and only at or past the current end of the file; so it never
 writes where LMDB is writing or has written. The lock is in-process: it
 relies on this daemon being the only writer of its data dir (``lock.py``).
+With several worker processes (``supervisor.py``) the filler runs in the
+supervisor and holds LMDB's own write lock instead (``lmdb_txn.WriteLock``,
+an empty write transaction), which keeps every worker's write transactions
+out in the same way, and keeps the used size still while the filler reads it.
 The space past ``last_pgno`` is invisible to LMDB: it reads only pages it has
 written, sizes its map from its meta page, and a copy (``mdb_env_copy``)
 stops at the last page. After a crash it may hold a few more zero pages, or
@@ -59,8 +63,10 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 
+from lighthouse_store.errors import StoreError
 from lighthouse_store.threads import name_os_thread
 
 log = logging.getLogger("lighthouse_store.prealloc")
@@ -83,7 +89,7 @@ class Preallocator:
         *,
         ahead: int,
         used_bytes: Callable[[], int],
-        file_lock: threading.Lock,
+        file_lock: AbstractContextManager[object],
         sync: bool,
         step: int = STEP,
         interval_s: float = INTERVAL_S,
@@ -122,7 +128,7 @@ class Preallocator:
         (or asked to stop); return the bytes added. Raises OSError."""
         added = 0
         while not self._stop.is_set():
-            with self._lock:  # no write transaction is open
+            with self._lock:  # no write transaction is open, in any process
                 end = os.fstat(self._fd).st_size
                 if end - self._used_bytes() >= self._ahead:
                     return added
@@ -144,11 +150,13 @@ class Preallocator:
         while not self._stop.wait(wait):
             try:
                 self.fill()
-            except OSError as exc:
+            except (OSError, StoreError) as exc:  # StoreError: LMDB's write lock (WriteLock)
                 if not self.failed:
+                    errno = 0 if isinstance(exc, StoreError) else exc.errno or 0
+                    what = exc.message if isinstance(exc, StoreError) else os.strerror(errno)
                     log.warning(
                         "cannot preallocate the data file (%s); retrying later",
-                        os.strerror(exc.errno or 0) or type(exc).__name__,
+                        what or type(exc).__name__,
                     )
                 self.failed = True
                 wait = self._retry_after

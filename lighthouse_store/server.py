@@ -6,6 +6,11 @@ with UNAVAILABLE, new appends are refused with UNAVAILABLE until callers go
 quiet (``_drain``), the server stops taking calls and gives in-flight ones
 ``shutdown_grace_seconds``, the writer commits everything already queued,
 storage closes, the lock goes.
+
+:func:`serve` is the whole daemon in one process (``--workers 1``).
+:func:`run` is the server part alone, which a worker process runs with a
+:class:`WorkerRole` (``worker.py``, ``supervisor.py``): it binds the port
+shared with the other workers, and it hears of their commits.
 """
 
 from __future__ import annotations
@@ -16,7 +21,9 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -27,27 +34,37 @@ from lighthouse_store.config import Config, Durability
 from lighthouse_store.faults import Faults
 from lighthouse_store.lmdb_store import LmdbEventStore
 from lighthouse_store.lock import DataDirLock
+from lighthouse_store.ports import BindError
 from lighthouse_store.servicer import SERVICE_NAME, EventStoreServicer, method_handlers
 from lighthouse_store.subscriptions import SubscriptionHub
 from lighthouse_store.threads import name_os_thread
+from lighthouse_store.wakeups import Wakeups
 from lighthouse_store.writer import GroupCommitWriter
+
+__all__ = ["BindError", "WorkerRole", "open_store", "run", "serve"]
 
 log = logging.getLogger("lighthouse_store.server")
 
 HEALTH_SERVICE_NAME: str = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 
 
-class BindError(RuntimeError):
-    """The listen address could not be bound."""
+@dataclass(frozen=True)
+class WorkerRole:
+    """What makes a server one of several worker processes (``worker.py``)."""
+
+    index: int
+    wakeups: Wakeups  # to wake the other workers after a commit, and be woken
 
 
-def _server_options(config: Config) -> list[tuple[str, int]]:
+def _server_options(config: Config, reuse_port: bool = False) -> list[tuple[str, int]]:
     message_limit = config.limits.max_append_bytes + 4 * 1024 * 1024
     return [
         ("grpc.max_receive_message_length", message_limit),
         ("grpc.max_send_message_length", message_limit),
-        # Without this, a second daemon could bind the same port on Linux.
-        ("grpc.so_reuseport", 0),
+        # Workers share the port (the kernel spreads connections over them,
+        # ports.py). A single process does not: without this, a second daemon
+        # could bind the same port on Linux.
+        ("grpc.so_reuseport", int(reuse_port)),
         ("grpc.keepalive_time_ms", 30_000),
         ("grpc.keepalive_timeout_ms", 10_000),
         ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
@@ -104,26 +121,46 @@ async def _drain(writer: GroupCommitWriter, quiet: float = 0.05, limit: float = 
             return
 
 
+def open_store(
+    config: Config, *, shared: bool = False, preallocate: bool = True
+) -> LmdbEventStore:
+    """The store as ``config`` says. ``shared``: other processes commit to it too."""
+    return LmdbEventStore(
+        config.data_dir,
+        map_size=config.map_size,
+        durability=config.durability,
+        preallocate=config.preallocate if preallocate else 0,
+        tail_bytes=config.tail_bytes,
+        shared=shared,
+    )
+
+
 async def serve(config: Config) -> None:
     """Run the daemon until SIGTERM/SIGINT. Raises DataDirLocked, BindError."""
     lock = DataDirLock(config.data_dir).acquire()
     try:
-        store = LmdbEventStore(
-            config.data_dir,
-            map_size=config.map_size,
-            durability=config.durability,
-            preallocate=config.preallocate,
-            tail_bytes=config.tail_bytes,
-        )
+        store = open_store(config)
         try:
-            await _run(config, store)
+            await run(config, store, ready=_print_ready)
         finally:
             store.close()
     finally:
         lock.release()
 
 
-async def _run(config: Config, store: LmdbEventStore) -> None:
+def _print_ready(address: str) -> None:
+    sys.stdout.write(json.dumps({"event": "ready", "address": address, "pid": os.getpid()}) + "\n")
+    sys.stdout.flush()
+
+
+async def run(
+    config: Config,
+    store: LmdbEventStore,
+    *,
+    ready: Callable[[str], None],
+    worker: WorkerRole | None = None,
+) -> None:
+    """Serve until SIGTERM/SIGINT; ``ready(address)`` once serving."""
     loop = asyncio.get_running_loop()
     writer = GroupCommitWriter(
         store,
@@ -133,13 +170,14 @@ async def _run(config: Config, store: LmdbEventStore) -> None:
         max_batch_bytes=config.max_batch_bytes,
         checkpoint_delay=config.ack_delay_ms / 1000,
         faults=Faults.from_env(),
+        announce=worker.wakeups.announce if worker else None,
     )
     readers = ThreadPoolExecutor(
         config.reader_threads,
         thread_name_prefix="lh-reader",
         initializer=name_os_thread,
     )
-    server = grpc.aio.server(options=_server_options(config))
+    server = grpc.aio.server(options=_server_options(config, reuse_port=worker is not None))
     hub = SubscriptionHub(store, writer, readers, config.subscriptions)
     servicer = EventStoreServicer(config, store, writer, readers, hub)
     _configure_store_service(server, servicer)
@@ -150,16 +188,22 @@ async def _run(config: Config, store: LmdbEventStore) -> None:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if worker is not None:
+
+        def other_worker_committed() -> None:
+            store.observe_head()
+            hub.wake_all()
+
+        worker.wakeups.listen(other_worker_committed)
     writer.start()
     await server.start()
     log.info("listening on %s (data dir %s, durability %s, tail %d bytes, version %s)",
              address, config.data_dir, config.durability.value, store.tail_bytes, __version__)
-    if config.durability is not Durability.FSYNC:
+    if config.durability is not Durability.FSYNC and worker is None:  # else the supervisor
         log.warning("durability %s: acknowledged appends are not fsynced, so a power cut "
                     "can lose the newest of them (GetInfo reports the mode)",
                     config.durability.value)
-    sys.stdout.write(json.dumps({"event": "ready", "address": address, "pid": os.getpid()}) + "\n")
-    sys.stdout.flush()
+    ready(address)
     try:
         await stop.wait()
         log.info("shutting down: draining in-flight calls")
@@ -170,4 +214,6 @@ async def _run(config: Config, store: LmdbEventStore) -> None:
     finally:
         await writer.stop()
         readers.shutdown(wait=True)
+        if worker is not None:
+            worker.wakeups.close()
     log.info("stopped; head position %d", store.head_position())

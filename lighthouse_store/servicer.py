@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Executor
@@ -144,7 +145,9 @@ class EventStoreServicer:
         _parse(pb.GetInfoRequest, raw)
         limits = self._config.limits
         return pb.GetInfoResponse(
-            head_position=self._store.head_position(),
+            # From storage: with several workers, this one may not have heard
+            # of another's latest commit yet (wakeups.py).
+            head_position=self._store.last_position(),
             server_version=__version__,
             durability=_DURABILITY[self._store.durability],  # as LMDB is really set up
             limits=pb.Limits(
@@ -155,6 +158,7 @@ class EventStoreServicer:
                 max_metadata_bytes=limits.max_metadata_bytes,
             ),
             subscriber_count=self._hub.count,
+            worker_pid=os.getpid(),
         ).SerializeToString()
 
     @_guard_stream

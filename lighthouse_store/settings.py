@@ -411,7 +411,8 @@ def add_arguments(parser: argparse.ArgumentParser, settings: tuple[Setting, ...]
             s.flag,
             dest=s.name,
             default=None,
-            help=f"{s.help} ({facts}) [{s.env}]".replace("%", "%%"),
+            # The help is Markdown for the README table; a terminal wants it plain.
+            help=f"{s.help} ({facts}) [{s.env}]".replace("`", "").replace("%", "%%"),
             **s.kind.argparse_options(),
         )
 

@@ -123,7 +123,9 @@ class EventStore(ABC):
         """Position of the last committed event; 0 when empty. Cheap. It is
         published just after a commit becomes visible to readers, so for a
         moment a reader may hold a position past it: before refusing a
-        position for being past the head, ask :meth:`last_position`."""
+        position for being past the head, ask :meth:`last_position`. (With
+        several processes committing to one store, it is the last commit
+        this process made or heard of, which can be further behind.)"""
 
     @abstractmethod
     def last_position(self) -> int:

@@ -105,6 +105,11 @@ class SubscriptionHub:
         for session in self._sessions:
             session.wake.set()
 
+    def wake_all(self) -> None:
+        """Wake every session: another worker's commit moved the head (wakeups.py)."""
+        for session in self._sessions:
+            session.wake.set()
+
     def _on_commit(self, info: CommitInfo) -> None:
         for session in self._sessions:
             if info.checkpoints and session.consumer in info.checkpoints:
@@ -162,7 +167,8 @@ class Session:
                 return stored
         which = options.WhichOneof("start")
         if which == "from_end":
-            return self.hub.store.head_position()
+            # From storage: another worker's latest commit may not have reached this one yet.
+            return self.hub.store.last_position()
         if which == "after_position":
             # A position past the head is no position this store gave out (a
             # client of another store, or of this one before a restore from an

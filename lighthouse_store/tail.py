@@ -3,7 +3,9 @@
 Live subscribers (and any read near the head) take records from here instead
 of LMDB, so every subscriber of a fan-out shares one copy and nobody re-reads
 and re-checks what was just written. The store adds a group's records right
-after its commit is durable; readers never see more than LMDB holds.
+after its commit is durable; readers never see more than LMDB holds. With
+several worker processes each tail holds its own process's commits only, so
+its positions have gaps: a reader takes any position it lacks from LMDB.
 """
 
 from __future__ import annotations

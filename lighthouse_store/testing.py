@@ -8,7 +8,11 @@ The daemon prints one JSON line to stdout once it accepts connections::
 
     {"event": "ready", "address": "127.0.0.1:41234", "pid": 12345}
 
-Its logs go to stderr, which this helper sends to ``<log_path>``.
+(with ``"workers": N`` when a supervisor runs N worker processes). Its logs
+go to stderr, which this helper sends to ``<log_path>``.
+
+``workers`` defaults to 1 here (one process, as the tests mostly want on a
+small machine), not to the daemon's default of one per usable CPU.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from typing import IO, Any
 import grpc
 import lmdb
 
+from lighthouse_proto.v1 import store_pb2 as pb
 from lighthouse_proto.v1 import store_pb2_grpc as pb_grpc
 from lighthouse_store import lmdb_format
 
@@ -49,8 +54,10 @@ class DaemonProcess:
         log_path: Path | None = None,
         port: int = 0,
         cwd: Path | None = None,
+        workers: int = 1,
     ) -> None:
         self.data_dir = Path(data_dir)
+        self.workers = workers
         self.extra_args = list(extra_args)
         self.env = env
         self.log_path = log_path or self.data_dir.parent / f"{self.data_dir.name}.log"
@@ -60,6 +67,7 @@ class DaemonProcess:
         self.cwd = cwd
         self.proc: subprocess.Popen[bytes] | None = None
         self.address = ""
+        self.ready: dict[str, Any] = {}  # the ready line, as the daemon printed it
         self._log: IO[bytes] | None = None
         self._channels: list[grpc.Channel] = []
 
@@ -75,6 +83,8 @@ class DaemonProcess:
             f"127.0.0.1:{self.port}",
             "--data-dir",
             str(self.data_dir),
+            "--workers",
+            str(self.workers),
             *self.extra_args,
         ]
 
@@ -103,6 +113,7 @@ class DaemonProcess:
             except ValueError:
                 continue
             if msg.get("event") == "ready":
+                self.ready = msg
                 self.address = str(msg["address"])
                 # Keep the port so a restart comes back on the same address.
                 self.port = int(self.address.rsplit(":", 1)[1])
@@ -141,7 +152,8 @@ class DaemonProcess:
         return self._signal_and_wait(sig, timeout)
 
     def kill9(self) -> int:
-        """SIGKILL, as a crash would."""
+        """SIGKILL, as a crash would (to the supervisor, when there are
+        workers: the kernel kills them as it dies, without waiting)."""
         return self._signal_and_wait(signal.SIGKILL, 30.0)
 
     def restart(self) -> DaemonProcess:
@@ -150,11 +162,23 @@ class DaemonProcess:
 
     @property
     def pid(self) -> int:
+        """The process started: the daemon, or the supervisor of its workers."""
         assert self.proc is not None
         return self.proc.pid
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def worker_pids(self) -> list[int]:
+        """The pids of the daemon's child processes (its workers; none with
+        ``workers=1``), from ``/proc`` (Linux)."""
+        pids: list[int] = []
+        for task in Path(f"/proc/{self.pid}/task").glob("*"):
+            try:
+                pids += [int(p) for p in (task / "children").read_text().split()]
+            except (FileNotFoundError, ProcessLookupError):
+                continue  # the thread (or the process) is gone
+        return sorted(pids)
 
     def log_text(self) -> str:
         try:
@@ -187,21 +211,42 @@ class DaemonProcess:
 
     # -- clients ---------------------------------------------------------
 
-    def channel(self) -> grpc.Channel:
-        """A new channel to the daemon, closed when the daemon is stopped."""
-        ch = grpc.insecure_channel(
-            self.address,
-            options=[
-                ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-                ("grpc.max_send_message_length", 64 * 1024 * 1024),
-            ],
-        )
+    def channel(self, worker: int | None = None) -> grpc.Channel:
+        """A new channel to the daemon (:meth:`connect`), closed when the
+        daemon is stopped."""
+        ch = self.connect(worker)
         self._channels.append(ch)
         return ch
 
-    def stub(self) -> Any:
-        """An EventStoreService stub on a new channel."""
-        return pb_grpc.EventStoreServiceStub(self.channel())
+    def connect(self, worker: int | None = None, attempts: int = 200) -> grpc.Channel:
+        """A new channel to the daemon on a connection of its own (gRPC would
+        otherwise share one between channels alike, and with several workers
+        every channel would reach the same one); the caller closes it.
+        ``worker``: the pid of the worker process it must reach (one of
+        :meth:`worker_pids`); the kernel picks a worker for each new
+        connection, so this connects until one reaches it."""
+        for _ in range(attempts):
+            ch = grpc.insecure_channel(
+                self.address,
+                options=[
+                    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+                    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+                    ("grpc.use_local_subchannel_pool", 1),
+                ],
+            )
+            if worker is None or self._worker_of(ch) == worker:
+                return ch
+            ch.close()
+        raise RuntimeError(f"no connection reached worker {worker} in {attempts} attempts")
+
+    @staticmethod
+    def _worker_of(ch: grpc.Channel) -> int:
+        info = pb_grpc.EventStoreServiceStub(ch).GetInfo(pb.GetInfoRequest(), timeout=30)
+        return int(info.worker_pid)
+
+    def stub(self, worker: int | None = None) -> Any:
+        """An EventStoreService stub on a new channel (to ``worker``: :meth:`channel`)."""
+        return pb_grpc.EventStoreServiceStub(self.channel(worker))
 
     def close_channels(self) -> None:
         for ch in self._channels:

@@ -22,9 +22,16 @@ Commit timing, metrics and fault hooks belong here and nowhere else. Each
 ``EventStore.commit`` (transaction and fsync) is timed in one place,
 ``_commit``, and the time goes with the group's size and the new head in a
 :class:`CommitInfo` to the listeners, which run on the event loop after every
-commit: metrics read commit durations and batch sizes there, and the
-subscription fan-out hangs off the same call. ``faults.after_commit`` runs on
-the writer thread between the durable commit and the answers.
+commit: the subscription fan-out hangs off that call, and it is where metrics
+of commit durations and batch sizes are to be taken, not in the commit.
+``faults.after_commit`` runs on the writer thread between the durable commit
+and the answers.
+
+With several worker processes, ``announce`` (``wakeups.Wakeups.announce``)
+runs on the writer thread right after each commit that wrote events,
+before the answers and the listeners: the other workers' subscriptions
+wake as soon as the events are durable, without waiting for this worker's
+event loop.
 """
 
 from __future__ import annotations
@@ -73,9 +80,11 @@ class GroupCommitWriter:
         max_batch_bytes: int,
         checkpoint_delay: float,
         faults: Faults | None = None,
+        announce: Callable[[], None] | None = None,
     ) -> None:
         self._store = store
         self._faults = faults or Faults()
+        self._announce = announce
         self._max_queue = max_queue
         self._max_queued_bytes = max_queued_bytes
         self._max_batch_appends = max_batch_appends
@@ -194,6 +203,12 @@ class GroupCommitWriter:
         info = CommitInfo(
             self._store.head_position(), len(batch), checkpoints, time.perf_counter() - started
         )
+        if (
+            self._announce is not None
+            and not self._faults.drop_wakeups
+            and any(isinstance(r, AppendResult) and not r.duplicate for r in results)
+        ):
+            self._announce()
         self._faults.after_commit(len(batch))
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self._finish, batch, size, results, info)

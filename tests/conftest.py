@@ -59,6 +59,7 @@ def _make_factory(base: Path, created: list[DaemonProcess]) -> Callable[..., Dae
         extra_args: Sequence[str] = (),
         env: dict[str, str] | None = None,
         start: bool = True,
+        workers: int = 1,
     ) -> DaemonProcess:
         counter[0] += 1
         if data_dir is None:
@@ -69,6 +70,7 @@ def _make_factory(base: Path, created: list[DaemonProcess]) -> Callable[..., Dae
             extra_args=list(extra_args),
             env=env,
             log_path=base / f"daemon{counter[0]}.log",
+            workers=workers,
         )
         created.append(d)
         if start:
@@ -96,6 +98,13 @@ def daemon_factory(
         _shutdown(d)
     if _failed(request.node):
         _print_logs(created)
+
+
+@pytest.fixture(params=[1, 2], ids=["1-worker", "2-workers"])
+def workers(request: pytest.FixtureRequest) -> int:
+    """A test that takes this runs twice: against one process, and against a
+    supervisor with two worker processes (``--workers 2``)."""
+    return int(request.param)
 
 
 @pytest.fixture

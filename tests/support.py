@@ -34,6 +34,7 @@ class DaemonFactory(Protocol):
         extra_args: Sequence[str] = (),
         env: dict[str, str] | None = None,
         start: bool = True,
+        workers: int = 1,
     ) -> DaemonProcess: ...
 
 
@@ -43,6 +44,20 @@ ERROR_DOMAIN = "lighthouse.store"
 # Per-call deadline: generous, only there so a hung daemon fails a test
 # instead of hanging the suite.
 RPC_TIMEOUT = 60.0
+
+
+def spread_stubs(daemon: DaemonProcess, n: int) -> list[Any]:
+    """``n`` stubs on connections of their own, dealt round the daemon's
+    workers (all on the one process when it has no workers)."""
+    workers: list[int | None] = [*daemon.worker_pids()] or [None]
+    return [daemon.stub(workers[i % len(workers)]) for i in range(n)]
+
+
+def spread_channels(daemon: DaemonProcess, n: int) -> list[grpc.Channel]:
+    """Like :func:`spread_stubs`: channels the caller closes (the daemon's
+    stop() does not close them first, so their calls see what the daemon does)."""
+    workers: list[int | None] = [*daemon.worker_pids()] or [None]
+    return [daemon.connect(workers[i % len(workers)]) for i in range(n)]
 
 
 # -- building requests ---------------------------------------------------

@@ -6,7 +6,10 @@ a real daemon stopped and restarted are in test_client_resilience.py."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from scripted import MemoryLog, ScriptedStore, cut_after, unavailable
@@ -156,4 +159,29 @@ def test_calls_with_a_fallback_give_up_on_an_unreachable_daemon_early(
         assert least * 0.9 <= span <= most + 0.1, (method, span, len(arrivals))
     assert len(outbox) == 1
     outbox.close()
+    cache.close()
+
+
+def test_a_long_read_with_a_cache_that_breaks_is_resumed(
+    store: ScriptedStore, grpc_addr: str
+) -> None:
+    # The read streams for over fallback_after (0.4 s) before its stream
+    # breaks: the daemon was there all along, so the read resumes where it
+    # broke, as it would without a cache, instead of failing (no stale answer
+    # is possible once events have arrived).
+    log = filled_log()
+
+    def slow(request: pb.ReadRequest, context: Any) -> Iterator[Any]:
+        for page in log.read(request, context):
+            time.sleep(0.3)
+            yield page
+
+    store.on("Read", cut_after(2, slow), log.read)
+    retry = RetryPolicy(initial_backoff=0.001, max_backoff=0.01, fallback_after=0.4)
+    cache = ReadCache()
+    with StoreClient(grpc_addr, timeout=30.0, retry=retry, cache=cache) as c:
+        result = c.read_stream("s")
+    assert not result.stale
+    assert [e.event_id for e in result] == [f"e-{n}" for n in range(5)]
+    assert len(store.requests("Read")) == 2
     cache.close()

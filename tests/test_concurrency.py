@@ -1,4 +1,8 @@
-"""Concurrent appenders: optimistic concurrency, gapless positions, ordering."""
+"""Concurrent appenders: optimistic concurrency, gapless positions, ordering.
+
+Every test runs against one process and against two worker processes (the
+``workers`` fixture), whose appends meet only in LMDB: the stubs are dealt
+round the workers (``spread_stubs``)."""
 
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ from support import (
     read_pages,
     read_stream,
     run_threads,
+    spread_stubs,
     ts_ns,
 )
 
@@ -32,6 +37,11 @@ from lighthouse_store.testing import DaemonProcess
 
 WRITERS = 16
 ROUNDS = 30
+
+
+@pytest.fixture
+def daemon(daemon_factory: DaemonFactory, workers: int) -> DaemonProcess:
+    return daemon_factory(workers=workers)
 
 
 @dataclass
@@ -48,7 +58,7 @@ class Outcome:
 
 
 def test_exactly_one_writer_wins_each_round(daemon: DaemonProcess) -> None:
-    stubs = [daemon.stub() for _ in range(4)]  # a few channels, shared by threads
+    stubs = spread_stubs(daemon, 4)  # a few connections, shared by threads
     barrier = threading.Barrier(WRITERS, timeout=60)
     outcomes: list[Outcome] = []
     lock = threading.Lock()
@@ -110,7 +120,7 @@ def test_exactly_one_writer_wins_each_round(daemon: DaemonProcess) -> None:
 def test_gapless_positions_across_10000_events(daemon: DaemonProcess) -> None:
     threads_n, batches, batch_size = 4, 25, 100
     streams_per_thread = 3
-    stubs = [daemon.stub() for _ in range(threads_n)]
+    stubs = spread_stubs(daemon, threads_n)
     # (stream, sent events, response) per append
     results: list[tuple[str, list[pb.ProposedEvent], pb.AppendResponse]] = []
     lock = threading.Lock()
@@ -170,7 +180,7 @@ def test_gapless_positions_across_10000_events(daemon: DaemonProcess) -> None:
 
 def test_concurrent_idempotent_retries(daemon: DaemonProcess) -> None:
     """The same append sent by 8 threads at once is written exactly once."""
-    stubs = [daemon.stub() for _ in range(4)]
+    stubs = spread_stubs(daemon, 4)
     barrier = threading.Barrier(8, timeout=60)
     batch = [new_event("Once", str(i).encode()) for i in range(5)]
     results: list[pb.AppendResponse] = []
@@ -195,13 +205,15 @@ def test_concurrent_idempotent_retries(daemon: DaemonProcess) -> None:
     assert len(read_stream(stubs[0], "once")) == 5
 
 
-def test_queue_limit_rejects_or_accepts_cleanly(daemon_factory: DaemonFactory) -> None:
+def test_queue_limit_rejects_or_accepts_cleanly(
+    daemon_factory: DaemonFactory, workers: int
+) -> None:
     """With a tiny --max-queue, each append either lands or gets RESOURCE_EXHAUSTED
     (recoverable); nothing half-written, positions gapless. Commits are slowed
     (the commit-pause fault), so that with 8 writers the queue surely fills."""
     env = {**os.environ, COMMIT_PAUSE_MS: "20"}
-    d = daemon_factory(extra_args=["--max-queue", "1"], env=env)
-    stubs = [d.stub() for _ in range(8)]
+    d = daemon_factory(extra_args=["--max-queue", "1"], env=env, workers=workers)
+    stubs = spread_stubs(d, 8)
     acked: dict[str, tuple[str, int]] = {}
     rejected: list[str] = []
     lock = threading.Lock()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import re
 import subprocess
 import sys
@@ -458,3 +459,26 @@ def test_help_names_every_flag_its_variable_default_and_bounds() -> None:
         assert s.flag in text
         assert f"[{s.env}]" in text, s.env
     assert "(default64GiB;1MiB-16TiB)[LIGHTHOUSE_MAP_SIZE]" in text
+
+
+def test_workers_default_to_zero_meaning_one_per_usable_cpu() -> None:
+    assert config.Config().workers == 0  # resolved at start: cpus.usable_cpus()
+    assert load(["--workers", "1"]).workers == 1
+    assert load(env={"LIGHTHOUSE_WORKERS": "4"}).workers == 4
+    with pytest.raises(config.ConfigError, match=r"^--workers: not a whole number: 'all'"):
+        load(["--workers", "all"])
+
+
+def test_a_config_goes_to_a_worker_as_json_and_comes_back_the_same(tmp_path: Path) -> None:
+    # Every setting away from its default, so that none is dropped on the way.
+    cfg = load(
+        ["--workers", "3", "--data-dir", str(tmp_path / "d"), "--log-level", "DEBUG",
+         "--durability", "async", "--shutdown-grace-seconds", "2.5", "--map-size", "1GiB",
+         "--max-append-bytes", "2MiB", "--subscribe-page-events", "7"]
+    )  # fmt: skip
+    wire = json.loads(json.dumps(config.to_json(cfg)))
+    assert set(wire) == {s.name for s in config.TABLE}
+    back = config.from_json(wire)
+    assert back == cfg
+    assert isinstance(back.data_dir, Path) and back.durability is config.Durability.ASYNC
+    assert back.limits.max_append_bytes == 2 * MIB and back.subscriptions.page_events == 7

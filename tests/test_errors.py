@@ -11,7 +11,7 @@ One row cannot be provoked from outside: ``INTERNAL`` is what an unexpected
 exception (a bug) becomes, and the daemon has none on purpose. It is checked
 at the mapping level only (``test_every_row_is_the_mapping_of_its_domain_error``).
 ``DataDirLocked`` has no row: it stops a second daemon at startup (exit status
-3, README "Configuration") and is never an RPC's answer.
+3, README "Operations") and is never an RPC's answer.
 """
 
 from __future__ import annotations

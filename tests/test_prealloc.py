@@ -13,15 +13,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from store_process import StoreProcess
 from support import DaemonFactory, new_id
 from test_store_contract import cmd, event
 
 from lighthouse_proto.v1 import store_pb2 as pb
-from lighthouse_store import prealloc
+from lighthouse_store import lmdb_txn, prealloc
 from lighthouse_store.config import Durability
 from lighthouse_store.lmdb_store import LmdbEventStore
 from lighthouse_store.prealloc import Preallocator
-from lighthouse_store.store import ReadQuery
+from lighthouse_store.store import AppendResult, ReadQuery
 
 MIB = 1024 * 1024
 
@@ -101,6 +102,58 @@ def test_filling_while_commits_run_never_clobbers_a_committed_page(tmp_path: Pat
         assert [pb.ProposedEvent.FromString(p).data for p in written] == [e.data for e in events]
     finally:
         reopened.close()
+
+
+def test_while_the_filler_holds_lmdbs_write_lock_no_other_process_commits(
+    tmp_path: Path,
+) -> None:
+    """With several workers the filler runs in the supervisor and the commits
+    in other processes: LMDB's own write lock (an empty write transaction)
+    keeps them apart. A worker's commit sent while the filler holds it is
+    not answered until the filler lets go."""
+    LmdbEventStore(tmp_path, map_size=1 << 30, durability=Durability.ASYNC).close()  # create it
+    worker = StoreProcess(tmp_path)
+    supervisor = LmdbEventStore(
+        tmp_path, map_size=1 << 30, durability=Durability.ASYNC, shared=True
+    )
+    answered_while_held: list[bool] = []
+
+    def used_bytes() -> int:  # fill() calls it with the lock held
+        if not answered_while_held:
+            worker.send("commit", [cmd("s")], {})
+            answered_while_held.append(worker.answered(timeout=0.5))
+        return supervisor.used_bytes()
+
+    filler = Preallocator(
+        data_file(tmp_path),
+        ahead=MIB,
+        used_bytes=used_bytes,
+        file_lock=lmdb_txn.WriteLock(supervisor._env),
+        sync=False,
+    )
+    try:
+        assert worker.call("head_position") == 0  # open, and ready to commit
+        filler.fill()
+        assert answered_while_held == [False], "a commit ran while the filler held the lock"
+        (result,) = worker.receive()
+        assert isinstance(result, AppendResult) and result.first_position == 1
+    finally:
+        filler.close()
+        supervisor.close()
+        worker.close()
+    assert len(read_all_reopened(tmp_path)) == 1
+
+
+def test_a_shared_store_preallocates_under_lmdbs_write_lock(tmp_path: Path) -> None:
+    store = LmdbEventStore(
+        tmp_path, map_size=1 << 30, durability=Durability.ASYNC, shared=True, preallocate=MIB
+    )
+    try:
+        assert store._prealloc is not None
+        assert isinstance(store._prealloc._lock, lmdb_txn.WriteLock)
+        wait_until(lambda: data_file(tmp_path).stat().st_size >= store.used_bytes() + MIB)
+    finally:
+        store.close()
 
 
 def test_a_write_transaction_holds_the_file_lock_from_begin_to_end(tmp_path: Path) -> None:

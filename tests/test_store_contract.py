@@ -9,6 +9,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -334,15 +335,48 @@ class TestLmdbEventStore(EventStoreContract):
     @pytest.mark.parametrize("durability", list(Durability))
     def test_durability_is_how_lmdb_is_opened(self, tmp_path: Path, durability: Durability) -> None:
         # A kill -9 keeps the page cache, so crash tests pass without any sync:
-        # this checks the environment itself (sync: flush the data pages;
-        # metasync: then the meta page), and what the store reports from it.
+        # this checks the environment itself (sync: the commit flushes the data
+        # pages; never metasync: the store flushes the meta page itself, below),
+        # and what the store reports from it.
         store = LmdbEventStore(tmp_path / "d", map_size=1 << 20, durability=durability)
         try:
             flags = store._env.flags()
             durable = durability is Durability.FSYNC
-            assert (flags["sync"], flags["metasync"]) == (durable, durable)
+            assert (flags["sync"], flags["metasync"]) == (durable, False)
             assert store.durability is durability
         finally:
+            store.close()
+
+    @pytest.mark.parametrize("durability", list(Durability))
+    def test_a_commit_returns_after_flushing_its_meta_page(
+        self, tmp_path: Path, durability: Durability
+    ) -> None:
+        # In fsync durability the commit's own flush covers only the data pages
+        # (metasync off): commit() must flush the file once more after the
+        # transaction, before it returns (and so before anyone is answered).
+        store = LmdbEventStore(tmp_path / "d", map_size=1 << 20, durability=durability)
+        flushed: list[int] = []  # the last committed transaction at each flush
+
+        class Env:
+            def __init__(self, env: Any) -> None:
+                self._env = env
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(self._env, name)
+
+            def sync(self, force: bool = False) -> None:
+                assert force
+                flushed.append(self._env.info()["last_txnid"])
+                self._env.sync(force)
+
+        real, store._env = store._env, Env(store._env)
+        try:
+            store.commit([cmd("s")])
+            store.commit([cmd("s"), cmd("t")], {"c": 1})
+            txnid = real.info()["last_txnid"]
+            assert flushed == ([txnid - 1, txnid] if durability is Durability.FSYNC else [])
+        finally:
+            store._env = real
             store.close()
 
     def test_an_append_too_big_for_the_map_fails_alone(self, tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ setup(
         proto_requirement(),
         "grpcio>=1.85.1,<2",
         "protobuf>=7.35.1,<8",
-        "tenacity>=8.2,<10",
+        "tenacity>=8.3,<10",  # RetryCallState.upcoming_sleep (_retry.py)
         # The on-disk read cache and the outbox are LMDB directories.
         "lmdb>=1.6,<4",
     ]

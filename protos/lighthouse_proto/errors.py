@@ -3,7 +3,7 @@
 Each error carries a ``google.rpc.Status`` in the ``grpc-status-details-bin``
 trailer, holding a ``google.rpc.ErrorInfo`` with ``domain`` :data:`DOMAIN`, a
 ``reason`` from :class:`Reason`, and metadata that always has
-:data:`FAILURE_CLASS_KEY` (SPEC §4), so that a client knows whether to retry
+:data:`FAILURE_CLASS_KEY`, so that a client knows whether to retry
 without knowing every reason.
 """
 
@@ -19,7 +19,7 @@ FAILURE_CLASS_KEY = "failure_class"
 
 
 class FailureClass(StrEnum):
-    """What a client does about an error (SPEC §4)."""
+    """What a client does about an error."""
 
     RECOVERABLE = "recoverable"  # retry with backoff and jitter
     HUMAN_INTERVENTION = "human_intervention"  # do not retry; report

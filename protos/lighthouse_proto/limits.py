@@ -1,4 +1,4 @@
-"""Request limits (SPEC §2): the daemon's defaults, and what ``GetInfo``
+"""Request limits: the daemon's defaults, and what ``GetInfo``
 reports as the limits in force."""
 
 from __future__ import annotations

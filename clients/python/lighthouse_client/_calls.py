@@ -55,10 +55,14 @@ class Caller:
         # blocking client's calls on their own thread) by blocking that thread.
         self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
-    async def __call__(self, rpc: Rpc[T], deadline: float, *, fallback: bool = False) -> T:
+    async def __call__(
+        self, rpc: Rpc[T], deadline: float, *, fallback: bool | Callable[[], bool] = False
+    ) -> T:
         """``rpc``'s result, retried until ``deadline`` (time.monotonic()).
-        ``fallback``: the caller has somewhere else to go when the daemon cannot
-        be reached, so an open breaker is not waited for."""
+        ``fallback`` (or, when callable, what it says at each decision): the
+        caller has somewhere else to go when the daemon cannot be reached, so
+        an open breaker is not waited for, nor an unreachable daemon for
+        longer than ``RetryPolicy.fallback_after``."""
         unreachable = False  # did the last attempt sent fail to reach the daemon?
 
         async def attempt(remaining: float) -> T:
@@ -86,8 +90,7 @@ class Caller:
             return await self.retry.run(
                 deadline,
                 attempt,
-                wait_for_breaker=not fallback,
-                unreachable_budget=self.retry.fallback_after if fallback else None,
+                fallback=fallback if callable(fallback) else lambda: fallback,
                 sleep=self.sleep,
             )
         except UNREACHABLE:

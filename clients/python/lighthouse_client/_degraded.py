@@ -88,7 +88,10 @@ class DegradedMode:
         """``rpc``'s events, or the cache's when the daemon cannot be reached
         and nothing had ``arrived`` from it in this read."""
         try:
-            events = await self._call(rpc, _deadline(timeout), fallback=self.cache is not None)
+            # Once events have arrived, the cache is no answer (see above).
+            events = await self._call(
+                rpc, _deadline(timeout), fallback=lambda: self.cache is not None and not arrived
+            )
         except UNREACHABLE as exc:
             if self.cache is None or len(arrived):
                 raise

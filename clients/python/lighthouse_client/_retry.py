@@ -14,14 +14,18 @@ and for an open circuit breaker the time until it lets a probe through
 not taken: the call fails at once with the error in hand. So a call that
 meets an open breaker waits for its half-open and probes when its deadline
 reaches that far, and fails fast otherwise; a call that has a fallback (the
-cache, the outbox) passes ``wait_for_breaker=False`` and takes it at once.
+cache, the outbox: ``run``'s ``fallback`` says whether it still has one) takes
+it at once.
 
-A call with a fallback also stops retrying an unreachable daemon after
-``fallback_after`` seconds (the ``unreachable_budget`` of :meth:`run`), well
-inside its deadline: the cache answers stale reads and the outbox keeps
-appends (to be sent exactly once), so waiting out the whole ``timeout`` would
-only hold the caller up. Other recoverable errors (an overloaded daemon) are
-retried until the deadline: the daemon is there.
+A call with a fallback also stops retrying an unreachable daemon once it has
+been unreachable for ``fallback_after`` seconds in a row, well inside its
+deadline: the cache answers stale reads and the outbox keeps appends (to be
+sent exactly once), so waiting out the whole ``timeout`` would only hold the
+caller up. The clock starts at the first unreachable attempt, not at the
+call's start, so a long read that breaks is resumed like any other; and a
+read whose events had started to arrive has no fallback left (a stale answer
+would hide that the daemon is there). Other recoverable errors (an
+overloaded daemon) are retried until the deadline: the daemon is there.
 """
 
 from __future__ import annotations
@@ -78,13 +82,14 @@ class RetryPolicy:
         deadline: float,
         attempt: Callable[[float], Awaitable[T]],
         *,
-        wait_for_breaker: bool = True,
-        unreachable_budget: float | None = None,
+        fallback: Callable[[], bool] = lambda: False,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> T:
         """Call ``attempt(remaining_seconds)`` until it succeeds, fails for good,
-        or ``deadline`` (a time.monotonic() value) passes; an unreachable daemon
-        only for ``unreachable_budget`` seconds, when given. Waits are ``sleep``'s."""
+        or ``deadline`` (a time.monotonic() value) passes. ``fallback()``: the
+        caller still has somewhere else to go (asked at each decision). Waits
+        are ``sleep``'s."""
+        unreachable_since: float | None = None  # start of the current unreachable run
         started = time.monotonic()
         # The first attempt runs without tenacity, whose machinery costs more
         # than the rest of the client's side of a call (perf/RESULTS.md, "Client
@@ -97,17 +102,19 @@ class RetryPolicy:
             return await attempt(deadline - started)
         except StoreError as exc:
             failed: StoreError | None = exc
+            if isinstance(exc, Unavailable | DeadlineExceeded):
+                unreachable_since = time.monotonic()
 
         def retryable(exc: BaseException) -> bool:
             if not isinstance(exc, StoreError) or not exc.retryable:
                 return False
-            if (
-                unreachable_budget is not None
-                and isinstance(exc, Unavailable | DeadlineExceeded)
-                and time.monotonic() - started >= unreachable_budget
-            ):
+            if not fallback():
+                return True
+            if isinstance(exc, CircuitOpen):
                 return False
-            return wait_for_breaker or not isinstance(exc, CircuitOpen)
+            if isinstance(exc, Unavailable | DeadlineExceeded) and unreachable_since is not None:
+                return time.monotonic() - unreachable_since < self.fallback_after
+            return True
 
         stop: stop_base = _StopAtDeadline(deadline)
         if self.max_attempts:
@@ -134,6 +141,10 @@ class RetryPolicy:
                     return await attempt(remaining)
                 except StoreError as exc:
                     last = exc
+                    if not isinstance(exc, Unavailable | DeadlineExceeded):
+                        unreachable_since = None
+                    elif unreachable_since is None:
+                        unreachable_since = time.monotonic()
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
 

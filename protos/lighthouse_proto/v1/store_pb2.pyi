@@ -177,18 +177,20 @@ class Limits(_message.Message):
     def __init__(self, max_event_data_bytes: _Optional[int] = ..., max_events_per_append: _Optional[int] = ..., max_append_bytes: _Optional[int] = ..., max_metadata_entries: _Optional[int] = ..., max_metadata_bytes: _Optional[int] = ...) -> None: ...
 
 class GetInfoResponse(_message.Message):
-    __slots__ = ("head_position", "server_version", "durability", "limits", "subscriber_count")
+    __slots__ = ("head_position", "server_version", "durability", "limits", "subscriber_count", "worker_pid")
     HEAD_POSITION_FIELD_NUMBER: _ClassVar[int]
     SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
     DURABILITY_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     SUBSCRIBER_COUNT_FIELD_NUMBER: _ClassVar[int]
+    WORKER_PID_FIELD_NUMBER: _ClassVar[int]
     head_position: int
     server_version: str
     durability: Durability
     limits: Limits
     subscriber_count: int
-    def __init__(self, head_position: _Optional[int] = ..., server_version: _Optional[str] = ..., durability: _Optional[_Union[Durability, str]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., subscriber_count: _Optional[int] = ...) -> None: ...
+    worker_pid: int
+    def __init__(self, head_position: _Optional[int] = ..., server_version: _Optional[str] = ..., durability: _Optional[_Union[Durability, str]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., subscriber_count: _Optional[int] = ..., worker_pid: _Optional[int] = ...) -> None: ...
 
 class SubscribeOptions(_message.Message):
     __slots__ = ("from_start", "from_end", "after_position", "consumer", "filter", "initial_credits", "checkpoint_interval", "heartbeat_interval_ms")

@@ -1,0 +1,370 @@
+"""The supervisor: what ``lighthouse-store serve`` runs with ``--workers`` N > 1.
+
+Processes
+=========
+
+One supervisor, the process the user started, and N worker processes, its
+children. ``--workers 1`` runs none of this: the daemon is one process
+(``server.serve``), as it always was.
+
+Who owns what
+=============
+
+- The supervisor owns the data-dir lock (``lock.py``) for its whole life;
+  the start-up checks (it opens the LMDB environment before any worker
+  starts: format version, the newest record's checksum, stale reader
+  slots), so a bad store fails fast with the single process's exit codes
+  and messages; the preallocator (``prealloc.py``, holding LMDB's own write
+  lock, so no worker commits while it writes); the listen port
+  (``ports.py``: bound but never listening, so that port 0 is resolved once
+  and the port stays taken while workers restart); signals; restarts; and
+  LMDB's reader check after a worker dies. It never serves gRPC and never
+  commits.
+- Each worker owns a gRPC server bound to the shared port with
+  ``SO_REUSEPORT``, its own ``LmdbEventStore`` on the shared environment,
+  its own group-commit writer, reader threads and subscription hub, and a
+  wake-up socket (``wakeups.py``). It holds no lock of the data dir.
+- Shared: the LMDB environment, whose write lock orders every worker's
+  write transactions (each check runs inside the transaction,
+  ``lmdb_store.py``), and the port.
+
+The path of a request
+=====================
+
+The kernel gives each new TCP connection to one worker's listening socket
+(a hash of the connection's addresses and ports); every call on that
+connection goes to that worker. An append is validated and queued there,
+committed by that worker's writer under LMDB's write lock (grouped with
+that worker's other appends), and answered from there. Right after the
+commit the writer sends every other worker a datagram, and each wakes its
+subscriptions, which read the new events from LMDB (``wakeups.py``). Reads,
+GetEvent and subscriptions read LMDB in the worker that has the connection.
+GetInfo reads the head from storage; its subscriber count is the answering
+worker's own.
+
+Start-up
+========
+
+Lock the data dir (exit 3 if another daemon has it); open the store (exit
+1) and start the preallocator; reserve the port (exit 2); start every
+worker as a fresh interpreter (``python -m lighthouse_store.worker``, never
+``fork``: gRPC and LMDB do not survive one), from the main thread (the
+kernel's parent-death signal follows the thread that started a child), and
+send it its spec over a socket pair (``worker.py``: the Config as resolved
+here, the port chosen); wait until each says it serves. A worker that
+exits first fails the start: the others are stopped, and the supervisor
+exits with that worker's status (2: the port, 1: the store). Then the ready
+line on stdout: ``{"event": "ready", "address": ..., "pid": <supervisor>,
+"workers": N}``.
+
+Shutdown
+========
+
+SIGTERM or SIGINT: no more restarts; every worker gets SIGTERM and drains as
+a single process does (``server.py``: health NOT_SERVING, subscriptions
+end, late appends refused with UNAVAILABLE, the writer commits what is
+queued). The supervisor waits for each up to ``shutdown_grace_seconds`` +
+``DRAIN_MARGIN_S``, SIGKILLs any still running (logged; the exit status is
+then 1), runs the reader check, stops the preallocator, lets go of the port
+and the lock, and exits 0.
+
+Worker death
+============
+
+A worker that exits unasked is logged (an error naming its index, pid and
+exit status or signal), LMDB's reader check frees the reader slots of dead
+processes (a killed worker's would otherwise stay taken, and an open one
+would pin old pages), and a new worker takes its index after a back-off:
+``RESTART_DELAY_S``, doubled for each exit in a row that came less than
+``HEALTHY_AFTER_S`` after its start, at most ``MAX_RESTART_DELAY_S``. Its
+clients see UNAVAILABLE and reconnect; the kernel gives new connections to
+the workers that listen. A worker killed in the middle of a commit held
+LMDB's write lock, a robust mutex that the next writer recovers; that
+transaction never happened and was never acknowledged.
+
+If the supervisor itself is killed (``kill -9``), the kernel kills every
+worker (``PR_SET_PDEATHSIG``, ``worker.py``) and drops the lock, so a
+restart finds neither a stray worker on the port nor the data dir locked;
+its start-up reader check frees the dead workers' slots.
+
+Shared state (for issue 17; not built yet)
+==========================================
+
+The degradation controller, metrics aggregation and the HTTP operations
+endpoint will live here. State that workers read on every call (the
+degradation level) goes in one page the supervisor creates before any worker
+starts: ``<data-dir>/run/shared``, ``mmap``'d read-write here and read-only
+in workers (its path a new ``WorkerSpec`` field with a default), little-
+endian u64 slots at fixed offsets: 0 magic and layout version, 8 the
+supervisor's pid, 16 a generation bumped at each supervisor start, 24 the
+degradation level, the rest reserved. One writer (the supervisor); a worker
+reads a slot with ``struct.unpack_from``, no system call and no lock (an
+aligned 8-byte load sees the old value or the new one, never half of each).
+Numbers going the other way (metrics) come over the control sockets, which
+stay open for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import lighthouse_store
+from lighthouse_store import __version__, config
+from lighthouse_store.config import Config, Durability
+from lighthouse_store.lmdb_store import LmdbEventStore
+from lighthouse_store.lock import DataDirLock
+from lighthouse_store.ports import PortReservation
+from lighthouse_store.server import open_store
+from lighthouse_store.worker import WorkerSpec
+
+__all__ = ["WorkerStartError", "supervise"]
+
+log = logging.getLogger("lighthouse_store.supervisor")
+
+READY_TIMEOUT_S = 60.0  # a worker that does not serve by then is killed
+RESTART_DELAY_S = 0.1
+MAX_RESTART_DELAY_S = 10.0
+HEALTHY_AFTER_S = 30.0  # an exit later than this after the start resets the back-off
+# A worker's drain takes up to 2 s for the writer to go quiet (server._drain)
+# plus the grace; past that and this margin, it is killed.
+DRAIN_MARGIN_S = 5.0
+
+
+class WorkerStartError(RuntimeError):
+    """A worker exited before it served; ``code`` is its exit status."""
+
+    def __init__(self, index: int, code: int) -> None:
+        super().__init__(f"worker {index} exited with status {code} before it served")
+        self.code = code
+
+
+@dataclass
+class _Slot:
+    """One worker index, and the process that has it now."""
+
+    index: int
+    proc: asyncio.subprocess.Process | None = None
+    control: asyncio.StreamWriter | None = None
+    started: float = 0.0
+    quick_exits: int = 0  # exits in a row, each less than HEALTHY_AFTER_S after its start
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+
+async def supervise(cfg: Config, workers: int) -> int:
+    """Run the supervisor until SIGTERM/SIGINT; the exit status. Raises
+    DataDirLocked, BindError, StoreError, OSError and WorkerStartError."""
+    lock = DataDirLock(cfg.data_dir).acquire()
+    try:
+        store = open_store(cfg, shared=True)  # the start-up checks; the preallocator
+        try:
+            reservation = PortReservation(cfg.listen)
+            try:
+                return await Supervisor(cfg, workers, store, reservation.address).run()
+            finally:
+                reservation.close()
+        finally:
+            store.reader_check()
+            store.close()
+    finally:
+        lock.release()
+
+
+class Supervisor:
+    def __init__(self, cfg: Config, workers: int, store: LmdbEventStore, address: str) -> None:
+        self._config = dataclasses.replace(cfg, listen=address, workers=workers)
+        self._store = store
+        self._namespace = f"lighthouse-store/{os.getpid()}/{secrets.token_hex(4)}"
+        self._slots = [_Slot(i) for i in range(workers)]
+        self._stop = asyncio.Event()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        cfg = self._config
+        log.info("starting %d workers on %s (data dir %s, durability %s, version %s)",
+                 len(self._slots), cfg.listen, cfg.data_dir, cfg.durability.value, __version__)
+        if cfg.durability is not Durability.FSYNC:
+            log.warning("durability %s: acknowledged appends are not fsynced, so a power cut "
+                        "can lose the newest of them (GetInfo reports the mode)",
+                        cfg.durability.value)
+        watchers: list[asyncio.Task[None]] = []
+        try:
+            if not await self._start_all():
+                return 0 if await self._shut_down() else 1
+            sys.stdout.write(json.dumps({
+                "event": "ready", "address": cfg.listen, "pid": os.getpid(),
+                "workers": len(self._slots),
+            }) + "\n")  # fmt: skip
+            sys.stdout.flush()
+            watchers = [loop.create_task(self._watch(slot)) for slot in self._slots]
+            await self._stop.wait()
+            log.info("shutting down: draining %d workers", len(self._slots))
+            clean = await self._shut_down()
+            await asyncio.wait(watchers, timeout=DRAIN_MARGIN_S)
+            return 0 if clean else 1
+        finally:
+            for task in watchers:
+                task.cancel()
+            for slot in self._slots:
+                await self._kill(slot)
+
+    async def _start_all(self) -> bool:
+        """Start every worker; False if asked to stop first. Raises WorkerStartError."""
+        loop = asyncio.get_running_loop()
+        starting = asyncio.gather(*(self._start(slot) for slot in self._slots))
+        stop = loop.create_task(self._stop.wait())
+        await asyncio.wait((starting, stop), return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if not starting.done():
+            starting.cancel()
+            await asyncio.gather(starting, return_exceptions=True)
+            return False
+        for slot, code in zip(self._slots, starting.result(), strict=True):
+            if code is not None:
+                await self._shut_down()
+                raise WorkerStartError(slot.index, code)
+        return True
+
+    async def _start(self, slot: _Slot) -> int | None:
+        """Start the worker of ``slot`` and wait until it serves: None, or
+        the status it exited with first."""
+        ours, theirs = socket.socketpair()
+        try:
+            slot.proc = await asyncio.create_subprocess_exec(
+                *_worker_command(theirs.fileno()),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,  # stdout is the supervisor's ready line
+                pass_fds=(theirs.fileno(),),
+                env=_worker_environment(),
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        slot.started = asyncio.get_running_loop().time()
+        if self._stop.is_set():  # a shutdown began while this one was starting
+            slot.proc.send_signal(signal.SIGTERM)
+        reader, slot.control = await asyncio.open_unix_connection(sock=ours)
+        spec = WorkerSpec(
+            slot.index, len(self._slots), self._namespace, config.to_json(self._config)
+        )
+        slot.control.write(spec.encode())
+        line = b""
+        try:
+            line = await asyncio.wait_for(reader.readline(), READY_TIMEOUT_S)
+        except TimeoutError:
+            log.error("worker %d (pid %d) did not serve within %.0f s; killing it",
+                      slot.index, slot.proc.pid, READY_TIMEOUT_S)  # fmt: skip
+        if not _says_ready(line):  # it exited (its status says why), or it is stuck
+            if slot.alive():
+                slot.proc.kill()
+            return await slot.proc.wait()
+        log.info("worker %d (pid %d) serving", slot.index, slot.proc.pid)
+        return None
+
+    async def _watch(self, slot: _Slot) -> None:
+        """Restart the worker of ``slot`` whenever it exits, until shutdown."""
+        loop = asyncio.get_running_loop()
+        while slot.proc is not None:
+            code = await slot.proc.wait()
+            if self._stop.is_set():
+                return
+            self._close_control(slot)
+            freed = self._store.reader_check()
+            lived = loop.time() - slot.started
+            slot.quick_exits = slot.quick_exits + 1 if lived < HEALTHY_AFTER_S else 1
+            delay = min(MAX_RESTART_DELAY_S, RESTART_DELAY_S * 2 ** (slot.quick_exits - 1))
+            log.error(
+                "worker %d (pid %d) %s after %.1f s; freed %d stale LMDB reader slots;"
+                " restarting it in %.1f s",
+                slot.index, slot.proc.pid, _exit_text(code), lived, freed, delay,
+                extra={"fields": {"worker": slot.index, "pid": slot.proc.pid, "exit": code}},
+            )  # fmt: skip
+            try:
+                await asyncio.wait_for(self._stop.wait(), delay)
+                return
+            except TimeoutError:
+                pass
+            await self._start(slot)
+
+    async def _shut_down(self) -> bool:
+        """SIGTERM every worker and wait for each to drain; False if one had
+        to be killed."""
+        self._stop.set()
+        draining = [slot for slot in self._slots if slot.alive()]
+        for slot in draining:
+            assert slot.proc is not None
+            slot.proc.send_signal(signal.SIGTERM)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._config.shutdown_grace_seconds + DRAIN_MARGIN_S
+        clean = True
+        for slot in draining:
+            assert slot.proc is not None
+            try:
+                code = await asyncio.wait_for(slot.proc.wait(), max(0.0, deadline - loop.time()))
+                log.info("worker %d (pid %d) %s", slot.index, slot.proc.pid, _exit_text(code))
+            except TimeoutError:
+                log.error("worker %d (pid %d) did not drain in time; killing it",
+                          slot.index, slot.proc.pid)  # fmt: skip
+                clean = False
+                await self._kill(slot)
+        return clean
+
+    async def _kill(self, slot: _Slot) -> None:
+        if slot.alive():
+            assert slot.proc is not None
+            slot.proc.kill()
+            await slot.proc.wait()
+        self._close_control(slot)
+
+    def _close_control(self, slot: _Slot) -> None:
+        if slot.control is not None:
+            slot.control.close()
+            slot.control = None
+
+
+def _worker_command(control_fd: int) -> list[str]:
+    # -P: not the working directory first on sys.path; the worker runs the
+    # lighthouse_store this process runs (_worker_environment).
+    return [
+        sys.executable, "-P", "-m", "lighthouse_store.worker",
+        "--control-fd", str(control_fd), "--supervisor-pid", str(os.getpid()),
+    ]  # fmt: skip
+
+
+def _worker_environment() -> dict[str, str]:
+    package_root = str(Path(lighthouse_store.__file__).resolve().parent.parent)
+    path = os.environ.get("PYTHONPATH", "")
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (package_root, path) if p)}
+
+
+def _says_ready(line: bytes) -> bool:
+    try:
+        message = json.loads(line) if line else None
+    except ValueError:
+        return False
+    return isinstance(message, dict) and message.get("event") == "ready"
+
+
+def _exit_text(code: int) -> str:
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with status {code}"
