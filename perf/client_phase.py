@@ -10,8 +10,8 @@ both alike:
   ``NewEvent`` built before the timer (``user_clients.LighthouseSyncDriver``),
   call by call in turn in one client process (:func:`interleaved_appends`;
   ``latency_calls`` each, after ``latency_warmup``); the p50 of each side, and
-  the difference. (Sides taking turns by halves, A B B A, gave p50s that moved
-  by up to 0.4 ms between halves on a loaded machine.)
+  the difference. (Taking turns by halves, A B B A, let a loaded machine's
+  swings fall on one side: perf/RESULTS.md.)
 * the full replay of step 4 (``replay_events`` from position 1), A B B A (A is
   the stubs in even rounds, the client in odd ones): the stubs count the events
   of each page as it is parsed, ``StoreClient.read_all`` returns them as

@@ -2,8 +2,8 @@
 
 ``StoreClient`` runs ``AsyncStoreClient``'s code. Run on the client's event-loop
 thread, a call pays for the trip there and back: two thread wake-ups, and a third
-for ``grpc.aio``'s poller thread, about 0.1 ms on the project's VM, more than the
-rest of the client's side of a call (perf/RESULTS.md, "Client library cost").
+for ``grpc.aio``'s poller thread: more than the rest of the client's side of a
+call (perf/RESULTS.md, "Client library cost").
 So the unary calls (append, the reads, get_event, info) run on the calling
 thread instead, through a :class:`DirectClient`: an ``AsyncStoreClient`` whose
 stub is a synchronous channel's (:class:`SyncStub`, with ``grpc.aio``'s call

@@ -214,9 +214,9 @@ class Subscription(Iterator[RecordedEvent]):
     """Blocking iterator over an :class:`AsyncSubscription`.
 
     It takes every event buffered there in one trip to the loop and hands them
-    out here (a trip per event cost 25-30 us of wake-ups); their credits go back
-    to the daemon at the next trip, once they are handed out, so no more than
-    ``window`` events are held in all."""
+    out here (a trip per event cost more than the event: perf/RESULTS.md); their
+    credits go back to the daemon at the next trip, once they are handed out, so
+    no more than ``window`` events are held in all."""
 
     def __init__(self, inner: AsyncSubscription, loop: _LoopThread) -> None:
         self._inner = inner
