@@ -30,6 +30,7 @@ setup(
         "grpcio-status>=1.85,<2",
         "protobuf>=7.35.1,<8",
         "lmdb>=1.6,<4",
+        "prometheus-client>=0.26,<1",  # /metrics, multiprocess aggregation (metrics.py)
         "zlib-ng>=0.5,<2",  # vectorized CRC-32 for record checksums (same values as zlib's)
     ]
 )

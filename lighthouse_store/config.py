@@ -37,6 +37,7 @@ from lighthouse_store.settings import (
     Count,
     FilePath,
     HostPort,
+    HostPortOrOff,
     Milliseconds,
     Seconds,
     Size,
@@ -57,6 +58,7 @@ __all__ = [
     "Limits",
     "LogLevel",
     "SubscriptionSettings",
+    "Switch",
     "add_arguments",
     "from_args",
     "from_json",
@@ -86,11 +88,17 @@ WRITES = "Writes"
 LIMITS = "Append limits"
 READS = "Reads"
 SUBSCRIPTIONS = "Subscriptions"
+OPERATIONS = "Operations"
 
 
 class Durability(StrEnum):
     FSYNC = "fsync"  # every acknowledged append is fsynced (LMDB sync commit)
     ASYNC = "async"  # commits are not fsynced; survives a process crash, not a power cut
+
+
+class Switch(StrEnum):
+    ON = "on"
+    OFF = "off"
 
 
 class LogLevel(StrEnum):
@@ -235,6 +243,22 @@ class Config:
         " on its own this long after, so acks never cost an fsync each",
     )  # fmt: skip
     subscriptions: SubscriptionSettings = nested(SubscriptionSettings, prefix="subscribe_")
+    http_listen: str = setting(
+        OPERATIONS, HostPortOrOff(), "127.0.0.1:9464",
+        "`host:port` of the HTTP operations endpoint: `/metrics` (Prometheus),"
+        " `/health`, `/health/detailed`, `/health/{component}`; port `0` picks a free one,"
+        " which the ready line names (`http`); `off`: no endpoint",
+    )  # fmt: skip
+    metrics: Switch = setting(
+        OPERATIONS, Choice(Switch), Switch.ON,
+        "`off`: no per-call, per-commit or per-delivery instruments (for comparing their"
+        " cost); `/metrics` keeps the storage, process and health figures",
+    )  # fmt: skip
+    writer_stall_seconds: float = setting(
+        OPERATIONS, Seconds(0.5, 3600.0), 5.0,
+        "the writer check of `/health` fails (503, gRPC health `NOT_SERVING`) once appends"
+        " have waited this long with no commit finishing",
+    )  # fmt: skip
 
 
 TABLE = settings.table(Config)

@@ -117,12 +117,14 @@ class LmdbEventStore(EventStore):
     ) -> None:
         self._clock = clock
         self._shared = shared
+        self.data_dir = data_dir
         # What this process knows of the log, loaded by _catch_up in every
         # write transaction (set by the writer thread only):
         self._head = 0
         self._last_ts = 0  # recorded_at of the record at _head (ns)
         self._next_stream_id = 1
         self._observed = 0  # the head other processes' commits moved to (observe_head)
+        self._flush_seconds = 0.0  # of the last commit() (writer thread only)
         self._tail = Tail(tail_bytes)
         path = lmdb_format.env_path(data_dir)
         path.mkdir(parents=True, exist_ok=True)
@@ -194,13 +196,25 @@ class LmdbEventStore(EventStore):
         """The budget of the in-memory tail of recent records (0: off)."""
         return self._tail.max_bytes
 
+    @property
+    def map_size(self) -> int:
+        """The LMDB map size: the most the store can hold."""
+        return int(self._env.info()["map_size"])
+
     def used_bytes(self) -> int:
         """Bytes of ``data.mdb`` that LMDB uses (the file may be longer: ``prealloc.py``)."""
         return (int(self._env.info()["last_pgno"]) + 1) * self._page_size
 
+    def flush_seconds(self) -> float:
+        return self._flush_seconds
+
+    def _timed_flush(self, seconds: float) -> None:
+        self._flush_seconds += seconds
+
     def commit(
         self, commands: Sequence[AppendCommand], checkpoints: Mapping[str, int] | None = None
     ) -> list[AppendResult | StoreError]:
+        self._flush_seconds = 0.0
         try:
             return self._commit(commands, checkpoints)
         except StorageFull:
@@ -226,7 +240,9 @@ class LmdbEventStore(EventStore):
         self, commands: Sequence[AppendCommand], checkpoints: Mapping[str, int] | None
     ) -> list[AppendResult | StoreError]:
         results: list[AppendResult | StoreError] = []
-        with lmdb_txn.write_transaction(self._env, self._file_lock, flush=self._durable) as txn:
+        with lmdb_txn.write_transaction(
+            self._env, self._file_lock, flush=self._durable, timed=self._timed_flush
+        ) as txn:
             self._catch_up(txn)
             stamp = max(self._clock(), self._last_ts)
             group = _Group(self._head, self._next_stream_id, records.timestamp_field(stamp))

@@ -19,7 +19,8 @@ raised by the store itself.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -94,7 +95,13 @@ class WriteLock:
 
 
 @contextmanager
-def write_transaction(env: Any, file_lock: threading.Lock, *, flush: bool = False) -> Iterator[Any]:
+def write_transaction(
+    env: Any,
+    file_lock: threading.Lock,
+    *,
+    flush: bool = False,
+    timed: Callable[[float], None] | None = None,
+) -> Iterator[Any]:
     """A write transaction: committed if the block ends normally, aborted if
     it raises. ``file_lock`` is held from begin to commit or abort, not only
     around the commit: LMDB also writes pages before the commit when a
@@ -102,14 +109,18 @@ def write_transaction(env: Any, file_lock: threading.Lock, *, flush: bool = Fals
     ``flush``: after the commit, with LMDB's write lock released but
     ``file_lock`` still held (so no step of zeros lands in between), flush the
     file (``fdatasync``), the commit's meta page included; py-lmdb waits
-    without the GIL."""
+    without the GIL. ``timed``: called with the seconds spent writing the
+    transaction to the file and flushing it (LMDB's commit and the flush)."""
     with file_lock, driver_errors(WRITE_FAILED):
         txn = env.begin(write=True)
         try:
             yield txn
+            started = time.perf_counter()
             txn.commit()
         except BaseException:
             txn.abort()
             raise
         if flush:
             env.sync(True)
+        if timed is not None:
+            timed(time.perf_counter() - started)

@@ -16,6 +16,7 @@ shared with the other workers, and it hears of their commits.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -34,6 +35,8 @@ from lighthouse_store.config import Config, Durability
 from lighthouse_store.faults import Faults
 from lighthouse_store.lmdb_store import LmdbEventStore
 from lighthouse_store.lock import DataDirLock
+from lighthouse_store.metrics import DaemonMetrics
+from lighthouse_store.ops import LocalOps, ServingOps
 from lighthouse_store.ports import BindError
 from lighthouse_store.servicer import SERVICE_NAME, EventStoreServicer, method_handlers
 from lighthouse_store.subscriptions import SubscriptionHub
@@ -46,6 +49,7 @@ __all__ = ["BindError", "WorkerRole", "open_store", "run", "serve"]
 log = logging.getLogger("lighthouse_store.server")
 
 HEALTH_SERVICE_NAME: str = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 @dataclass(frozen=True)
@@ -81,9 +85,42 @@ def _configure_store_service(server: grpc.aio.Server, servicer: EventStoreServic
 async def _configure_health(server: grpc.aio.Server) -> health.aio.HealthServicer:
     servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-    for name in ("", SERVICE_NAME):
-        await servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    await _set_health(servicer, serving=True)
     return servicer
+
+
+async def _set_health(servicer: health.aio.HealthServicer, *, serving: bool) -> None:
+    status = health_pb2.HealthCheckResponse.SERVING if serving else _NOT_SERVING
+    for name in ("", SERVICE_NAME):
+        await servicer.set(name, status)
+
+
+def _following_health(
+    loop: asyncio.AbstractEventLoop, servicer: health.aio.HealthServicer
+) -> Callable[[bool], None]:
+    """A setter of gRPC health, for the health monitor (``ops.py``, any
+    thread): SERVING or NOT_SERVING, for the server and the store service
+    alike, as ``/health`` judges the write path. Once the drain has begun
+    the servicer keeps NOT_SERVING whatever it is told."""
+    pending: set[asyncio.Task[None]] = set()
+
+    def apply(serving: bool) -> None:
+        task = loop.create_task(_set_health(servicer, serving=serving))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+
+    def set_serving(serving: bool) -> None:
+        with contextlib.suppress(RuntimeError):  # a closed loop: the server is gone
+            loop.call_soon_threadsafe(apply, serving)
+
+    return set_serving
+
+
+async def _sample_subscriptions(hub: SubscriptionHub, metrics: DaemonMetrics) -> None:
+    """The largest subscription lag, once a second (cheap: a pass over the sessions)."""
+    while True:
+        metrics.max_lag.set(hub.max_lag())
+        await asyncio.sleep(1.0)
 
 
 def _configure_reflection(server: grpc.aio.Server) -> None:
@@ -141,16 +178,26 @@ async def serve(config: Config) -> None:
     try:
         store = open_store(config)
         try:
-            await run(config, store, ready=_print_ready)
+            ops = LocalOps(config, store).start()  # the HTTP endpoint: BindError
+            try:
+                await run(config, store, ready=_ready_line(ops.http_address), ops=ops)
+            finally:
+                ops.close()
         finally:
             store.close()
     finally:
         lock.release()
 
 
-def _print_ready(address: str) -> None:
-    sys.stdout.write(json.dumps({"event": "ready", "address": address, "pid": os.getpid()}) + "\n")
-    sys.stdout.flush()
+def _ready_line(http: str | None) -> Callable[[str], None]:
+    def ready(address: str) -> None:
+        message = {"event": "ready", "address": address, "pid": os.getpid()}
+        if http is not None:
+            message["http"] = http
+        sys.stdout.write(json.dumps(message) + "\n")
+        sys.stdout.flush()
+
+    return ready
 
 
 async def run(
@@ -158,10 +205,12 @@ async def run(
     store: LmdbEventStore,
     *,
     ready: Callable[[str], None],
+    ops: ServingOps,
     worker: WorkerRole | None = None,
 ) -> None:
     """Serve until SIGTERM/SIGINT; ``ready(address)`` once serving."""
     loop = asyncio.get_running_loop()
+    metrics = ops.metrics
     writer = GroupCommitWriter(
         store,
         max_queue=config.max_queue,
@@ -171,15 +220,17 @@ async def run(
         checkpoint_delay=config.ack_delay_ms / 1000,
         faults=Faults.from_env(),
         announce=worker.wakeups.announce if worker else None,
+        on_busy=metrics.writer_busy,
     )
+    writer.add_listener(metrics.commit_listener(writer))
     readers = ThreadPoolExecutor(
         config.reader_threads,
         thread_name_prefix="lh-reader",
         initializer=name_os_thread,
     )
     server = grpc.aio.server(options=_server_options(config, reuse_port=worker is not None))
-    hub = SubscriptionHub(store, writer, readers, config.subscriptions)
-    servicer = EventStoreServicer(config, store, writer, readers, hub)
+    hub = SubscriptionHub(store, writer, readers, config.subscriptions, metrics)
+    servicer = EventStoreServicer(config, store, writer, readers, hub, metrics)
     _configure_store_service(server, servicer)
     health_servicer = await _configure_health(server)
     _configure_reflection(server)
@@ -197,6 +248,8 @@ async def run(
         worker.wakeups.listen(other_worker_committed)
     writer.start()
     await server.start()
+    sampler = loop.create_task(_sample_subscriptions(hub, metrics))
+    ops.serving(_following_health(loop, health_servicer))
     log.info("listening on %s (data dir %s, durability %s, tail %d bytes, version %s)",
              address, config.data_dir, config.durability.value, store.tail_bytes, __version__)
     if config.durability is not Durability.FSYNC and worker is None:  # else the supervisor
@@ -207,11 +260,13 @@ async def run(
     try:
         await stop.wait()
         log.info("shutting down: draining in-flight calls")
+        ops.stopping()
         await health_servicer.enter_graceful_shutdown()
         hub.shut_down()
         await _drain(writer)
         await server.stop(config.shutdown_grace_seconds)
     finally:
+        sampler.cancel()
         await writer.stop()
         readers.shutdown(wait=True)
         if worker is not None:

@@ -8,7 +8,9 @@ concatenation, never parsing or re-encoding an event.
 
 Errors: handlers raise domain errors; :func:`_guard` turns them into a gRPC
 status through ``status.to_status`` (the one mapping), and anything
-unexpected into INTERNAL with an incident id that is only logged.
+unexpected into INTERNAL with an incident id that is only logged. The guard
+is also where each call is counted and timed, and each error counted by
+code and failure class (``metrics.py``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import asyncio
 import functools
 import logging
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Executor
@@ -29,6 +32,7 @@ from lighthouse_proto.v1 import store_pb2 as pb
 from lighthouse_store import __version__, records, status, validation
 from lighthouse_store.config import Config, Durability
 from lighthouse_store.errors import EventNotFound, InvalidArgument, StoreError
+from lighthouse_store.metrics import DaemonMetrics, RpcInstruments
 from lighthouse_store.store import AppendCommand, EventStore
 from lighthouse_store.subscriptions import SubscriptionHub
 from lighthouse_store.writer import GroupCommitWriter
@@ -39,51 +43,74 @@ SERVICE = pb.DESCRIPTOR.services_by_name["EventStoreService"]
 SERVICE_NAME: str = SERVICE.full_name
 
 _R = TypeVar("_R")
+_Unary = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[_R]]
+_Streaming = Callable[[Any, Any, grpc.aio.ServicerContext], AsyncIterator[_R]]
 _DURABILITY = {Durability.FSYNC: pb.DURABILITY_FSYNC, Durability.ASYNC: pb.DURABILITY_ASYNC}
 
 
-async def _abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
-    if isinstance(exc, StoreError):
-        code, message, trailers = status.to_status(exc)
-    else:
-        incident = uuid.uuid4().hex[:12]
-        log.error("unexpected error (incident %s)", incident, exc_info=exc)
-        code, message, trailers = status.internal(incident)
-    await context.abort(code, message, trailing_metadata=trailers)
-
-
 def _guard(
-    fn: Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[_R]],
-) -> Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[_R]]:
-    @functools.wraps(fn)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> _R:
-        try:
-            return await fn(self, request, context)
-        except grpc.aio.AbortError:
-            raise
-        except Exception as exc:
-            await _abort(context, exc)
-            raise AssertionError("unreachable: abort raises") from exc
+    method: str,
+) -> Callable[[_Unary[_R]], _Unary[_R]]:
+    """Errors to a gRPC status (``status.to_status``); requests, errors and
+    durations to the method's metrics. A cancelled call is no error."""
 
-    return wrapper
+    def decorate(fn: _Unary[_R]) -> _Unary[_R]:
+        @functools.wraps(fn)
+        async def wrapper(
+            self: EventStoreServicer, request: Any, context: grpc.aio.ServicerContext
+        ) -> _R:
+            rpc = self._metrics.rpc[method]
+            started = _started(rpc)
+            try:
+                return await fn(self, request, context)
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:
+                await self._abort(context, exc, method)
+                raise AssertionError("unreachable: abort raises") from exc
+            finally:
+                if rpc is not None and rpc.duration is not None:
+                    rpc.duration.observe(time.perf_counter() - started)
+
+        return wrapper
+
+    return decorate
 
 
 def _guard_stream(
-    fn: Callable[[Any, Any, grpc.aio.ServicerContext], AsyncIterator[_R]],
-) -> Callable[[Any, Any, grpc.aio.ServicerContext], AsyncIterator[_R]]:
-    @functools.wraps(fn)
-    async def wrapper(
-        self: Any, request: Any, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[_R]:
-        try:
-            async for item in fn(self, request, context):
-                yield item
-        except grpc.aio.AbortError:
-            raise
-        except Exception as exc:
-            await _abort(context, exc)
+    method: str,
+) -> Callable[[_Streaming[_R]], _Streaming[_R]]:
+    """:func:`_guard` for a handler that streams its responses."""
 
-    return wrapper
+    def decorate(fn: _Streaming[_R]) -> _Streaming[_R]:
+        @functools.wraps(fn)
+        async def wrapper(
+            self: EventStoreServicer, request: Any, context: grpc.aio.ServicerContext
+        ) -> AsyncIterator[_R]:
+            rpc = self._metrics.rpc[method]
+            started = _started(rpc)
+            try:
+                async for item in fn(self, request, context):
+                    yield item
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:
+                await self._abort(context, exc, method)
+            finally:
+                if rpc is not None and rpc.duration is not None:
+                    rpc.duration.observe(time.perf_counter() - started)
+
+        return wrapper
+
+    return decorate
+
+
+def _started(rpc: RpcInstruments | None) -> float:
+    """Count the call; when it started (0.0 with ``--metrics off``)."""
+    if rpc is None:
+        return 0.0
+    rpc.requests.inc()
+    return time.perf_counter()
 
 
 class EventStoreServicer:
@@ -94,14 +121,29 @@ class EventStoreServicer:
         writer: GroupCommitWriter,
         readers: Executor,
         hub: SubscriptionHub,
+        metrics: DaemonMetrics,
     ) -> None:
         self._hub = hub
+        self._metrics = metrics
         self._config = config
         self._store = store
         self._writer = writer
         self._readers = readers
 
-    @_guard
+    async def _abort(
+        self, context: grpc.aio.ServicerContext, exc: BaseException, method: str
+    ) -> None:
+        if isinstance(exc, StoreError):
+            error = exc
+        else:
+            incident = uuid.uuid4().hex[:12]
+            log.error("unexpected error (incident %s)", incident, exc_info=exc)
+            error = status.internal_error(incident)
+        code, message, trailers = status.to_status(error)
+        self._metrics.rpc_error(method, code.name, error.failure_class.value, error.reason)
+        await context.abort(code, message, trailing_metadata=trailers)
+
+    @_guard("Append")
     async def append(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
         # The parsed request (a copy of ``raw``) is gone before the append
         # waits in the writer's queue; the command holds the events' bytes.
@@ -116,7 +158,7 @@ class EventStoreServicer:
         request = _parse(pb.AppendRequest, raw)
         return validation.append_command(request, self._config.limits, len(raw))
 
-    @_guard_stream
+    @_guard_stream("Read")
     async def read(self, raw: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
         query = validation.read_query(_parse(pb.ReadRequest, raw))
         loop = asyncio.get_running_loop()
@@ -132,7 +174,7 @@ class EventStoreServicer:
                 return
             cursor = page.cursor
 
-    @_guard
+    @_guard("GetEvent")
     async def get_event(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
         raw_id, canonical = validation.event_id(_parse(pb.GetEventRequest, raw).event_id)
         record = self._store.get_event(raw_id)  # one B-tree lookup: cheaper than a thread hop
@@ -140,7 +182,7 @@ class EventStoreServicer:
             raise EventNotFound(canonical)
         return records.repeated_events([record])  # GetEventResponse.event is field 1
 
-    @_guard
+    @_guard("GetInfo")
     async def get_info(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
         _parse(pb.GetInfoRequest, raw)
         limits = self._config.limits
@@ -161,7 +203,7 @@ class EventStoreServicer:
             worker_pid=os.getpid(),
         ).SerializeToString()
 
-    @_guard_stream
+    @_guard_stream("Subscribe")
     async def subscribe(
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:

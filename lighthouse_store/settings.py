@@ -298,6 +298,23 @@ class HostPort(Kind[str]):
         return "port 0-65535"
 
 
+class HostPortOrOff(HostPort):
+    """Like :class:`HostPort`, or ``off`` (:data:`OFF`): not served at all."""
+
+    metavar = "HOST:PORT|off"
+
+    def parse(self, raw: object) -> str:
+        if isinstance(raw, str) and raw.strip().lower() == OFF:
+            return OFF
+        return super().parse(raw)
+
+    def bounds(self) -> str:
+        return f"port 0-65535, or {OFF}"
+
+
+OFF = "off"
+
+
 # -- declaring settings ------------------------------------------------------
 
 _SETTING = "lighthouse.setting"

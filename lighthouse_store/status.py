@@ -57,8 +57,6 @@ def to_status(error: StoreError) -> tuple[grpc.StatusCode, str, Trailers]:
     return code, error.message, ((DETAILS_KEY, status.SerializeToString()),)
 
 
-def internal(incident: str) -> tuple[grpc.StatusCode, str, Trailers]:
-    """Status for an unexpected exception: no internals, an id to find the log line."""
-    return to_status(
-        errors.Internal(f"internal error (incident {incident}); the server log has the details")
-    )
+def internal_error(incident: str) -> errors.Internal:
+    """The error for an unexpected exception: no internals, an id to find the log line."""
+    return errors.Internal(f"internal error (incident {incident}); the server log has the details")

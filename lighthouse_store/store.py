@@ -151,6 +151,12 @@ class EventStore(ABC):
         then nothing of the batch was written.
         """
 
+    def flush_seconds(self) -> float:
+        """Of the last :meth:`commit`, the seconds spent writing its transaction
+        to disk and flushing it (0 where the store does not tell); asked by
+        the writer's thread right after the commit, for its metrics."""
+        return 0.0
+
     @abstractmethod
     def get_checkpoint(self, consumer: str) -> int | None:
         """A named consumer's stored position, or None."""

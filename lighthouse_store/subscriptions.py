@@ -65,6 +65,7 @@ from lighthouse_proto.v1 import store_pb2 as pb
 from lighthouse_store import records, validation
 from lighthouse_store.config import SubscriptionSettings
 from lighthouse_store.errors import InvalidArgument, ShuttingDown, StoreError
+from lighthouse_store.metrics import DaemonMetrics
 from lighthouse_store.store import EventStore, Page, ReadQuery
 from lighthouse_store.writer import CommitInfo, GroupCommitWriter
 
@@ -82,11 +83,13 @@ class SubscriptionHub:
         writer: GroupCommitWriter,
         readers: Executor,
         settings: SubscriptionSettings | None = None,
+        metrics: DaemonMetrics | None = None,
     ) -> None:
         self.store = store
         self.writer = writer
         self.readers = readers
         self.settings = settings or SubscriptionSettings()
+        self.metrics = metrics or DaemonMetrics(None, instruments=False)
         self._sessions: set[Session] = set()
         self._closing = False
         writer.add_listener(self._on_commit)
@@ -104,6 +107,11 @@ class SubscriptionHub:
         self._closing = True
         for session in self._sessions:
             session.wake.set()
+
+    def max_lag(self) -> int:
+        """The largest distance from the head to what a session last told its client."""
+        head = self.store.head_position()
+        return max((head - s.delivered for s in self._sessions), default=0)
 
     def wake_all(self) -> None:
         """Wake every session: another worker's commit moved the head (wakeups.py)."""
@@ -128,11 +136,13 @@ class SubscriptionHub:
             raise InvalidArgument("options: the first message of a subscription must be options")
         session = Session(self, first.options)
         self._sessions.add(session)
+        self.metrics.subscription_started(session.resumed)
         try:
             async for message in session.run(requests):
                 yield message
         finally:
             self._sessions.discard(session)
+            self.metrics.subscription_ended()
             await session.close()
 
 
@@ -152,6 +162,7 @@ class Session:
         self.checkpoint_interval = (
             options.checkpoint_interval or self.settings.default_checkpoint_interval
         )
+        self.resumed = False  # from a consumer's stored position, or a given one
         self.cursor = self._start_after(options)
         self.wake = asyncio.Event()
         self.stored_ack = -1
@@ -164,6 +175,7 @@ class Session:
         if self.consumer:
             stored = self.hub.store.get_checkpoint(self.consumer)
             if stored is not None:
+                self.resumed = True
                 return stored
         which = options.WhichOneof("start")
         if which == "from_end":
@@ -175,6 +187,7 @@ class Session:
             # older backup): starting there would skip, unseen, every event
             # written up to it. Refused, as an ack past the head is.
             self._refuse_past_head(options.after_position, "options.after_position")
+            self.resumed = True
             return int(options.after_position)
         return 0
 
@@ -255,6 +268,7 @@ class Session:
                 if live and head - self.cursor > self.settings.fell_behind_events:
                     live = False
                     self.delivered = max(self.delivered, self.cursor)
+                    self.hub.metrics.fell_behind()
                     yield _message(fell_behind_position=self.cursor)
                 page = await self._next_page(head)
                 if page.records:
@@ -263,6 +277,7 @@ class Session:
                     reported = records.decode(page.records[-1]).position
                     # Before the yield: the client may ack it as soon as it arrives.
                     self.delivered = max(self.delivered, reported)
+                    self.hub.metrics.delivered(max(0, head - reported))
                     yield _EVENTS_TAG + _framed(records.repeated_events(page.records))
                     last_sent = time.monotonic()
                 self.cursor = max(self.cursor, page.last_visited_key)

@@ -17,8 +17,13 @@ Who owns what
   and messages; the preallocator (``prealloc.py``, holding LMDB's own write
   lock, so no worker commits while it writes); the listen port
   (``ports.py``: bound but never listening, so that port 0 is resolved once
-  and the port stays taken while workers restart); signals; restarts; and
-  LMDB's reader check after a worker dies. It never serves gRPC and never
+  and the port stays taken while workers restart); signals; restarts;
+  LMDB's reader check after a worker dies; and the HTTP operations endpoint
+  (``ops.py``): ``/metrics`` aggregates the workers' metrics, which they
+  write to prometheus-client's multiprocess files in a private directory
+  this process makes (and removes), and ``/health`` judges each live
+  worker's figures; the verdict goes to every worker over its control
+  socket, and its gRPC health says it. It never serves gRPC and never
   commits.
 - Each worker owns a gRPC server bound to the shared port with
   ``SO_REUSEPORT``, its own ``LmdbEventStore`` on the shared environment,
@@ -90,8 +95,7 @@ its start-up reader check frees the dead workers' slots.
 Shared state (for issue 17; not built yet)
 ==========================================
 
-The degradation controller, metrics aggregation and the HTTP operations
-endpoint will live here. State that workers read on every call (the
+The degradation controller will live here. State that workers read on every call (the
 degradation level) goes in one page the supervisor creates before any worker
 starts: ``<data-dir>/run/shared``, ``mmap``'d read-write here and read-only
 in workers (its path a new ``WorkerSpec`` field with a default), little-
@@ -100,13 +104,13 @@ supervisor's pid, 16 a generation bumped at each supervisor start, 24 the
 degradation level, the rest reserved. One writer (the supervisor); a worker
 reads a slot with ``struct.unpack_from``, no system call and no lock (an
 aligned 8-byte load sees the old value or the new one, never half of each).
-Numbers going the other way (metrics) come over the control sockets, which
-stay open for it.
+Numbers going the other way are the metrics, in the multiprocess files.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -124,6 +128,7 @@ from lighthouse_store import __version__, config
 from lighthouse_store.config import Config, Durability
 from lighthouse_store.lmdb_store import LmdbEventStore
 from lighthouse_store.lock import DataDirLock
+from lighthouse_store.ops import SupervisorOps
 from lighthouse_store.ports import PortReservation
 from lighthouse_store.server import open_store
 from lighthouse_store.worker import WorkerSpec
@@ -158,6 +163,7 @@ class _Slot:
     control: asyncio.StreamWriter | None = None
     started: float = 0.0
     quick_exits: int = 0  # exits in a row, each less than HEALTHY_AFTER_S after its start
+    serving: bool = False  # it said it serves, and has not exited since
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.returncode is None
@@ -189,11 +195,21 @@ class Supervisor:
         self._namespace = f"lighthouse-store/{os.getpid()}/{secrets.token_hex(4)}"
         self._slots = [_Slot(i) for i in range(workers)]
         self._stop = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # The HTTP endpoint, bound here (BindError) before any worker starts.
+        self._ops = SupervisorOps(self._config, store, self._serving, self._tell_workers)
 
     async def run(self) -> int:
-        loop = asyncio.get_running_loop()
+        try:
+            return await self._run()
+        finally:
+            self._ops.close()
+
+    async def _run(self) -> int:
+        loop = self._loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
+        self._ops.start()
         cfg = self._config
         log.info("starting %d workers on %s (data dir %s, durability %s, version %s)",
                  len(self._slots), cfg.listen, cfg.data_dir, cfg.durability.value, __version__)
@@ -205,14 +221,19 @@ class Supervisor:
         try:
             if not await self._start_all():
                 return 0 if await self._shut_down() else 1
-            sys.stdout.write(json.dumps({
+            self._ops.serving()
+            ready: dict[str, object] = {
                 "event": "ready", "address": cfg.listen, "pid": os.getpid(),
                 "workers": len(self._slots),
-            }) + "\n")  # fmt: skip
+            }  # fmt: skip
+            if self._ops.http_address is not None:
+                ready["http"] = self._ops.http_address
+            sys.stdout.write(json.dumps(ready) + "\n")
             sys.stdout.flush()
             watchers = [loop.create_task(self._watch(slot)) for slot in self._slots]
             await self._stop.wait()
             log.info("shutting down: draining %d workers", len(self._slots))
+            self._ops.stopping()
             clean = await self._shut_down()
             await asyncio.wait(watchers, timeout=DRAIN_MARGIN_S)
             return 0 if clean else 1
@@ -249,7 +270,7 @@ class Supervisor:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,  # stdout is the supervisor's ready line
                 pass_fds=(theirs.fileno(),),
-                env=_worker_environment(),
+                env=_worker_environment(self._ops.worker_environment()),
             )
         except BaseException:
             ours.close()
@@ -264,6 +285,7 @@ class Supervisor:
             slot.index, len(self._slots), self._namespace, config.to_json(self._config)
         )
         slot.control.write(spec.encode())
+        slot.serving = False
         line = b""
         try:
             line = await asyncio.wait_for(reader.readline(), READY_TIMEOUT_S)
@@ -273,15 +295,42 @@ class Supervisor:
         if not _says_ready(line):  # it exited (its status says why), or it is stuck
             if slot.alive():
                 slot.proc.kill()
-            return await slot.proc.wait()
+            code = await slot.proc.wait()
+            self._ops.worker_exited(slot.proc.pid)
+            return code
         log.info("worker %d (pid %d) serving", slot.index, slot.proc.pid)
+        slot.serving = True
+        self._send_verdict(self._ops.verdict(), slot)
         return None
+
+    def _serving(self) -> list[tuple[int, int]]:
+        """(index, pid) of each worker that serves now (any thread: the health monitor's)."""
+        return [
+            (slot.index, slot.proc.pid)
+            for slot in self._slots
+            if slot.serving and slot.proc is not None and slot.proc.returncode is None
+        ]
+
+    def _tell_workers(self, serving: bool) -> None:
+        """Pass the health verdict to every serving worker (from any thread)."""
+        if self._loop is None:
+            return
+        with contextlib.suppress(RuntimeError):  # a closed loop: no worker left to tell
+            self._loop.call_soon_threadsafe(self._send_verdict, serving, None)
+
+    def _send_verdict(self, serving: bool, only: _Slot | None) -> None:
+        line = json.dumps({"event": "health", "serving": serving}).encode() + b"\n"
+        for slot in self._slots if only is None else [only]:
+            if slot.serving and slot.control is not None:
+                slot.control.write(line)
 
     async def _watch(self, slot: _Slot) -> None:
         """Restart the worker of ``slot`` whenever it exits, until shutdown."""
         loop = asyncio.get_running_loop()
         while slot.proc is not None:
             code = await slot.proc.wait()
+            slot.serving = False
+            self._ops.worker_exited(slot.proc.pid)
             if self._stop.is_set():
                 return
             self._close_control(slot)
@@ -347,10 +396,14 @@ def _worker_command(control_fd: int) -> list[str]:
     ]  # fmt: skip
 
 
-def _worker_environment() -> dict[str, str]:
+def _worker_environment(extra: dict[str, str]) -> dict[str, str]:
     package_root = str(Path(lighthouse_store.__file__).resolve().parent.parent)
     path = os.environ.get("PYTHONPATH", "")
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (package_root, path) if p)}
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(p for p in (package_root, path) if p),
+        **extra,
+    }
 
 
 def _says_ready(line: bytes) -> bool:

@@ -6,10 +6,15 @@ talks to the same thing users run: ``python -m lighthouse_store serve`` on
 
 The daemon prints one JSON line to stdout once it accepts connections::
 
-    {"event": "ready", "address": "127.0.0.1:41234", "pid": 12345}
+    {"event": "ready", "address": "127.0.0.1:41234", "pid": 12345, "http": "127.0.0.1:41235"}
 
-(with ``"workers": N`` when a supervisor runs N worker processes). Its logs
-go to stderr, which this helper sends to ``<log_path>``.
+(with ``"workers": N`` when a supervisor runs N worker processes; ``http``
+the operations endpoint). Its logs go to stderr, which this helper sends to
+``<log_path>``.
+
+``http_listen`` defaults to ``127.0.0.1:0`` here (a free port, which
+:attr:`DaemonProcess.http_address` names), not to the daemon's fixed
+default, so that daemons started side by side never collide.
 
 ``workers`` defaults to 1 here (one process, as the tests mostly want on a
 small machine), not to the daemon's default of one per usable CPU.
@@ -55,8 +60,10 @@ class DaemonProcess:
         port: int = 0,
         cwd: Path | None = None,
         workers: int = 1,
+        http_listen: str = "127.0.0.1:0",
     ) -> None:
         self.data_dir = Path(data_dir)
+        self.http_listen = http_listen
         self.workers = workers
         self.extra_args = list(extra_args)
         self.env = env
@@ -67,6 +74,7 @@ class DaemonProcess:
         self.cwd = cwd
         self.proc: subprocess.Popen[bytes] | None = None
         self.address = ""
+        self.http_address = ""  # host:port of the HTTP endpoint; "" when off
         self.ready: dict[str, Any] = {}  # the ready line, as the daemon printed it
         self._log: IO[bytes] | None = None
         self._channels: list[grpc.Channel] = []
@@ -85,6 +93,8 @@ class DaemonProcess:
             str(self.data_dir),
             "--workers",
             str(self.workers),
+            "--http-listen",
+            self.http_listen,
             *self.extra_args,
         ]
 
@@ -115,8 +125,11 @@ class DaemonProcess:
             if msg.get("event") == "ready":
                 self.ready = msg
                 self.address = str(msg["address"])
-                # Keep the port so a restart comes back on the same address.
+                # Keep the ports so a restart comes back on the same addresses.
                 self.port = int(self.address.rsplit(":", 1)[1])
+                self.http_address = str(msg.get("http", ""))
+                if self.http_address:
+                    self.http_listen = self.http_address
                 return self
         try:
             code: int | None = self.proc.wait(1)  # reap it, so the exit code is known

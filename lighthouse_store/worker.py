@@ -8,8 +8,11 @@ one JSON line: the worker's index, the Config as the supervisor resolved it
 worker opens the store (shared, without a preallocator: the supervisor runs
 that), serves gRPC on the shared port, and answers with one JSON line once
 it serves: ``{"event": "ready", "address": ..., "pid": ..., "worker": i}``.
-It keeps the socket open while it lives; the supervisor reads nothing more
-from it yet (a later issue's metrics can come that way).
+It keeps the socket open while it lives, and reads from it what the
+supervisor's health verdict is (``{"event": "health", "serving": bool}``,
+``ops.py``), which its gRPC health then says. Its metrics go to the
+supervisor through prometheus-client's multiprocess files, in the directory
+its environment names (``PROMETHEUS_MULTIPROC_DIR``, ``metrics.py``).
 
 It dies with the supervisor: the first thing it does, before the slow
 imports, is ask the kernel for SIGKILL when its parent dies
@@ -31,7 +34,8 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -92,11 +96,16 @@ def _run(spec: WorkerSpec, control: socket.socket) -> int:
 
     from lighthouse_store import config, logs
     from lighthouse_store.errors import StoreError
+    from lighthouse_store.ops import WorkerOps
     from lighthouse_store.server import BindError, WorkerRole, open_store, run
     from lighthouse_store.wakeups import Wakeups
 
     cfg = config.from_json(spec.config)
     logs.configure(cfg.log_level.value, {"worker": spec.index})
+    ops = WorkerOps(cfg)
+    threading.Thread(
+        target=_follow_control, args=(control, ops.verdict), name="lh-control", daemon=True
+    ).start()
 
     def ready(address: str) -> None:
         message = {"event": "ready", "address": address, "pid": os.getpid(), "worker": spec.index}
@@ -106,7 +115,7 @@ def _run(spec: WorkerSpec, control: socket.socket) -> int:
         store = open_store(cfg, shared=True, preallocate=False)
         try:
             wakeups = Wakeups(spec.namespace, spec.index, spec.workers)
-            await run(cfg, store, ready=ready, worker=WorkerRole(spec.index, wakeups))
+            await run(cfg, store, ready=ready, ops=ops, worker=WorkerRole(spec.index, wakeups))
         finally:
             store.close()
 
@@ -123,6 +132,19 @@ def _run(spec: WorkerSpec, control: socket.socket) -> int:
         print(f"lighthouse-store: worker {spec.index}: {exc}", file=sys.stderr)
         return EXIT_FAILED
     return 0
+
+
+def _follow_control(control: socket.socket, verdict: Callable[[bool], None]) -> None:
+    """Read the supervisor's messages until it closes the socket: each
+    ``{"event": "health", "serving": bool}`` sets this worker's gRPC health."""
+    with control.makefile("rb") as lines:
+        for line in lines:
+            try:
+                message = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(message, dict) and message.get("event") == "health":
+                verdict(bool(message.get("serving")))
 
 
 if __name__ == "__main__":

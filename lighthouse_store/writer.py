@@ -25,7 +25,10 @@ Commit timing, metrics and fault hooks belong here and nowhere else. Each
 commit: the subscription fan-out hangs off that call, and it is where metrics
 of commit durations and batch sizes are to be taken, not in the commit.
 ``faults.after_commit`` runs on the writer thread between the durable commit
-and the answers.
+and the answers. Besides the listeners, ``on_busy`` is called (on the event
+loop) when an append arrives at an empty queue: with the listeners, that is
+what the health check needs to see a writer that stopped committing
+(``metrics.py``, ``health.py``).
 
 With several worker processes, ``announce`` (``wakeups.Wakeups.announce``)
 runs on the writer thread right after each commit that wrote events,
@@ -44,7 +47,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from lighthouse_store.errors import Overloaded, ShuttingDown, StorageFailure, StoreError
+from lighthouse_store.errors import (
+    Overloaded,
+    ShuttingDown,
+    StorageFailure,
+    StorageFull,
+    StoreError,
+)
 from lighthouse_store.faults import Faults
 from lighthouse_store.store import AppendCommand, AppendResult, EventStore
 from lighthouse_store.threads import name_os_thread
@@ -64,6 +73,12 @@ class CommitInfo:
     appends: int  # appends in the group (including failed ones)
     checkpoints: dict[str, int]  # consumer checkpoints stored by this commit
     seconds: float  # time spent in EventStore.commit (transaction + fsync)
+    events: int = 0  # events written (an idempotent retry writes none)
+    bytes: int = 0  # of the events written (AppendCommand.size)
+    flush_seconds: float = 0.0  # of ``seconds``, writing to disk and flushing
+    # Appends refused because storage could not take them (a full map, a
+    # failed write): while the newest commit refused any, writes are blocked.
+    refused_by_storage: int = 0
 
 
 CommitListener = Callable[[CommitInfo], None]
@@ -81,10 +96,12 @@ class GroupCommitWriter:
         checkpoint_delay: float,
         faults: Faults | None = None,
         announce: Callable[[], None] | None = None,
+        on_busy: Callable[[], None] | None = None,
     ) -> None:
         self._store = store
         self._faults = faults or Faults()
         self._announce = announce
+        self._on_busy = on_busy
         self._max_queue = max_queue
         self._max_queued_bytes = max_queued_bytes
         self._max_batch_appends = max_batch_appends
@@ -106,6 +123,15 @@ class GroupCommitWriter:
 
     def add_listener(self, listener: CommitListener) -> None:
         self._listeners.append(listener)
+
+    @property
+    def pending(self) -> int:
+        """Appends queued or being committed (read it on the event loop)."""
+        return self._pending
+
+    @property
+    def pending_bytes(self) -> int:
+        return self._pending_bytes
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -138,6 +164,8 @@ class GroupCommitWriter:
             raise Overloaded("too many appends queued; retry shortly", retry_after_ms=50)
         assert self._loop is not None, "writer not started"
         future: asyncio.Future[AppendResult] = self._loop.create_future()
+        if self._pending == 0 and self._on_busy is not None:
+            self._on_busy()
         self._pending += 1
         self._pending_bytes += command.size
         self._inbox.put((command, future))
@@ -200,9 +228,19 @@ class GroupCommitWriter:
             log.exception("group commit of %d appends failed", len(batch))
             results = [StorageFailure("storage write failed")] * len(batch)
             checkpoints = self._requeue(checkpoints)
+        seconds = time.perf_counter() - started
+        events = size_written = refused = 0
+        for (command, _), result in zip(batch, results, strict=True):
+            if isinstance(result, AppendResult):
+                if not result.duplicate:
+                    events += len(command.event_ids)
+                    size_written += command.size
+            elif isinstance(result, StorageFull | StorageFailure):
+                refused += 1
         info = CommitInfo(
-            self._store.head_position(), len(batch), checkpoints, time.perf_counter() - started
-        )
+            self._store.head_position(), len(batch), checkpoints, seconds,
+            events, size_written, self._store.flush_seconds(), refused,
+        )  # fmt: skip
         if (
             self._announce is not None
             and not self._faults.drop_wakeups

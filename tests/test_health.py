@@ -106,6 +106,7 @@ def test_configuration_from_environment(tmp_path: Path) -> None:
     env = dict(
         os.environ,
         LIGHTHOUSE_LISTEN="127.0.0.1:0",
+        LIGHTHOUSE_HTTP_LISTEN="127.0.0.1:0",
         LIGHTHOUSE_DATA_DIR=str(data_dir),
         LIGHTHOUSE_DURABILITY="async",
     )
