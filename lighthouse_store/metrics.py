@@ -300,9 +300,9 @@ def _merge(path: Path, pattern: str) -> list[Metric]:
     return list(MultiProcessCollector.merge(glob.glob(str(path / pattern))))
 
 
-def process_families(path: Path, pid: int) -> list[Metric]:
-    """One worker's own gauges and histograms, from its multiprocess files."""
-    return _merge(path, f"*_{pid}.db")
+def process_gauges(path: Path, pid: int) -> list[Metric]:
+    """One worker's own gauges, from its multiprocess files."""
+    return _merge(path, f"gauge_*_{pid}.db")
 
 
 def histogram_families(path: Path) -> list[Metric]:

@@ -68,6 +68,14 @@ def parse_config(text: str) -> Config:
     return Config(comparisons.config_label(label), tuple(shlex.split(flags)))
 
 
+def metrics_configs() -> list[Config]:
+    """``--compare-metrics``: the daemon with its metrics off, then on."""
+    return [
+        Config(comparisons.METRICS_OFF, ("--metrics", "off")),
+        Config(comparisons.METRICS_ON, ("--metrics", "on")),
+    ]
+
+
 def worker_configs(text: str) -> list[Config]:
     """``--compare-workers 1,2``: one configuration per worker count."""
     counts = [c.strip() for c in text.split(",") if c.strip()]

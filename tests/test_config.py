@@ -319,6 +319,25 @@ def test_listen_accepts_ports_0_to_65535_and_ipv6() -> None:
         assert load(["--listen", listen]).listen == listen
 
 
+def test_the_http_endpoint_is_a_host_and_port_or_off() -> None:
+    assert config.Config().http_listen == "127.0.0.1:9464"
+    assert load(["--http-listen", "127.0.0.1:0"]).http_listen == "127.0.0.1:0"
+    assert load(["--http-listen", "[::1]:9464"]).http_listen == "[::1]:9464"
+    assert load(env={"LIGHTHOUSE_HTTP_LISTEN": " OFF "}).http_listen == "off"
+    for bad in ("offf", "9464", "127.0.0.1:70000", ""):
+        with pytest.raises(config.ConfigError, match=r"^--http-listen: must be host:port"):
+            load([f"--http-listen={bad}"])
+
+
+def test_metrics_are_on_unless_switched_off_and_the_stall_time_is_a_setting() -> None:
+    assert config.Config().metrics is config.Switch.ON
+    assert load(["--metrics", "off"]).metrics is config.Switch.OFF
+    with pytest.raises(config.ConfigError, match=r"^--metrics: must be 'on' or 'off'"):
+        load(["--metrics", "maybe"])
+    assert config.Config().writer_stall_seconds == 5.0
+    assert load(["--writer-stall-seconds", "0.5"]).writer_stall_seconds == 0.5
+
+
 def test_the_queue_byte_bound_is_a_setting(tmp_path: Path) -> None:
     assert config.Config().max_queued_bytes == 256 * MIB
     assert load(env={"LIGHTHOUSE_MAX_QUEUED_BYTES": "64m"}).max_queued_bytes == 64 * MIB
