@@ -45,7 +45,7 @@ from lighthouse_store.http_ops import OpsServer
 from lighthouse_store.lmdb_store import LmdbEventStore
 from lighthouse_store.settings import OFF
 
-__all__ = ["LocalOps", "ServingOps", "SupervisorOps", "WorkerOps"]
+__all__ = ["Endpoint", "LocalOps", "ServingOps", "SupervisorOps", "WorkerOps"]
 
 Buckets = tuple[tuple[float, float], ...]
 VerdictHook = Callable[[bool], None]
@@ -105,6 +105,37 @@ def _registry(store: LmdbEventStore) -> CollectorRegistry:
     return registry
 
 
+class Endpoint:
+    """The health monitor, and the HTTP endpoint unless ``--http-listen off``
+    (bound here: BindError), of the process that serves them."""
+
+    def __init__(
+        self,
+        config: Config,
+        registry: CollectorRegistry,
+        figures: Callable[[], Figures],
+        on_verdict: VerdictHook | None = None,
+    ) -> None:
+        self.registry = registry
+        self.monitor = HealthMonitor(figures, _thresholds(config), on_verdict)
+        listen = config.http_listen
+        self.http = None if listen == OFF else OpsServer(listen, registry, self.monitor)
+
+    @property
+    def address(self) -> str | None:
+        return None if self.http is None else self.http.address
+
+    def start(self) -> None:
+        if self.http is not None:
+            self.http.start()
+        self.monitor.start()
+
+    def close(self) -> None:
+        self.monitor.close()
+        if self.http is not None:
+            self.http.close()
+
+
 class ServingOps:
     """What a process serving gRPC (``server.run``) gets from operations:
     its metrics, and a way to keep its gRPC health in step with ``/health``."""
@@ -123,38 +154,26 @@ class LocalOps(ServingOps):
     """``--workers 1``: this process records, judges and serves HTTP."""
 
     def __init__(self, config: Config, store: LmdbEventStore) -> None:
-        self.registry = _registry(store)
-        super().__init__(m.DaemonMetrics(self.registry, instruments=config.metrics is Switch.ON))
+        registry = _registry(store)
+        super().__init__(m.DaemonMetrics(registry, instruments=config.metrics is Switch.ON))
         self._store = store
         self._durability = store.durability.value
         self._not_serving = "starting"
-        self.monitor = HealthMonitor(self._figures, _thresholds(config))
-        self.http = (
-            None if config.http_listen == OFF
-            else OpsServer(config.http_listen, self.registry, self.monitor)
-        )  # fmt: skip
-
-    @property
-    def http_address(self) -> str | None:
-        return None if self.http is None else self.http.address
+        self.endpoint = Endpoint(config, registry, self._figures)
 
     def start(self) -> LocalOps:
-        if self.http is not None:
-            self.http.start()
-        self.monitor.start()
+        self.endpoint.start()
         return self
 
     def serving(self, set_grpc_health: VerdictHook) -> None:
         self._not_serving = ""
-        self.monitor.set_verdict_hook(set_grpc_health)
+        self.endpoint.monitor.set_verdict_hook(set_grpc_health)
 
     def stopping(self) -> None:
         self._not_serving = "shutting down"
 
     def close(self) -> None:
-        self.monitor.close()
-        if self.http is not None:
-            self.http.close()
+        self.endpoint.close()
 
     def _figures(self) -> Figures:
         gauges, buckets = _read(self.metrics.health_families())
@@ -203,9 +222,9 @@ class SupervisorOps:
     ) -> None:
         self.directory = Path(tempfile.mkdtemp(prefix="lighthouse-metrics-"))
         try:
-            self.registry = _registry(store)
-            self.registry.register(m.AggregateCollector(self.directory))
-            self.registry.register(m.WorkerProcessCollector(workers))
+            registry = _registry(store)
+            registry.register(m.AggregateCollector(self.directory))
+            registry.register(m.WorkerProcessCollector(workers))
             self._store = store
             self._durability = store.durability.value
             self._workers = workers
@@ -213,27 +232,16 @@ class SupervisorOps:
             self._not_serving = "starting"
             self._buckets: Buckets = ()
             self._buckets_read = -math.inf
-            self.monitor = HealthMonitor(self._figures, _thresholds(config), tell_workers)
-            self.http = (
-                None if config.http_listen == OFF
-                else OpsServer(config.http_listen, self.registry, self.monitor)
-            )  # fmt: skip
+            self.endpoint = Endpoint(config, registry, self._figures, tell_workers)
         except BaseException:
             shutil.rmtree(self.directory, ignore_errors=True)
             raise
 
-    @property
-    def http_address(self) -> str | None:
-        return None if self.http is None else self.http.address
-
     def worker_environment(self) -> dict[str, str]:
         return {m.MULTIPROC_ENV: str(self.directory)}
 
-    def start(self) -> SupervisorOps:
-        if self.http is not None:
-            self.http.start()
-        self.monitor.start()
-        return self
+    def start(self) -> None:
+        self.endpoint.start()
 
     def serving(self) -> None:
         self._not_serving = ""
@@ -244,16 +252,14 @@ class SupervisorOps:
     def verdict(self) -> bool:
         """The latest verdict (``health.Report.writes_ok``): what a worker
         that starts serving is told."""
-        return self.monitor.serving
+        return self.endpoint.monitor.serving
 
     def worker_exited(self, pid: int) -> None:
         """Forget the exited worker's live gauges (its counters stay in the sums)."""
         m.forget_process(self.directory, pid)
 
     def close(self) -> None:
-        self.monitor.close()
-        if self.http is not None:
-            self.http.close()
+        self.endpoint.close()
         shutil.rmtree(self.directory, ignore_errors=True)
 
     def _figures(self) -> Figures:

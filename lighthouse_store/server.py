@@ -180,7 +180,7 @@ async def serve(config: Config) -> None:
         try:
             ops = LocalOps(config, store).start()  # the HTTP endpoint: BindError
             try:
-                await run(config, store, ready=_ready_line(ops.http_address), ops=ops)
+                await run(config, store, ready=_ready_line(ops.endpoint.address), ops=ops)
             finally:
                 ops.close()
         finally:

@@ -226,8 +226,8 @@ class Supervisor:
                 "event": "ready", "address": cfg.listen, "pid": os.getpid(),
                 "workers": len(self._slots),
             }  # fmt: skip
-            if self._ops.http_address is not None:
-                ready["http"] = self._ops.http_address
+            if self._ops.endpoint.address is not None:
+                ready["http"] = self._ops.endpoint.address
             sys.stdout.write(json.dumps(ready) + "\n")
             sys.stdout.flush()
             watchers = [loop.create_task(self._watch(slot)) for slot in self._slots]
