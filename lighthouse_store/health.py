@@ -77,7 +77,7 @@ class WriterFigures:
     queue_depth: int = 0
     queue_bytes: int = 0
     last_commit: float = 0.0  # unix time of its newest commit of appends; 0: none yet
-    busy_since: float = 0.0  # unix time since which appends wait with no commit; 0: idle
+    busy_since: float = 0.0  # unix time since which the queued appends wait with no commit
     writes_blocked: bool = False
     subscriptions: int = 0
     max_lag: int = 0
@@ -212,7 +212,7 @@ def _writer(f: Figures, t: Thresholds, p99: float | None) -> Check:
         "commit_p99_seconds": _bound(p99),
         "stall_seconds": t.stall_seconds,
     }
-    stalled = [w for w in f.writers if w.busy_since and f.at - w.busy_since > t.stall_seconds]
+    stalled = [w for w in f.writers if w.queue_depth and f.at - w.busy_since > t.stall_seconds]
     if stalled:
         w = max(stalled, key=lambda w: f.at - w.busy_since)
         where = "" if w.worker is None else f" in worker {w.worker}"

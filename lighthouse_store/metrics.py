@@ -101,6 +101,7 @@ SUBSCRIPTIONS = "lighthouse_subscriptions_active"
 MAX_LAG = "lighthouse_subscription_max_lag_events"
 BUSY_SINCE = "lighthouse_writer_busy_since_timestamp_seconds"
 COMMIT_DURATION = "lighthouse_commit_duration_seconds"
+LAST_COMMIT_RESOLUTION_S = 0.01
 HIDDEN = frozenset({BUSY_SINCE})
 
 # Counters and histograms export no ``_created`` series: the multiprocess
@@ -147,9 +148,12 @@ class DaemonMetrics:
         )  # fmt: skip
         self.busy_since = Gauge(
             BUSY_SINCE,
-            "Unix time since which appends have waited with no commit finishing; 0: idle",
+            "Unix time since which the appends queued have waited with no commit finishing",
             multiprocess_mode="liveall", registry=None,
         )  # fmt: skip
+        # What the gauges hold, so that they are written only when it changes:
+        self._depth = self._queued = self._blocked = 0
+        self._last_commit = 0.0
         self._health_gauges = (self.queue_depth, self.queue_bytes, self.last_commit,
                                self.writes_blocked, self.subscriptions, self.max_lag,
                                self.busy_since)  # fmt: skip
@@ -226,21 +230,34 @@ class DaemonMetrics:
     def writer_busy(self) -> None:
         """An append arrived at an empty queue (``GroupCommitWriter(on_busy=...)``)."""
         self.busy_since.set(time.time())
-        self.queue_depth.set(1)
+        self._set_depth(1)
+
+    def _set_depth(self, depth: int) -> None:
+        if depth != self._depth:
+            self.queue_depth.set(depth)
+            self._depth = depth
 
     def commit_listener(self, writer: GroupCommitWriter) -> CommitListener:
+        # A gauge is written only when it changes (a write to the
+        # multiprocess files costs about a microsecond); the newest commit's
+        # time to LAST_COMMIT_RESOLUTION_S.
         def committed(info: CommitInfo) -> None:
-            pending = writer.pending
-            self.queue_depth.set(pending)
-            self.queue_bytes.set(writer.pending_bytes)
+            pending, queued = writer.pending, writer.pending_bytes
+            self._set_depth(pending)
+            if queued != self._queued:
+                self.queue_bytes.set(queued)
+                self._queued = queued
             now = time.time()
-            self.busy_since.set(now if pending else 0.0)
-            if info.refused_by_storage:
-                self.writes_blocked.set(1)
-            elif info.events:
-                self.writes_blocked.set(0)
-            if info.appends > info.refused_by_storage:  # its transaction committed
+            if pending:  # those left wait for the next commit from now on
+                self.busy_since.set(now)
+            blocked = 1 if info.refused_by_storage else 0 if info.events else self._blocked
+            if blocked != self._blocked:
+                self.writes_blocked.set(blocked)
+                self._blocked = blocked
+            committed = info.appends > info.refused_by_storage  # its transaction committed
+            if committed and now - self._last_commit >= LAST_COMMIT_RESOLUTION_S:
                 self.last_commit.set(now)
+                self._last_commit = now
             if not self.instruments:
                 return
             self.commit_duration.observe(info.seconds)

@@ -162,9 +162,9 @@ def render(values: dict[str, float], comparison: Comparison, title: str) -> str:
     width = max(14, *(len(label) + 2 for label in c.labels))
     base_label = c.labels[c.systems.index(c.base)]
     head = "".join(f"{label:>{width}}" for label in c.labels)
-    head += "".join(
-        f"{c.labels[c.systems.index(s)] + ' / ' + base_label:>{width + 6}}" for s in c.subjects
-    )
+    ratio_heads = [c.labels[c.systems.index(s)] + " / " + base_label for s in c.subjects]
+    ratio_width = max(width + 6, *(len(h) + 2 for h in ratio_heads))
+    head += "".join(f"{h:>{ratio_width}}" for h in ratio_heads)
     lines = [title, f"  {'':<32}{head}"]
     for metric, label, unit in METRICS + CPU_METRICS:
         cells = [values.get(c.key(s, metric)) for s in c.systems]
@@ -175,7 +175,7 @@ def render(values: dict[str, float], comparison: Comparison, title: str) -> str:
         for s in c.subjects if (metric, label, unit) in METRICS else ():
             key = f"{c.kind}_{s}_vs_{c.base}_{metric}"
             ratio = values.get(key)
-            row += f"{(f'{ratio:.2f}x' if ratio is not None else '-'):>{width + 6}}"
+            row += f"{(f'{ratio:.2f}x' if ratio is not None else '-'):>{ratio_width}}"
             for k in (key, f"{c.kind}_{s}_minus_{c.base}_{metric}"):
                 if k in marks:
                     row_marks.append(marks[k])

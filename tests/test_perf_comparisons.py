@@ -160,3 +160,21 @@ def test_configurations_from_the_command_line() -> None:
     for bad in ("1,x", "0,2", ""):
         with pytest.raises(ValueError):
             comparison_phases.worker_configs(bad)
+
+
+def test_the_metrics_comparison_marks_the_monitoring_overhead_target() -> None:
+    configs = comparison_phases.metrics_configs()
+    assert [(c.label, c.args) for c in configs] == [
+        ("metricsoff", ("--metrics", "off")),
+        ("metricson", ("--metrics", "on")),
+    ]
+    cmp = comparisons.configs([c.label for c in configs])
+    for on, passed in ((98.5, True), (97.5, False)):
+        values = {"cmp_metricsoff_conc_rate": 100.0, "cmp_metricson_conc_rate": on}
+        values |= comparisons.ratios(values, cmp)
+        (row,) = [r for r in comparisons.render(values, cmp, "").splitlines() if "8 conc" in r]
+        assert f"[{'PASS' if passed else 'FAIL'}: SPEC §6 overhead >= 0.98]" in row
+        (target,) = [
+            t for t in report.evaluate(values, comparisons.TARGETS) if t["passed"] is not None
+        ]
+        assert target["source"] == "overhead" and target["passed"] is passed
