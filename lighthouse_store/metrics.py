@@ -40,9 +40,15 @@ Cost
 An RPC costs one counter increment and one histogram observation on label
 children bound once (:class:`RpcInstruments`); a group commit a handful of
 updates; a delivery to a subscriber one observation. ``--metrics off`` drops
-all of those (``perf/bench.py --compare-metrics`` measures the difference);
-the few gauges the health check reads (queue depth, newest commit, writes
-blocked, subscriptions) stay, updated once per group commit or session.
+all of those (``perf/bench.py --compare-metrics`` and ``perf/metrics_cost.py``
+measure the difference; ``perf/RESULTS.md`` has the numbers); the few gauges
+the health check reads (queue depth, newest commit, writes blocked,
+subscriptions) stay, written only when their value changes.
+
+The multiprocess files keep a file set per worker pid: a worker that is
+restarted leaves its counters' files behind (they stay in the sums), so a
+worker that keeps crashing makes scrapes slowly longer until the daemon
+restarts; the supervisor's directory is removed when it exits.
 """
 
 from __future__ import annotations
