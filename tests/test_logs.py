@@ -8,7 +8,7 @@ import json
 import logging
 import re
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,7 @@ def assert_shape(entry: dict[str, Any]) -> None:
     assert list(entry)[:4] == ["timestamp", "level", "component", "message"], entry
     assert RFC3339_UTC.fullmatch(entry["timestamp"]), entry
     when = datetime.fromisoformat(entry["timestamp"].replace("Z", "+00:00"))
-    assert when.utcoffset() is not None and when.utcoffset().total_seconds() == 0
+    assert when.utcoffset() == timedelta(0)
     assert abs((datetime.now(UTC) - when).total_seconds()) < 3600, "not UTC"
     assert entry["level"] in {"debug", "info", "warning", "error", "critical"}, entry
     assert entry["component"].startswith("lighthouse_store."), entry
