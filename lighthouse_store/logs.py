@@ -10,19 +10,18 @@ Every line has ``timestamp`` (UTC, RFC 3339 with milliseconds:
 
 - ``worker``: the worker's index, on every line of a worker process
   (``configure``'s ``fields``);
-- ``correlation_id``: the request's (an Append's, from its events' metadata,
-  :func:`set_correlation_id`);
 - ``trace_id`` and ``span_id``: the current OpenTelemetry span's, when it is
   valid (a server span exists only when tracing is on);
 - ``exception``: the traceback of an unexpected error (never sent to clients);
 - whatever a line adds with ``extra={...}`` (``extra={"fields": {...}}``
   adds the mapping's keys), such as the failed request's ``method``,
-  ``code``, ``reason``, ``failure_class`` and ``peer`` (``servicer.py``).
+  ``code``, ``reason``, ``failure_class``, ``peer`` and ``correlation_id``
+  (``servicer.py``).
 
 The JSON comes from python-json-logger's formatter (the standard library's
 ``logging`` all the way: every module logs with ``logging.getLogger``); the
-context fields are added by one filter on the handler, so both formats show
-them. The text format is one line per record for a person at a terminal:
+process's and the span's fields are added by one filter on the handler, so
+both formats show them. The text format is one line per record for a person at a terminal:
 ``<timestamp> <LEVEL> <component>: <message> key=value ...``; a traceback
 or a stack dump follows on the lines after it.
 
@@ -54,27 +53,19 @@ import re
 import sys
 import time
 from collections.abc import Mapping
-from contextvars import ContextVar
 from typing import Any
 
 from opentelemetry import trace
 from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter
 
-__all__ = ["FORMATS", "STDERR", "configure", "set_correlation_id", "timestamp"]
+__all__ = ["FORMATS", "STDERR", "configure", "timestamp"]
 
 STDERR = "-"  # the --log-file value that means stderr
 FORMATS = ("json", "text")
 
-_correlation_id: ContextVar[str] = ContextVar("correlation_id", default="")
 # Names a record may carry that are not fields of the line.
 _NOT_FIELDS = frozenset(RESERVED_ATTRS) | {"message", "asctime", "fields"}
-
-
-def set_correlation_id(value: str) -> None:
-    """The correlation id of the request being served (this task's, and the
-    tasks it starts): on every line logged while it is served."""
-    _correlation_id.set(value)
 
 
 def timestamp(created: float) -> str:
@@ -84,8 +75,8 @@ def timestamp(created: float) -> str:
 
 
 class _Context(logging.Filter):
-    """Adds the process's fields, the request's and the span's ids, and
-    flattens ``extra={"fields": {...}}``, before either formatter runs."""
+    """Adds the process's fields and the span's ids, and flattens
+    ``extra={"fields": {...}}``, before either formatter runs."""
 
     def __init__(self, fields: Mapping[str, object]) -> None:
         super().__init__()
@@ -98,8 +89,6 @@ class _Context(logging.Filter):
         if isinstance(extra, Mapping):
             for key, value in extra.items():
                 setattr(record, str(key), value)
-        if correlation_id := _correlation_id.get():
-            record.correlation_id = correlation_id
         span = trace.get_current_span().get_span_context()
         if span.is_valid:
             record.trace_id = trace.format_trace_id(span.trace_id)

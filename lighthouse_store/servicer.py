@@ -31,7 +31,7 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 
 from lighthouse_proto.v1 import store_pb2 as pb
-from lighthouse_store import __version__, logs, records, status, validation
+from lighthouse_store import __version__, records, status, validation
 from lighthouse_store.config import Config, Durability
 from lighthouse_store.errors import EventNotFound, InvalidArgument, StoreError
 from lighthouse_store.store import AppendCommand, EventStore
@@ -47,9 +47,13 @@ _R = TypeVar("_R")
 _DURABILITY = {Durability.FSYNC: pb.DURABILITY_FSYNC, Durability.ASYNC: pb.DURABILITY_ASYNC}
 
 
-async def _abort(context: grpc.aio.ServicerContext, exc: Exception, method: str) -> None:
+async def _abort(
+    context: grpc.aio.ServicerContext, exc: Exception, method: str, request: object
+) -> None:
     """End the call with the status of ``exc``, and log it: the one line of a failed request."""
     fields: dict[str, str] = {}
+    if correlation_id := _correlation_id(method, request):
+        fields["correlation_id"] = correlation_id
     cause: Exception | None = None
     if isinstance(exc, StoreError):
         error: StoreError = exc
@@ -86,7 +90,7 @@ def _guard(
         except grpc.aio.AbortError:
             raise
         except Exception as exc:
-            await _abort(context, exc, method)
+            await _abort(context, exc, method, request)
             raise AssertionError("unreachable: abort raises") from exc
 
     return wrapper
@@ -107,7 +111,7 @@ def _guard_stream(
         except grpc.aio.AbortError:
             raise
         except Exception as exc:
-            await _abort(context, exc, method)
+            await _abort(context, exc, method, request)
 
     return wrapper
 
@@ -140,7 +144,6 @@ class EventStoreServicer:
 
     def _append_command(self, raw: bytes) -> AppendCommand:
         request = _parse(pb.AppendRequest, raw)
-        logs.set_correlation_id(_correlation_id(request))
         return validation.append_command(request, self._config.limits, len(raw))
 
     @_guard_stream
@@ -196,13 +199,17 @@ class EventStoreServicer:
             yield message
 
 
-def _correlation_id(request: pb.AppendRequest) -> str:
-    """The append's correlation id, for its log lines: its first event's
-    (SPEC: the correlation id is kept in event metadata). Only the first:
-    looking through a thousand events would cost every append."""
-    if not request.events:
+def _correlation_id(method: str, request: object) -> str:
+    """A failed request's correlation id, for its log line: an Append's
+    first event's (SPEC: the correlation id is kept in event metadata).
+    Parsed again here, on failure only, so that a success pays nothing."""
+    if method != "Append" or not isinstance(request, bytes):
         return ""
-    return request.events[0].metadata.get("correlation_id", "")
+    try:
+        events = pb.AppendRequest.FromString(request).events
+    except DecodeError:
+        return ""
+    return events[0].metadata.get("correlation_id", "") if events else ""
 
 
 def _as_is(message: bytes) -> bytes:
