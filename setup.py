@@ -31,5 +31,9 @@ setup(
         "protobuf>=7.35.1,<8",
         "lmdb>=1.6,<4",
         "zlib-ng>=0.5,<2",  # vectorized CRC-32 for record checksums (same values as zlib's)
+        "python-json-logger>=4.2,<5",  # the JSON log formatter (logs.py)
+        # The current span's ids on log lines (logs.py); the API alone, a no-op
+        # unless tracing is set up.
+        "opentelemetry-api>=1.45,<2",
     ]
 )

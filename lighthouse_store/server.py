@@ -1,7 +1,8 @@
 """The daemon: wires storage, the writer and the gRPC server, and runs them.
 
 Each concern is wired in its own small ``_configure_*`` function (as in the
-grpc examples). Shutdown on SIGTERM/SIGINT: health flips to NOT_SERVING, subscriptions end
+grpc examples). SIGHUP reloads and SIGUSR1 dumps the stacks, serving on
+(``signals.py``). Shutdown on SIGTERM/SIGINT: health flips to NOT_SERVING, subscriptions end
 with UNAVAILABLE, new appends are refused with UNAVAILABLE until callers go
 quiet (``_drain``), the server stops taking calls and gives in-flight ones
 ``shutdown_grace_seconds``, the writer commits everything already queued,
@@ -29,7 +30,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from lighthouse_store import __version__
+from lighthouse_store import __version__, signals
 from lighthouse_store.config import Config, Durability
 from lighthouse_store.faults import Faults
 from lighthouse_store.lmdb_store import LmdbEventStore
@@ -135,13 +136,13 @@ def open_store(
     )
 
 
-async def serve(config: Config) -> None:
+async def serve(config: Config, reloader: signals.Reloader) -> None:
     """Run the daemon until SIGTERM/SIGINT. Raises DataDirLocked, BindError."""
     lock = DataDirLock(config.data_dir).acquire()
     try:
         store = open_store(config)
         try:
-            await run(config, store, ready=_print_ready)
+            await run(config, store, ready=_print_ready, reloader=reloader)
         finally:
             store.close()
     finally:
@@ -158,9 +159,11 @@ async def run(
     store: LmdbEventStore,
     *,
     ready: Callable[[str], None],
+    reloader: signals.Reloader,
     worker: WorkerRole | None = None,
 ) -> None:
-    """Serve until SIGTERM/SIGINT; ``ready(address)`` once serving."""
+    """Serve until SIGTERM/SIGINT; ``ready(address)`` once serving. SIGHUP
+    reloads (``reloader``), SIGUSR1 dumps the stacks (``signals.py``)."""
     loop = asyncio.get_running_loop()
     writer = GroupCommitWriter(
         store,
@@ -188,6 +191,7 @@ async def run(
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    signals.install(loop, reloader.reload)
     if worker is not None:
 
         def other_worker_committed() -> None:

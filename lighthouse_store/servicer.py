@@ -8,7 +8,12 @@ concatenation, never parsing or re-encoding an event.
 
 Errors: handlers raise domain errors; :func:`_guard` turns them into a gRPC
 status through ``status.to_status`` (the one mapping), and anything
-unexpected into INTERNAL with an incident id that is only logged.
+unexpected into INTERNAL with an incident id that is only logged. Each
+failed request is logged there, once, with its ``method``, ``code``,
+``reason``, ``failure_class`` and ``peer`` (the traceback too, for an
+unexpected error), at ``status.log_level``; a successful one is not. A call
+its client cancels is no failure: gRPC ends the handler with CancelledError,
+which is not caught here, and gRPC logs it at debug (``logs.py``).
 """
 
 from __future__ import annotations
@@ -42,19 +47,42 @@ _R = TypeVar("_R")
 _DURABILITY = {Durability.FSYNC: pb.DURABILITY_FSYNC, Durability.ASYNC: pb.DURABILITY_ASYNC}
 
 
-async def _abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
+async def _abort(
+    context: grpc.aio.ServicerContext, exc: Exception, method: str, request: object
+) -> None:
+    """End the call with the status of ``exc``, and log it: the one line of a failed request."""
+    fields: dict[str, str] = {}
+    if correlation_id := _correlation_id(method, request):
+        fields["correlation_id"] = correlation_id
+    cause: Exception | None = None
     if isinstance(exc, StoreError):
-        code, message, trailers = status.to_status(exc)
+        error: StoreError = exc
     else:
-        incident = uuid.uuid4().hex[:12]
-        log.error("unexpected error (incident %s)", incident, exc_info=exc)
-        code, message, trailers = status.internal(incident)
+        fields["incident"] = uuid.uuid4().hex[:12]
+        error, cause = status.internal(fields["incident"]), exc
+    code, message, trailers = status.to_status(error)
+    fields.update(
+        method=method,
+        code=code.name,
+        reason=error.reason,
+        failure_class=error.failure_class.value,
+        peer=context.peer(),
+    )
+    log.log(status.log_level(error, code), "%s failed: %s: %s", method, code.name, message,
+            exc_info=cause, extra={"fields": fields})  # fmt: skip
     await context.abort(code, message, trailing_metadata=trailers)
+
+
+def _method(fn: Callable[..., object]) -> str:
+    """The RPC a handler serves, from its name: ``get_event`` serves ``GetEvent``."""
+    return "".join(word.title() for word in fn.__name__.split("_"))
 
 
 def _guard(
     fn: Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[_R]],
 ) -> Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[_R]]:
+    method = _method(fn)
+
     @functools.wraps(fn)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> _R:
         try:
@@ -62,7 +90,7 @@ def _guard(
         except grpc.aio.AbortError:
             raise
         except Exception as exc:
-            await _abort(context, exc)
+            await _abort(context, exc, method, request)
             raise AssertionError("unreachable: abort raises") from exc
 
     return wrapper
@@ -71,6 +99,8 @@ def _guard(
 def _guard_stream(
     fn: Callable[[Any, Any, grpc.aio.ServicerContext], AsyncIterator[_R]],
 ) -> Callable[[Any, Any, grpc.aio.ServicerContext], AsyncIterator[_R]]:
+    method = _method(fn)
+
     @functools.wraps(fn)
     async def wrapper(
         self: Any, request: Any, context: grpc.aio.ServicerContext
@@ -81,7 +111,7 @@ def _guard_stream(
         except grpc.aio.AbortError:
             raise
         except Exception as exc:
-            await _abort(context, exc)
+            await _abort(context, exc, method, request)
 
     return wrapper
 
@@ -167,6 +197,19 @@ class EventStoreServicer:
     ) -> AsyncIterator[bytes]:
         async for message in self._hub.serve(_parsed(requests)):
             yield message
+
+
+def _correlation_id(method: str, request: object) -> str:
+    """A failed request's correlation id, for its log line: an Append's
+    first event's (SPEC: the correlation id is kept in event metadata).
+    Parsed again here, on failure only, so that a success pays nothing."""
+    if method != "Append" or not isinstance(request, bytes):
+        return ""
+    try:
+        events = pb.AppendRequest.FromString(request).events
+    except DecodeError:
+        return ""
+    return events[0].metadata.get("correlation_id", "") if events else ""
 
 
 def _as_is(message: bytes) -> bytes:
