@@ -9,6 +9,11 @@ concatenation, never parsing or re-encoding an event.
 Errors: handlers raise domain errors; :func:`_guard` turns them into a gRPC
 status through ``status.to_status`` (the one mapping), and anything
 unexpected into INTERNAL with an incident id that is only logged.
+
+Tracing (``tracing.py``): with tracing on, the servicer gets an
+:class:`~lighthouse_store.tracing.RpcSpans` and notes on the current span
+what each call did (and, on Append, puts the span's ``traceparent`` into the
+events that have none); off, it holds None and tests only that.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Executor
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError, Message
@@ -33,6 +38,9 @@ from lighthouse_store.store import AppendCommand, EventStore
 from lighthouse_store.subscriptions import SubscriptionHub
 from lighthouse_store.writer import GroupCommitWriter
 
+if TYPE_CHECKING:
+    from lighthouse_store.tracing import RpcSpans
+
 log = logging.getLogger("lighthouse_store.servicer")
 
 SERVICE = pb.DESCRIPTOR.services_by_name["EventStoreService"]
@@ -42,13 +50,18 @@ _R = TypeVar("_R")
 _DURABILITY = {Durability.FSYNC: pb.DURABILITY_FSYNC, Durability.ASYNC: pb.DURABILITY_ASYNC}
 
 
-async def _abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
+async def _abort(
+    context: grpc.aio.ServicerContext, exc: BaseException, spans: RpcSpans | None
+) -> None:
     if isinstance(exc, StoreError):
-        code, message, trailers = status.to_status(exc)
+        error = exc
     else:
         incident = uuid.uuid4().hex[:12]
         log.error("unexpected error (incident %s)", incident, exc_info=exc)
-        code, message, trailers = status.internal(incident)
+        error = status.internal(incident)
+    code, message, trailers = status.to_status(error)
+    if spans is not None:
+        spans.failed(error, code)
     await context.abort(code, message, trailing_metadata=trailers)
 
 
@@ -62,7 +75,7 @@ def _guard(
         except grpc.aio.AbortError:
             raise
         except Exception as exc:
-            await _abort(context, exc)
+            await _abort(context, exc, self._spans)
             raise AssertionError("unreachable: abort raises") from exc
 
     return wrapper
@@ -81,7 +94,7 @@ def _guard_stream(
         except grpc.aio.AbortError:
             raise
         except Exception as exc:
-            await _abort(context, exc)
+            await _abort(context, exc, self._spans)
 
     return wrapper
 
@@ -94,8 +107,10 @@ class EventStoreServicer:
         writer: GroupCommitWriter,
         readers: Executor,
         hub: SubscriptionHub,
+        spans: RpcSpans | None = None,
     ) -> None:
         self._hub = hub
+        self._spans = spans  # None: tracing is off
         self._config = config
         self._store = store
         self._writer = writer
@@ -105,7 +120,13 @@ class EventStoreServicer:
     async def append(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
         # The parsed request (a copy of ``raw``) is gone before the append
         # waits in the writer's queue; the command holds the events' bytes.
-        result = await self._writer.append(self._append_command(raw))
+        command = self._append_command(raw)
+        spans = self._spans
+        if spans is not None:
+            command = spans.append(command)  # after validation: limits are on what was sent
+        result = await self._writer.append(command)
+        if spans is not None:
+            spans.appended(result)
         return pb.AppendResponse(
             first_position=result.first_position,
             last_position=result.last_position,
@@ -119,6 +140,9 @@ class EventStoreServicer:
     @_guard_stream
     async def read(self, raw: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
         query = validation.read_query(_parse(pb.ReadRequest, raw))
+        spans = self._spans
+        if spans is not None:
+            spans.read(query)
         loop = asyncio.get_running_loop()
         cfg = self._config
         cursor = None
@@ -127,8 +151,12 @@ class EventStoreServicer:
                 self._readers, self._store.read_page, query, cursor, cfg.page_events, cfg.page_bytes
             )
             if page.records:
+                if spans is not None:
+                    spans.read_page(page.records)
                 yield records.repeated_events(page.records)
             if page.cursor is None:
+                if spans is not None:
+                    spans.ok()
                 return
             cursor = page.cursor
 
@@ -138,16 +166,21 @@ class EventStoreServicer:
         record = self._store.get_event(raw_id)  # one B-tree lookup: cheaper than a thread hop
         if record is None:
             raise EventNotFound(canonical)
+        if self._spans is not None:
+            self._spans.got_event(record)
         return records.repeated_events([record])  # GetEventResponse.event is field 1
 
     @_guard
     async def get_info(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
         _parse(pb.GetInfoRequest, raw)
         limits = self._config.limits
+        # From storage: with several workers, this one may not have heard of
+        # another's latest commit yet (wakeups.py).
+        head = self._store.last_position()
+        if self._spans is not None:
+            self._spans.info(head)
         return pb.GetInfoResponse(
-            # From storage: with several workers, this one may not have heard
-            # of another's latest commit yet (wakeups.py).
-            head_position=self._store.last_position(),
+            head_position=head,
             server_version=__version__,
             durability=_DURABILITY[self._store.durability],  # as LMDB is really set up
             limits=pb.Limits(
@@ -165,7 +198,10 @@ class EventStoreServicer:
     async def subscribe(
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
-        async for message in self._hub.serve(_parsed(requests)):
+        parsed = _parsed(requests)
+        if self._spans is not None:
+            parsed = self._spans.subscription(parsed)
+        async for message in self._hub.serve(parsed):
             yield message
 
 

@@ -57,8 +57,7 @@ def to_status(error: StoreError) -> tuple[grpc.StatusCode, str, Trailers]:
     return code, error.message, ((DETAILS_KEY, status.SerializeToString()),)
 
 
-def internal(incident: str) -> tuple[grpc.StatusCode, str, Trailers]:
-    """Status for an unexpected exception: no internals, an id to find the log line."""
-    return to_status(
-        errors.Internal(f"internal error (incident {incident}); the server log has the details")
-    )
+def internal(incident: str) -> errors.Internal:
+    """The error an unexpected exception becomes: no internals, an id to find
+    the log line."""
+    return errors.Internal(f"internal error (incident {incident}); the server log has the details")
