@@ -104,7 +104,7 @@ class TraceReceiver(trace_service_pb2_grpc.TraceServiceServicer):
 def receiver() -> Generator[TraceReceiver, None, None]:
     receiver = TraceReceiver()
     server = grpc.server(futures.ThreadPoolExecutor(2))
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(receiver, server)
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(receiver, server)  # type: ignore[no-untyped-call]
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     receiver.endpoint = f"http://127.0.0.1:{port}"
