@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Generator, Mapping
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -180,103 +180,115 @@ def _append(stub: Any, caller: ClientSpan, request: pb.AppendRequest) -> pb.Appe
     return response
 
 
+@dataclass
+class Calls:
+    """The calls of one client in one trace, each from a span of its own, and
+    what they answered."""
+
+    stream: str
+    trace_id: str = field(default_factory=lambda: secrets.token_hex(16))
+    own: ClientSpan = field(default_factory=ClientSpan.new)  # in an event's metadata
+    callers: dict[str, ClientSpan] = field(default_factory=dict)
+    sent: list[pb.ProposedEvent] = field(default_factory=list)
+    appended: pb.AppendResponse | None = None
+    stored: list[pb.RecordedEvent] = field(default_factory=list)
+    by_id: pb.RecordedEvent | None = None
+
+    def caller(self, name: str) -> ClientSpan:
+        return self.callers.setdefault(name, ClientSpan.new(self.trace_id))
+
+    def run(self, stub: Any) -> Calls:
+        correlation = {"correlation_id": f"corr-{self.stream}"}
+        self.sent = [
+            new_event(metadata=correlation),
+            new_event(metadata={**correlation, "traceparent": self.own.traceparent}),
+        ]
+        self.appended = _append(stub, self.caller("append"), append_request(self.stream, self.sent))
+        pages = stub.Read(
+            pb.ReadRequest(stream=self.stream),
+            metadata=self.caller("read").metadata,
+            timeout=RPC_TIMEOUT,
+        )
+        self.stored = [e for page in pages for e in page.events]
+        self.by_id = stub.GetEvent(
+            pb.GetEventRequest(event_id=self.sent[0].event_id),
+            metadata=self.caller("get").metadata,
+            timeout=RPC_TIMEOUT,
+        ).event
+        with pytest.raises(grpc.RpcError) as refused:
+            _append(stub, self.caller("wrong"), append_request(self.stream, [new_event()], 99))
+        assert error_info(refused.value).metadata["failure_class"] == "human_intervention"
+        _subscribe_until_caught_up(stub, self.caller("subscribe"), f"reader-{self.stream}")
+        return self
+
+
+TRACED = {"Append": 2, "Read": 1, "GetEvent": 1, "Subscribe": 1}  # spans per Calls.run
+
+
 def test_spans_parents_attributes_and_stored_traceparent(
     daemon_factory: DaemonFactory, receiver: TraceReceiver, workers: int
 ) -> None:
     daemon = daemon_factory(env=_otel_env(receiver), workers=workers)
-    stubs = spread_stubs(daemon, 2)  # one connection to each worker
-    calls = []
-    for i, stub in enumerate(stubs):
-        trace_id = secrets.token_hex(16)
-        append, read, get, wrong, sub = (ClientSpan.new(trace_id) for _ in range(5))
-        stream = f"traced-{i}"
-        own = ClientSpan.new()  # a traceparent the client put in an event itself
-        sent = [
-            new_event(metadata={"correlation_id": f"corr-{i}"}),
-            new_event(metadata={"correlation_id": f"corr-{i}", "traceparent": own.traceparent}),
-        ]
-        appended = _append(stub, append, append_request(stream, sent))
-        stored = stub.Read(
-            pb.ReadRequest(stream=stream), metadata=read.metadata, timeout=RPC_TIMEOUT
-        )
-        events = [e for page in stored for e in page.events]
-        by_id = stub.GetEvent(
-            pb.GetEventRequest(event_id=sent[0].event_id), metadata=get.metadata,
-            timeout=RPC_TIMEOUT,
-        ).event  # fmt: skip
-        with pytest.raises(grpc.RpcError) as refused:
-            _append(stub, wrong, append_request(stream, [new_event()], expected=99))
-        assert error_info(refused.value).metadata["failure_class"] == "human_intervention"
-        _subscribe_until_caught_up(stub, sub, consumer=stream.replace("traced", "reader"))
-        health_pb2_grpc.HealthStub(daemon.channel()).Check(
-            health_pb2.HealthCheckRequest(service=SERVICE_NAME),
-            metadata=append.metadata,
-            timeout=RPC_TIMEOUT,
-        )
-        calls.append((trace_id, stream, sent, own, appended, events, by_id,
-                      (append, read, get, wrong, sub)))  # fmt: skip
-
-    methods = {"Append": 2, "Read": 1, "GetEvent": 1, "Subscribe": 1}
+    runs = [
+        Calls(f"traced-{i}").run(stub)
+        for i, stub in enumerate(spread_stubs(daemon, 2))  # a connection to each worker
+    ]
     spans = receiver.wait_for(
         lambda got: all(
-            {m: len(s) for m, s in _server_spans(got, call[0]).items()} == methods
-            for call in calls
+            {m: len(s) for m, s in _server_spans(got, c.trace_id).items()} == TRACED for c in runs
         )
     )
     workers_seen = set()
-    for trace_id, stream, sent, own, appended, events, by_id, callers in calls:
-        append, read, get, wrong, sub = callers
-        by_method = _server_spans(spans, trace_id)
-        assert "Check" not in by_method  # health checks are not traced
-
-        a = _one(by_method["Append"], append)
+    for c in runs:
+        assert c.appended is not None and c.by_id is not None
+        by_method = _server_spans(spans, c.trace_id)
+        a = _one(by_method["Append"], c.caller("append"))
         assert a.span.name == f"/{SERVICE_NAME}/Append"
         assert a.attributes == a.attributes | {
             "rpc.system": "grpc",
             "rpc.service": SERVICE_NAME,
             "rpc.method": "Append",
             "rpc.grpc.status_code": 0,
-            "lighthouse.stream": stream,
+            "lighthouse.stream": c.stream,
             "lighthouse.event_count": 2,
             "lighthouse.expected_revision": "any",
-            "lighthouse.first_position": appended.first_position,
-            "lighthouse.last_position": appended.last_position,
+            "lighthouse.first_position": c.appended.first_position,
+            "lighthouse.last_position": c.appended.last_position,
             "lighthouse.first_revision": 0,
             "lighthouse.last_revision": 1,
             "lighthouse.result": "ok",
         }
         assert a.resource["service.name"] == "lighthouse-store"
-        assert a.resource["process.pid"] in ([daemon.pid] if workers == 1
-                                             else daemon.worker_pids())  # fmt: skip
+        pids = [daemon.pid] if workers == 1 else daemon.worker_pids()
+        assert a.resource["process.pid"] in pids
         workers_seen.add(a.resource.get("lighthouse.worker.index"))
 
         # The event without a traceparent got the Append span's; the other kept its own.
-        server = f"00-{trace_id}-{a.span.span_id.hex()}-01"
-        assert [dict(e.metadata) for e in events] == [
-            {"correlation_id": sent[0].metadata["correlation_id"], "traceparent": server},
-            {"correlation_id": sent[1].metadata["correlation_id"], "traceparent": own.traceparent},
+        server = f"00-{c.trace_id}-{a.span.span_id.hex()}-01"
+        assert [dict(e.metadata) for e in c.stored] == [
+            {**c.sent[0].metadata, "traceparent": server},
+            {**c.sent[1].metadata, "traceparent": c.own.traceparent},
         ]
-        assert dict(by_id.metadata) == dict(events[0].metadata)
+        assert dict(c.by_id.metadata) == dict(c.stored[0].metadata)
 
-        r = _one(by_method["Read"], read)
+        r = _one(by_method["Read"], c.caller("read"))
         assert r.attributes == r.attributes | {
-            "lighthouse.stream": stream,
+            "lighthouse.stream": c.stream,
             "lighthouse.event_count": 2,
-            "lighthouse.first_position": appended.first_position,
-            "lighthouse.last_position": appended.last_position,
+            "lighthouse.first_position": c.appended.first_position,
+            "lighthouse.last_position": c.appended.last_position,
             "lighthouse.first_revision": 0,
             "lighthouse.last_revision": 1,
             "lighthouse.result": "ok",
         }
-        g = _one(by_method["GetEvent"], get)
+        g = _one(by_method["GetEvent"], c.caller("get"))
         assert g.attributes == g.attributes | {
-            "lighthouse.event_id": sent[0].event_id,
-            "lighthouse.stream": stream,
-            "lighthouse.first_position": appended.first_position,
+            "lighthouse.event_id": c.sent[0].event_id,
+            "lighthouse.stream": c.stream,
+            "lighthouse.first_position": c.appended.first_position,
             "lighthouse.result": "ok",
         }
-
-        w = _one(by_method["Append"], wrong)
+        w = _one(by_method["Append"], c.caller("wrong"))
         assert w.attributes == w.attributes | {
             "rpc.grpc.status_code": grpc.StatusCode.FAILED_PRECONDITION.value[0],
             "lighthouse.result": "error",
@@ -286,11 +298,10 @@ def test_spans_parents_attributes_and_stored_traceparent(
             "lighthouse.expected_revision": "99",
         }
         assert "lighthouse.first_position" not in w.attributes
-
-        s = _one(by_method["Subscribe"], sub)
+        s = _one(by_method["Subscribe"], c.caller("subscribe"))
         assert s.attributes == s.attributes | {
             "rpc.method": "Subscribe",
-            "lighthouse.consumer": stream.replace("traced", "reader"),
+            "lighthouse.consumer": f"reader-{c.stream}",
             "lighthouse.subscription.start": "from_start",
         }
     assert workers_seen == ({None} if workers == 1 else {0, 1})
@@ -305,11 +316,18 @@ def test_spans_queued_at_shutdown_are_exported(
     callers = [ClientSpan.new() for _ in range(2)]
     for stub, caller in zip(spread_stubs(daemon, 2), callers, strict=True):
         _append(stub, caller, append_request("flushed", [new_event()]))
+        health_pb2_grpc.HealthStub(daemon.channel()).Check(
+            health_pb2.HealthCheckRequest(service=SERVICE_NAME),
+            metadata=caller.metadata,
+            timeout=RPC_TIMEOUT,
+        )
     assert receiver.spans() == []
     assert daemon.stop() == 0
     spans = receiver.spans()
     for caller in callers:
-        assert _one(_server_spans(spans, caller.trace_id)["Append"], caller)
+        # Every span of the caller's trace: its Append; health checks are not traced.
+        assert list(_server_spans(spans, caller.trace_id)) == ["Append"]
+        _one(_server_spans(spans, caller.trace_id)["Append"], caller)
     assert {r.resource.get("lighthouse.worker.index") for r in spans} == (
         {None} if workers == 1 else {0, 1}
     )
