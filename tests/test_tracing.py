@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import secrets
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Generator, Mapping
@@ -412,3 +413,23 @@ def test_unknown_exporter_stops_the_daemon_at_start(tmp_path: Path) -> None:
     assert "OTEL_TRACES_EXPORTER=otlp,nosuch: no trace exporter 'nosuch' is installed" in (
         done.stderr
     )
+
+
+@pytest.mark.parametrize(("exporter", "loaded"), [(None, False), ("console", True)])
+def test_off_loads_nothing_of_opentelemetry(exporter: str | None, loaded: bool) -> None:
+    """Off, the daemon's server module sets nothing up and imports no part of
+    OpenTelemetry (on, for contrast, it does)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    if exporter:
+        env["OTEL_TRACES_EXPORTER"] = exporter
+    script = (
+        "import sys\n"
+        "from lighthouse_store import server, tracing\n"
+        "traced = tracing.configure(server.SERVICE_NAME)\n"
+        "print(traced is not None, any(m.startswith('opentelemetry') for m in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(loaded), str(loaded)]
