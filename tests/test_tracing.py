@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
 import subprocess
 import sys
 import threading
@@ -433,3 +434,24 @@ def test_off_loads_nothing_of_opentelemetry(exporter: str | None, loaded: bool) 
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [str(loaded), str(loaded)]
+
+
+def test_a_collector_that_does_not_answer_does_not_hold_up_the_drain(
+    daemon_factory: DaemonFactory, receiver: TraceReceiver
+) -> None:
+    """The last spans get FLUSH_TIMEOUT_S (2 s), well inside the supervisor's
+    margin for a worker's drain (5 s past the grace), so the workers still
+    exit cleanly while the exporter would retry for a minute."""
+    with socket.socket() as closed:  # bound, never listening: connections are refused
+        closed.bind(("127.0.0.1", 0))
+        env = _otel_env(
+            receiver,
+            OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{closed.getsockname()[1]}",
+            OTEL_EXPORTER_OTLP_TIMEOUT="60",  # seconds
+            OTEL_BSP_SCHEDULE_DELAY="600000",
+        )
+        daemon = daemon_factory(env=env, workers=2, extra_args=["--shutdown-grace-seconds", "0"])
+        for stub in spread_stubs(daemon, 2):
+            _append(stub, ClientSpan.new(), append_request("unexported", [new_event()]))
+        assert daemon.stop() == 0  # no worker had to be killed
+    assert daemon.log_text().count("spans not exported within 2.0 s at shutdown") == 2
