@@ -44,8 +44,9 @@ would bury the store's spans. The resource: ``service.name``
 ``lighthouse-store``, ``service.version``, ``process.pid`` and, in a worker,
 ``lighthouse.worker.index``. At shutdown, once the server has stopped and
 the writer has committed, the spans still queued are exported, for at most
-``FLUSH_TIMEOUT_S`` (past it they are dropped, so a collector that does not
-answer cannot hold up the drain).
+``FLUSH_TIMEOUT_S``; past it the exporters are shut down, which ends an export
+still retrying and drops what is left, so that a collector that does not
+answer cannot hold up the drain or the process's exit.
 
 Attributes (:class:`RpcSpans`, called by the servicer)
 ======================================================
@@ -191,15 +192,21 @@ class Tracing:
     interceptors: tuple[grpc.aio.ServerInterceptor, ...]
     spans: RpcSpans
     provider: TracerProvider
+    exporters: tuple[SpanExporter, ...]
 
     def shutdown(self, timeout: float = FLUSH_TIMEOUT_S) -> None:
         """Export the spans still queued, for at most ``timeout`` seconds."""
-        done = threading.Thread(target=self.provider.shutdown, name="lh-trace-flush", daemon=True)
-        done.start()
-        done.join(timeout)
-        if done.is_alive():
+        flush = threading.Thread(target=self.provider.shutdown, name="lh-trace-flush", daemon=True)
+        flush.start()
+        flush.join(timeout)
+        if flush.is_alive():
             log.warning("tracing: spans not exported within %.1f s at shutdown were dropped",
                         timeout)  # fmt: skip
+            # An export still trying (a collector that does not answer) would
+            # hold up the process's exit: the exporters' shutdown ends it.
+            for exporter in self.exporters:
+                exporter.shutdown()
+            flush.join(timeout)
 
 
 def configure(
@@ -229,14 +236,15 @@ def configure(
     # The sampler and span limits come from OTEL_TRACES_SAMPLER(_ARG) and
     # OTEL_*_LIMIT; shutdown is ours (bounded), not an atexit hook's.
     provider = TracerProvider(resource=resource, shutdown_on_exit=False)
-    for name in names:
-        provider.add_span_processor(BatchSpanProcessor(_exporter(name)))
+    exporters = tuple(_exporter(name) for name in names)
+    for exporter in exporters:
+        provider.add_span_processor(BatchSpanProcessor(exporter))
     interceptor = aio_server_interceptor(  # type: ignore[no-untyped-call]
         tracer_provider=provider,
         filter_=filters.service_name(service),
     )
     log.info("tracing on: exporters %s", ", ".join(names))
-    return Tracing((interceptor,), RpcSpans(trace.get_current_span), provider)
+    return Tracing((interceptor,), RpcSpans(trace.get_current_span), provider, exporters)
 
 
 class RpcSpans:

@@ -439,9 +439,10 @@ def test_off_loads_nothing_of_opentelemetry(exporter: str | None, loaded: bool) 
 def test_a_collector_that_does_not_answer_does_not_hold_up_the_drain(
     daemon_factory: DaemonFactory, receiver: TraceReceiver
 ) -> None:
-    """The last spans get FLUSH_TIMEOUT_S (2 s), well inside the supervisor's
-    margin for a worker's drain (5 s past the grace), so the workers still
-    exit cleanly while the exporter would retry for a minute."""
+    """The last spans get FLUSH_TIMEOUT_S (2 s), then the exporters are shut
+    down, inside the supervisor's margin for a worker's drain (5 s past the
+    grace): the workers exit cleanly while the exporter would retry for a
+    minute."""
     with socket.socket() as closed:  # bound, never listening: connections are refused
         closed.bind(("127.0.0.1", 0))
         env = _otel_env(
