@@ -63,7 +63,9 @@ written) or ``error``. An error (``servicer._abort``, where errors are mapped
 to status) adds ``error.type`` (the gRPC status code name, as the RPC
 conventions say), ``lighthouse.error.reason`` (the ErrorInfo reason) and
 ``lighthouse.failure_class``. Stream names and ids are fine in spans (each is
-one record), unlike metric labels.
+one record), unlike metric labels. (The interceptor also records the
+``AbortError`` a failed handler ends with as ``exception`` events, whose
+traceback names the domain error; the attributes are what to query.)
 
 The trace context in stored events
 ==================================
@@ -109,7 +111,14 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
     from opentelemetry.trace import Span
 
-__all__ = ["TRACEPARENT", "RpcSpans", "Tracing", "TracingConfigError", "configure"]
+__all__ = [
+    "TRACEPARENT",
+    "RpcSpans",
+    "Tracing",
+    "TracingConfigError",
+    "configure",
+    "exporter_names",
+]
 
 log = logging.getLogger("lighthouse_store.tracing")
 
@@ -269,7 +278,7 @@ class RpcSpans:
             EVENT_COUNT: len(command.proposed),
             EXPECTED_REVISION: str(command.expected),
         })  # fmt: skip
-        return with_traceparent(command, _traceparent(span))
+        return _with_traceparent(command, _traceparent(span))
 
     def appended(self, result: AppendResult) -> None:
         span = self._span()
@@ -372,7 +381,7 @@ def _traceparent(span: Span) -> str:
     return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags:02x}"
 
 
-def with_traceparent(command: AppendCommand, traceparent: str) -> AppendCommand:
+def _with_traceparent(command: AppendCommand, traceparent: str) -> AppendCommand:
     """``command`` with ``traceparent`` in the metadata of each event that has
     none: one map entry appended to the event's bytes."""
     entry = records.metadata_entry(TRACEPARENT, traceparent)
