@@ -45,10 +45,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     # After logging is set up:
     from lighthouse_store.server import BindError, serve
     from lighthouse_store.supervisor import WorkerStartError, supervise
+    from lighthouse_store.tracing import exporter_names
 
     try:
         workers = cpus.worker_count(cfg.workers)
-    except ValueError as exc:
+        exporter_names()  # each process sets tracing up; a bad name stops them all here
+    except ValueError as exc:  # TracingConfigError among them
         print(f"lighthouse-store: bad configuration: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:

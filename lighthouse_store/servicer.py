@@ -14,6 +14,11 @@ failed request is logged there, once, with its ``method``, ``code``,
 unexpected error), at ``status.log_level``; a successful one is not. A call
 its client cancels is no failure: gRPC ends the handler with CancelledError,
 which is not caught here, and gRPC logs it at debug (``logs.py``).
+
+Tracing (``tracing.py``): with tracing on, the servicer gets an
+:class:`~lighthouse_store.tracing.RpcSpans` and notes on the current span
+what each call did (and, on Append, puts the span's ``traceparent`` into the
+events that have none); off, it holds None and tests only that.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Executor
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError, Message
@@ -38,6 +43,9 @@ from lighthouse_store.store import AppendCommand, EventStore
 from lighthouse_store.subscriptions import SubscriptionHub
 from lighthouse_store.writer import GroupCommitWriter
 
+if TYPE_CHECKING:
+    from lighthouse_store.tracing import RpcSpans
+
 log = logging.getLogger("lighthouse_store.servicer")
 
 SERVICE = pb.DESCRIPTOR.services_by_name["EventStoreService"]
@@ -48,9 +56,14 @@ _DURABILITY = {Durability.FSYNC: pb.DURABILITY_FSYNC, Durability.ASYNC: pb.DURAB
 
 
 async def _abort(
-    context: grpc.aio.ServicerContext, exc: Exception, method: str, request: object
+    context: grpc.aio.ServicerContext,
+    exc: Exception,
+    method: str,
+    request: object,
+    spans: RpcSpans | None,
 ) -> None:
-    """End the call with the status of ``exc``, and log it: the one line of a failed request."""
+    """End the call with the status of ``exc``, log it (the one line of a
+    failed request) and note it on the call's span."""
     fields: dict[str, str] = {}
     if correlation_id := _correlation_id(method, request):
         fields["correlation_id"] = correlation_id
@@ -70,6 +83,8 @@ async def _abort(
     )
     log.log(status.log_level(error, code), "%s failed: %s: %s", method, code.name, message,
             exc_info=cause, extra={"fields": fields})  # fmt: skip
+    if spans is not None:
+        spans.failed(error, code)
     await context.abort(code, message, trailing_metadata=trailers)
 
 
@@ -90,7 +105,7 @@ def _guard(
         except grpc.aio.AbortError:
             raise
         except Exception as exc:
-            await _abort(context, exc, method, request)
+            await _abort(context, exc, method, request, self._spans)
             raise AssertionError("unreachable: abort raises") from exc
 
     return wrapper
@@ -111,7 +126,7 @@ def _guard_stream(
         except grpc.aio.AbortError:
             raise
         except Exception as exc:
-            await _abort(context, exc, method, request)
+            await _abort(context, exc, method, request, self._spans)
 
     return wrapper
 
@@ -124,8 +139,10 @@ class EventStoreServicer:
         writer: GroupCommitWriter,
         readers: Executor,
         hub: SubscriptionHub,
+        spans: RpcSpans | None = None,
     ) -> None:
         self._hub = hub
+        self._spans = spans  # None: tracing is off
         self._config = config
         self._store = store
         self._writer = writer
@@ -135,7 +152,13 @@ class EventStoreServicer:
     async def append(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
         # The parsed request (a copy of ``raw``) is gone before the append
         # waits in the writer's queue; the command holds the events' bytes.
-        result = await self._writer.append(self._append_command(raw))
+        command = self._append_command(raw)
+        spans = self._spans
+        if spans is not None:
+            command = spans.append(command)  # after validation: limits are on what was sent
+        result = await self._writer.append(command)
+        if spans is not None:
+            spans.appended(result)
         return pb.AppendResponse(
             first_position=result.first_position,
             last_position=result.last_position,
@@ -149,6 +172,9 @@ class EventStoreServicer:
     @_guard_stream
     async def read(self, raw: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
         query = validation.read_query(_parse(pb.ReadRequest, raw))
+        spans = self._spans
+        if spans is not None:
+            spans.read(query)
         loop = asyncio.get_running_loop()
         cfg = self._config
         cursor = None
@@ -157,8 +183,12 @@ class EventStoreServicer:
                 self._readers, self._store.read_page, query, cursor, cfg.page_events, cfg.page_bytes
             )
             if page.records:
+                if spans is not None:
+                    spans.read_page(page.records)
                 yield records.repeated_events(page.records)
             if page.cursor is None:
+                if spans is not None:
+                    spans.ok()
                 return
             cursor = page.cursor
 
@@ -168,16 +198,21 @@ class EventStoreServicer:
         record = self._store.get_event(raw_id)  # one B-tree lookup: cheaper than a thread hop
         if record is None:
             raise EventNotFound(canonical)
+        if self._spans is not None:
+            self._spans.got_event(record)
         return records.repeated_events([record])  # GetEventResponse.event is field 1
 
     @_guard
     async def get_info(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
         _parse(pb.GetInfoRequest, raw)
         limits = self._config.limits
+        # From storage: with several workers, this one may not have heard of
+        # another's latest commit yet (wakeups.py).
+        head = self._store.last_position()
+        if self._spans is not None:
+            self._spans.info(head)
         return pb.GetInfoResponse(
-            # From storage: with several workers, this one may not have heard
-            # of another's latest commit yet (wakeups.py).
-            head_position=self._store.last_position(),
+            head_position=head,
             server_version=__version__,
             durability=_DURABILITY[self._store.durability],  # as LMDB is really set up
             limits=pb.Limits(
@@ -195,7 +230,10 @@ class EventStoreServicer:
     async def subscribe(
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
-        async for message in self._hub.serve(_parsed(requests)):
+        parsed = _parsed(requests)
+        if self._spans is not None:
+            parsed = self._spans.subscription(parsed)
+        async for message in self._hub.serve(parsed):
             yield message
 
 
