@@ -11,7 +11,8 @@ Every line has ``timestamp`` (UTC, RFC 3339 with milliseconds:
 - ``worker``: the worker's index, on every line of a worker process
   (``configure``'s ``fields``);
 - ``trace_id`` and ``span_id``: the current OpenTelemetry span's, when it is
-  valid (a server span exists only when tracing is on);
+  valid (a server span exists only when tracing is on, and OpenTelemetry is
+  not even imported when it is off);
 - ``exception``: the traceback of an unexpected error (never sent to clients);
 - whatever a line adds with ``extra={...}`` (``extra={"fields": {...}}``
   adds the mapping's keys), such as the failed request's ``method``,
@@ -55,7 +56,6 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from opentelemetry import trace
 from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter
 
@@ -89,6 +89,11 @@ class _Context(logging.Filter):
         if isinstance(extra, Mapping):
             for key, value in extra.items():
                 setattr(record, str(key), value)
+        # Only a process that set tracing up has spans; reading the module from
+        # sys.modules keeps OpenTelemetry unloaded when tracing is off (tracing.py).
+        trace = sys.modules.get("opentelemetry.trace")
+        if trace is None:
+            return True
         span = trace.get_current_span().get_span_context()
         if span.is_valid:
             record.trace_id = trace.format_trace_id(span.trace_id)
