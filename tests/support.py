@@ -323,6 +323,15 @@ class ThreadErrors:
             raise self.errors[0]
 
 
+def wait_until(predicate: Callable[[], object], what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"not within {timeout} s: {what}")
+
+
 def run_threads(target: Callable[[int], None], n: int, timeout: float = 240.0) -> None:
     """Run ``target(i)`` for i in range(n) on n threads; wait (bounded) for all."""
     threads = [threading.Thread(target=target, args=(i,)) for i in range(n)]
