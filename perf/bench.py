@@ -357,9 +357,10 @@ class Bench:
     def comparisons(self, index: int, m: dict[str, float]) -> None:
         """The side-by-side phases of round ``index`` (--peer, --compare-*),
         into ``m``; the peer server's info into ``peer_servers``."""
+        assert self.pool is not None
         phases = ComparisonPhases(
             self.run, self.sizes, self.arr, self.work, self.args.daemon_arg, self.args.keep,
-            self.errors, log,
+            self.errors, log, self.pool, self.subs,
         )  # fmt: skip
         if self.args.peer:
             metrics, info = phases.peer(self.args.peer, index)

@@ -6,7 +6,13 @@
   100-event batches from 1 and 2 clients, a full replay;
 * :meth:`ComparisonPhases.configs`: fresh daemons of ours, one per
   configuration (extra daemon flags, e.g. ``--workers 2``), called through the
-  harness's own clients: the same measurements but the replay.
+  harness's own clients: the same measurements but the replay, and
+  append-to-subscriber delivery (``subscription_phases.py``'s, with fewer
+  events): the appender's connection on the subscriber's worker process and,
+  with several workers, on another one (issue 15: delivery p50 <= 2 ms when
+  they differ). A connection lands on a worker the kernel picks, so the
+  appender connects until it reaches the one it needs
+  (``subscribers.connect_to_worker``).
 
 Every system gets the same workloads in the same order, on an empty store;
 each workload runs on every system back to back before the next one starts,
@@ -30,11 +36,17 @@ import comparisons
 import peers
 import report
 import user_clients
-from pool import SEQUENTIAL, Arrangement, Run, arrangement, latencies, rate
+from pool import SEQUENTIAL, Arrangement, ClientPool, Run, arrangement, latencies, rate
+from subscription_phases import SubscriptionPhases, SubSizes
 from workloads import Spec
 
 CONCURRENT_CLIENTS = 8
 WORKLOADS = ("seq", "conc", "batch1", "batch2", "replay")
+CONFIG_WORKLOADS = ("seq", "conc", "batch1", "batch2", "delivery")
+# Delivery per placement, at most (fewer if the run's subscription sizes say so):
+# 2.2 s at 500 appends/s, so that three placements fit in a round.
+DELIVERY_WARMUP = 100
+DELIVERY_EVENTS = 1000
 
 
 class SizesLike(Protocol):
@@ -82,6 +94,7 @@ class _System:
     address: str
     pid: int
     client: str  # Spec.client: "" for the harness's own clients
+    workers: int = 1  # our daemon's worker processes
 
 
 # Runs a spec against a server: (phase name, spec, arrangement, server pid) -> Run,
@@ -100,8 +113,12 @@ class ComparisonPhases:
         keep: bool,
         errors: list[str],
         log: Callable[[str], None],
+        pool: ClientPool,
+        subs: SubSizes,
     ) -> None:
         self._run = run
+        self.pool = pool  # for the delivery jobs (2 client processes)
+        self.subs = subs
         self.sizes = sizes
         self.arr = arr  # the harness's arrangement of 8 clients (configs)
         self.work = work
@@ -161,8 +178,11 @@ class ComparisonPhases:
             for label, d in daemons.items():
                 d.start()
                 self.log(f"configuration {label}: daemon pid {d.pid} ({' '.join(d.extra_args)})")
-            systems = [_System(label, d.address, d.pid, "") for label, d in daemons.items()]
-            return self._measure("cmp", systems, index, WORKLOADS[:-1])
+            systems = [
+                _System(label, d.address, d.pid, "", max(1, len(d.worker_pids())))
+                for label, d in daemons.items()
+            ]
+            return self._measure("cmp", systems, index, CONFIG_WORKLOADS)
         finally:
             for label, d in daemons.items():
                 if d.proc is not None:
@@ -189,6 +209,8 @@ class ComparisonPhases:
         prefix = f"{kind}_{name}_"
         stream = f"{kind}-{workload}-{time.monotonic_ns()}"
         base = Spec("append", system.address, s.window_s, 0, stream=stream, client=system.client)
+        if workload == "delivery":
+            return self._delivery(prefix, system)
         if workload == "seq":
             spec = replace(
                 base, duration_s=s.phase_cap_s, max_calls=s.latency_calls,
@@ -228,6 +250,28 @@ class ComparisonPhases:
             prefix + f"{workload}_clients_cpu": run.clients_cpu,
             prefix + f"{workload}_other_cpu": run.other_cpu,
         }
+
+    def _delivery(self, prefix: str, system: _System) -> dict[str, float]:
+        """Delivery p50/p99 with the appender on the subscriber's worker
+        (``delivery_same_*``) and, with several workers, on another one
+        (``delivery_other_*``); a placement that failed gives no numbers."""
+        sizes = replace(
+            self.subs,
+            delivery_warmup=min(self.subs.delivery_warmup, DELIVERY_WARMUP),
+            delivery_events=min(self.subs.delivery_events, DELIVERY_EVENTS),
+            fanout_processes=1,  # (no fan-out here: the pool needs 2 processes)
+        )
+        phases = SubscriptionPhases(
+            self.pool, system.address, system.pid, sizes, self.errors, self.log
+        )
+        m: dict[str, float] = {}
+        for name, same in [("same", True), ("other", False)][: min(2, system.workers)]:
+            failed = len(self.errors)
+            d = phases.delivery(same_worker=same)
+            if len(self.errors) == failed:
+                for metric in ("p50_ms", "p99_ms", "connections"):
+                    m[f"{prefix}delivery_{name}_{metric}"] = d[f"delivery_{metric}"]
+        return m
 
     def _arr(self, system: _System, clients: int) -> Arrangement:
         """How ``clients`` clients of ``system`` run: the harness's own as its
