@@ -115,18 +115,16 @@ def _stop(daemon: SourceDaemon) -> None:
     shutil.rmtree(daemon.data_dir, ignore_errors=True)
 
 
+def _sequential(daemon: SourceDaemon, args: argparse.Namespace) -> Spec:
+    """One client's ``--calls`` single-event appends after 100 warm-up calls."""
+    return Spec("append", daemon.address, args.round_cap, args.calls, warmup_calls=100)
+
+
 def append_rounds(daemon: SourceDaemon, args: argparse.Namespace) -> tuple[str, Metrics]:
     rates: list[float] = []
     p50s: list[float] = []
     p99s: list[float] = []
-    spec = Spec(
-        "append",
-        daemon.address,
-        duration_s=args.round_cap,
-        max_calls=args.calls,
-        warmup_calls=100,
-        events_per_call=args.events,
-    )
+    spec = replace(_sequential(daemon, args), events_per_call=args.events)
     client = SyncClient(spec, 0)  # the harness's own client loop
     try:
         client.warmup()
@@ -157,14 +155,7 @@ def append_rounds(daemon: SourceDaemon, args: argparse.Namespace) -> tuple[str, 
 def delivery(
     daemon: SourceDaemon, pool: ClientPool, args: argparse.Namespace
 ) -> tuple[str, Metrics]:
-    spec = Spec(
-        "append",
-        daemon.address,
-        duration_s=args.round_cap,
-        max_calls=args.calls,
-        warmup_calls=100,
-        stream=f"rounds-seq-{time.monotonic_ns()}",
-    )
+    spec = replace(_sequential(daemon, args), stream=f"rounds-seq-{time.monotonic_ns()}")
     seq = pool.run(spec, SEQUENTIAL, server_pid=daemon.pid)
     _check("back-to-back appends", seq.results)
     errors: list[str] = []

@@ -30,13 +30,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import comparisons
 import peers
 import report
 import user_clients
 from pool import SEQUENTIAL, Arrangement, ClientPool, Run, arrangement, latencies, rate
+from sizes import SizesLike
+from stopping import daemon_step, stop_each
 from subscription_phases import SubscriptionPhases, SubSizes
 from workloads import Spec
 
@@ -47,21 +49,6 @@ CONFIG_WORKLOADS = ("seq", "conc", "batch1", "batch2", "delivery")
 # 2.2 s at 500 appends/s, so that three placements fit in a round.
 DELIVERY_WARMUP = 100
 DELIVERY_EVENTS = 1000
-
-
-class SizesLike(Protocol):
-    """What this module takes from ``bench.Sizes``."""
-
-    @property
-    def latency_calls(self) -> int: ...
-    @property
-    def latency_warmup(self) -> int: ...
-    @property
-    def window_s(self) -> float: ...
-    @property
-    def replay_events(self) -> int: ...
-    @property
-    def phase_cap_s(self) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -156,9 +143,8 @@ class ComparisonPhases:
             ]
             return self._measure("peer", systems, index, WORKLOADS), info
         finally:
-            if ours.proc is not None:
-                _stop(ours.stop, ours.kill9, self.log, "our daemon")
-            _stop(theirs.stop, None, self.log, f"{name} server")
+            stop_each([daemon_step("our daemon", ours), (f"{name} server", theirs.stop, None)],
+                      self.log)  # fmt: skip
             if not self.keep:
                 shutil.rmtree(round_dir, ignore_errors=True)
 
@@ -185,8 +171,7 @@ class ComparisonPhases:
             return self._measure("cmp", systems, index, CONFIG_WORKLOADS)
         finally:
             for label, d in daemons.items():
-                if d.proc is not None:
-                    _stop(d.stop, d.kill9, self.log, f"{label} daemon")
+                stop_each([daemon_step(f"{label} daemon", d)], self.log)
                 if not self.keep:
                     shutil.rmtree(d.data_dir, ignore_errors=True)
 
@@ -287,16 +272,3 @@ class ComparisonPhases:
     def _go(self, phase: str, spec: Spec, arr: Arrangement, system: _System) -> Run:
         return self._run(phase, spec, arr, system.pid)
 
-
-def _stop(
-    stop: Callable[[], object],
-    fallback: Callable[[], object] | None,
-    log: Callable[[str], None],
-    name: str,
-) -> None:
-    try:
-        stop()
-    except Exception as exc:  # keep stopping the others
-        log(f"stopping the {name} failed: {exc!r}")
-        if fallback is not None:
-            fallback()
