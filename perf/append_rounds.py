@@ -31,6 +31,9 @@ Workloads (``--workload``, repeatable; ``append`` by default):
   (``subscription_phases.py``: 250 warm-up, ``--delivery-events`` measured),
   send to receive; the ratios delivery p50 / back-to-back append p50 (bench's
   ``delivery_p50_vs_append_p50``) and delivery p50 / the paced appends' own p50.
+  With several worker processes, the appender is placed on the subscriber's
+  worker, then on another one (as ``bench.py --compare-workers`` does), and
+  the other worker's delivery p50 is given over the same worker's.
 * ``group``: bench.py's group-commit comparison: 8 concurrent single-event
   appenders (one client process, 8 ``grpc.aio`` tasks) for ``--window``
   seconds on this daemon, then on a second one of the same source and flags
@@ -163,7 +166,10 @@ def delivery(
         FULL_SUBS, delivery_events=args.delivery_events, fanout_processes=1, cap_s=args.round_cap
     )
     phases = SubscriptionPhases(pool, daemon.address, daemon.pid, sizes, errors, _quiet)
-    d = phases.delivery()
+    several = len(daemon.worker_pids()) > 1
+    # With several workers: the appender on the subscriber's worker, then on another.
+    d = phases.delivery(same_worker=True if several else None)
+    other = phases.delivery(same_worker=False) if several else {}
     if errors:
         raise RuntimeError("; ".join(errors))
     append_p50 = report.percentile(latencies(seq), 50) / 1e6
@@ -175,12 +181,28 @@ def delivery(
         "delivery_vs_append": d["delivery_p50_ms"] / append_p50,
         "delivery_vs_paced": d["delivery_p50_ms"] / d["delivery_append_p50_ms"],
         "delivery_server_cpu": d["delivery_server_cpu"],
+        "delivery_other_cpu": d["delivery_other_cpu"],
     }
-    return (
+    text = (
         f"append p50 {append_p50:.3f} ms, delivery p50 {m['delivery_p50_ms']:.3f} / p99"
         f" {m['delivery_p99_ms']:.3f} ms ({m['delivery_vs_append']:.2f}x append p50), paced"
         f" appends' p50 {m['paced_append_p50_ms']:.3f} ms ({m['delivery_vs_paced']:.2f}x)"
-    ), m
+    )
+    text += f"; other processes {m['delivery_other_cpu']:.2f} cores"
+    if other:
+        m |= {
+            "other_worker_p50_ms": other["delivery_p50_ms"],
+            "other_worker_p99_ms": other["delivery_p99_ms"],
+            "other_worker_paced_append_p50_ms": other["delivery_append_p50_ms"],
+            "other_vs_same_worker": other["delivery_p50_ms"] / d["delivery_p50_ms"],
+        }
+        text = (
+            f"{text.replace('delivery p50', 'delivery (same worker) p50', 1)}; other worker:"
+            f" delivery p50 {m['other_worker_p50_ms']:.3f} / p99 {m['other_worker_p99_ms']:.3f} ms"
+            f" ({m['other_vs_same_worker']:.2f}x the same worker's), paced appends' p50"
+            f" {m['other_worker_paced_append_p50_ms']:.3f} ms"
+        )
+    return text, m
 
 
 def group(
@@ -213,6 +235,7 @@ def group(
             _check(f"{name} window", run.results)
             m[f"{name}_rate"] = rate(run)
             m[f"{name}_server_cpu"] = run.server_cpu
+            m[f"{name}_other_cpu"] = run.other_cpu
             appends = sum(r.calls for r in run.results)
             m[f"{name}_appends_per_commit"] = appends / max(1.0, run.probe_delta)
     finally:
@@ -222,7 +245,8 @@ def group(
         f"8 appenders {m['group_rate']:,.0f} ev/s ({m['group_appends_per_commit']:.1f} appends"
         f"/commit, server {m['group_server_cpu']:.2f} cores), no group commit"
         f" {m['nogroup_rate']:,.0f} ev/s (server {m['nogroup_server_cpu']:.2f} cores):"
-        f" {m['group_vs_nogroup']:.2f}x"
+        f" {m['group_vs_nogroup']:.2f}x; other processes"
+        f" {max(m['group_other_cpu'], m['nogroup_other_cpu']):.2f} cores"
     ), m
 
 
