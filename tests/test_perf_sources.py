@@ -11,7 +11,9 @@ sys.path.insert(0, str(ROOT / "perf"))
 
 from sources import Source, SourceDaemon  # noqa: E402
 
-OLD = Source(Path("/old"), "/old/.venv/bin/python", frozenset({"--durability", "--listen", "--data-dir"}))
+OLD = Source(
+    Path("/old"), "/old/.venv/bin/python", frozenset({"--durability", "--listen", "--data-dir"})
+)
 
 
 def test_flags_a_source_does_not_know_are_left_out_with_their_values() -> None:
