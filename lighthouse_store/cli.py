@@ -7,7 +7,7 @@ import asyncio
 import sys
 from collections.abc import Sequence
 
-from lighthouse_store import __version__, config, cpus, logs
+from lighthouse_store import __version__, config, cpus, signals
 from lighthouse_store.errors import DataDirLocked, StoreError
 
 EXIT_USAGE = 2
@@ -28,26 +28,36 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    source = config.Source.from_args(args)
     try:
-        cfg = config.from_args(args)
+        cfg = source.resolve()
     except config.ConfigError as exc:
         print(f"lighthouse-store: bad configuration: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    logs.configure(cfg.log_level.value)
+    try:
+        signals.apply_logging(cfg)
+    except OSError as exc:
+        print(f"lighthouse-store: cannot open the log file {cfg.log_file}: {exc.strerror or exc}",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_USAGE
+    signals.ignore_until_installed()
+    reloader = signals.Reloader(source.resolve, cfg, report=True)
     # After logging is set up:
     from lighthouse_store.server import BindError, serve
     from lighthouse_store.supervisor import WorkerStartError, supervise
+    from lighthouse_store.tracing import exporter_names
 
     try:
         workers = cpus.worker_count(cfg.workers)
-    except ValueError as exc:
+        exporter_names()  # each process sets tracing up; a bad name stops them all here
+    except ValueError as exc:  # TracingConfigError among them
         print(f"lighthouse-store: bad configuration: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
         if workers == 1:
-            asyncio.run(serve(cfg))  # one process, no supervisor
+            asyncio.run(serve(cfg, reloader))  # one process, no supervisor
         else:
-            return asyncio.run(supervise(cfg, workers))
+            return asyncio.run(supervise(cfg, workers, reloader, source))
     except WorkerStartError as exc:  # the worker said why on stderr
         return exc.code if exc.code in (EXIT_USAGE, EXIT_FAILED) else EXIT_FAILED
     except DataDirLocked as exc:

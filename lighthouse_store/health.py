@@ -65,6 +65,8 @@ COMPONENTS = ("storage", "writer", "subscriptions", "process")
 PASS, WARN, FAIL = "pass", "warn", "fail"
 _RANK = {PASS: 0, WARN: 1, FAIL: 2}
 HISTORY = 20  # level changes kept for /health/detailed
+STARTING, SHUTTING_DOWN = "starting", "shutting down"  # Figures.not_serving, as asked for
+PLANNED = frozenset({STARTING, SHUTTING_DOWN})
 P99_WINDOW_S = 60.0  # the commit p99 is over about this long
 _P99_STEP_S = 5.0  # how far apart the samples it is computed from are
 
@@ -349,7 +351,7 @@ class HealthMonitor:
                                   (), StorageFigures(), UsageFigures(), "")  # fmt: skip
             report = evaluate(figures, self._thresholds, self._commit_p99(figures))
             # Under the lock, so that the hook hears the verdicts in order.
-            if self._note(report, figures.at) and self._on_verdict is not None:
+            if self._note(report, figures) and self._on_verdict is not None:
                 self._on_verdict(report.writes_ok)
             history = list(self._history)
         return Report(report.status, report.level, report.checks, report.durability, history)
@@ -362,8 +364,9 @@ class HealthMonitor:
             samples.append((f.at, f.commit_buckets))
         return p99_between(samples[0][1], f.commit_buckets)
 
-    def _note(self, report: Report, at: float) -> bool:
+    def _note(self, report: Report, figures: Figures) -> bool:
         """Record a level change; whether the verdict (fails or not) changed."""
+        at = figures.at
         if report.level != self._level:
             reasons = [f"{n}: {c.reason}" for n, c in report.checks.items() if c.reason]
             self._history.append({
@@ -372,7 +375,9 @@ class HealthMonitor:
                 "to": report.level,
                 "reason": "; ".join(reasons),
             })  # fmt: skip
-            log.log(logging.INFO if report.level == "normal" else logging.WARNING,
+            # Starting and a requested shutdown are no trouble.
+            planned = report.level == "normal" or figures.not_serving in PLANNED
+            log.log(logging.INFO if planned else logging.WARNING,
                     "health: %s -> %s%s", self._level or "starting", report.level,
                     f" ({'; '.join(reasons)})" if reasons else "")  # fmt: skip
             self._level = report.level

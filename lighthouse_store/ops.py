@@ -34,6 +34,8 @@ from prometheus_client.metrics_core import Metric
 from lighthouse_store import metrics as m
 from lighthouse_store.config import Config, Switch
 from lighthouse_store.health import (
+    SHUTTING_DOWN,
+    STARTING,
     Figures,
     HealthMonitor,
     StorageFigures,
@@ -158,7 +160,7 @@ class LocalOps(ServingOps):
         super().__init__(m.DaemonMetrics(registry, instruments=config.metrics is Switch.ON))
         self._store = store
         self._durability = store.durability.value
-        self._not_serving = "starting"
+        self._not_serving = STARTING
         self.endpoint = Endpoint(config, registry, self._figures)
 
     def start(self) -> LocalOps:
@@ -170,7 +172,7 @@ class LocalOps(ServingOps):
         self.endpoint.monitor.set_verdict_hook(set_grpc_health)
 
     def stopping(self) -> None:
-        self._not_serving = "shutting down"
+        self._not_serving = SHUTTING_DOWN
 
     def close(self) -> None:
         self.endpoint.close()
@@ -229,7 +231,7 @@ class SupervisorOps:
             self._durability = store.durability.value
             self._workers = workers
             self._expected = config.workers
-            self._not_serving = "starting"
+            self._not_serving = STARTING
             self._buckets: Buckets = ()
             self._buckets_read = -math.inf
             self.endpoint = Endpoint(config, registry, self._figures, tell_workers)
@@ -247,7 +249,7 @@ class SupervisorOps:
         self._not_serving = ""
 
     def stopping(self) -> None:
-        self._not_serving = "shutting down"
+        self._not_serving = SHUTTING_DOWN
 
     def verdict(self) -> bool:
         """The latest verdict (``health.Report.writes_ok``): what a worker

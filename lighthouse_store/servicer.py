@@ -8,9 +8,19 @@ concatenation, never parsing or re-encoding an event.
 
 Errors: handlers raise domain errors; :func:`_guard` turns them into a gRPC
 status through ``status.to_status`` (the one mapping), and anything
-unexpected into INTERNAL with an incident id that is only logged. The guard
-is also where each call is counted and timed, and each error counted by
-code and failure class (``metrics.py``).
+unexpected into INTERNAL with an incident id that is only logged. Each
+failed request is logged there, once, with its ``method``, ``code``,
+``reason``, ``failure_class`` and ``peer`` (the traceback too, for an
+unexpected error), at ``status.log_level``; a successful one is not. A call
+its client cancels is no failure: gRPC ends the handler with CancelledError,
+which is not caught here, and gRPC logs it at debug (``logs.py``). The guard
+is also where each call is counted and timed, and each error counted by code
+and failure class (``metrics.py``).
+
+Tracing (``tracing.py``): with tracing on, the servicer gets an
+:class:`~lighthouse_store.tracing.RpcSpans` and notes on the current span
+what each call did (and, on Append, puts the span's ``traceparent`` into the
+events that have none); off, it holds None and tests only that.
 """
 
 from __future__ import annotations
@@ -23,7 +33,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Executor
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError, Message
@@ -37,72 +47,104 @@ from lighthouse_store.store import AppendCommand, EventStore
 from lighthouse_store.subscriptions import SubscriptionHub
 from lighthouse_store.writer import GroupCommitWriter
 
+if TYPE_CHECKING:
+    from lighthouse_store.tracing import RpcSpans
+
 log = logging.getLogger("lighthouse_store.servicer")
 
 SERVICE = pb.DESCRIPTOR.services_by_name["EventStoreService"]
 SERVICE_NAME: str = SERVICE.full_name
 
 _R = TypeVar("_R")
-_Unary = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[_R]]
-_Streaming = Callable[[Any, Any, grpc.aio.ServicerContext], AsyncIterator[_R]]
 _DURABILITY = {Durability.FSYNC: pb.DURABILITY_FSYNC, Durability.ASYNC: pb.DURABILITY_ASYNC}
 
 
-def _guard(
+async def _abort(
+    context: grpc.aio.ServicerContext,
+    exc: Exception,
     method: str,
-) -> Callable[[_Unary[_R]], _Unary[_R]]:
-    """Errors to a gRPC status (``status.to_status``); requests, errors and
-    durations to the method's metrics. A cancelled call is no error."""
+    request: object,
+    spans: RpcSpans | None,
+    metrics: DaemonMetrics,
+) -> None:
+    """End the call with the status of ``exc``, log it (the one line of a
+    failed request), count it and note it on the call's span."""
+    fields: dict[str, str] = {}
+    if correlation_id := _correlation_id(method, request):
+        fields["correlation_id"] = correlation_id
+    cause: Exception | None = None
+    if isinstance(exc, StoreError):
+        error: StoreError = exc
+    else:
+        fields["incident"] = uuid.uuid4().hex[:12]
+        error, cause = status.internal(fields["incident"]), exc
+    code, message, trailers = status.to_status(error)
+    metrics.rpc_error(method, code.name, error.failure_class.value, error.reason)
+    fields.update(
+        method=method,
+        code=code.name,
+        reason=error.reason,
+        failure_class=error.failure_class.value,
+        peer=context.peer(),
+    )
+    log.log(status.log_level(error, code), "%s failed: %s: %s", method, code.name, message,
+            exc_info=cause, extra={"fields": fields})  # fmt: skip
+    if spans is not None:
+        spans.failed(error, code)
+    await context.abort(code, message, trailing_metadata=trailers)
 
-    def decorate(fn: _Unary[_R]) -> _Unary[_R]:
-        @functools.wraps(fn)
-        async def wrapper(
-            self: EventStoreServicer, request: Any, context: grpc.aio.ServicerContext
-        ) -> _R:
-            rpc = self._metrics.rpc[method]
-            started = _started(rpc)
-            try:
-                return await fn(self, request, context)
-            except grpc.aio.AbortError:
-                raise
-            except Exception as exc:
-                await self._abort(context, exc, method)
-                raise AssertionError("unreachable: abort raises") from exc
-            finally:
-                if rpc is not None and rpc.duration is not None:
-                    rpc.duration.observe(time.perf_counter() - started)
 
-        return wrapper
+def _method(fn: Callable[..., object]) -> str:
+    """The RPC a handler serves, from its name: ``get_event`` serves ``GetEvent``."""
+    return "".join(word.title() for word in fn.__name__.split("_"))
 
-    return decorate
+
+def _guard(
+    fn: Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[_R]],
+) -> Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[_R]]:
+    method = _method(fn)
+
+    @functools.wraps(fn)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> _R:
+        rpc = self._metrics.rpc[method]
+        started = _started(rpc)
+        try:
+            return await fn(self, request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            await _abort(context, exc, method, request, self._spans, self._metrics)
+            raise AssertionError("unreachable: abort raises") from exc
+        finally:
+            if rpc is not None and rpc.duration is not None:
+                rpc.duration.observe(time.perf_counter() - started)
+
+    return wrapper
 
 
 def _guard_stream(
-    method: str,
-) -> Callable[[_Streaming[_R]], _Streaming[_R]]:
-    """:func:`_guard` for a handler that streams its responses."""
+    fn: Callable[[Any, Any, grpc.aio.ServicerContext], AsyncIterator[_R]],
+) -> Callable[[Any, Any, grpc.aio.ServicerContext], AsyncIterator[_R]]:
+    method = _method(fn)
 
-    def decorate(fn: _Streaming[_R]) -> _Streaming[_R]:
-        @functools.wraps(fn)
-        async def wrapper(
-            self: EventStoreServicer, request: Any, context: grpc.aio.ServicerContext
-        ) -> AsyncIterator[_R]:
-            rpc = self._metrics.rpc[method]
-            started = _started(rpc)
-            try:
-                async for item in fn(self, request, context):
-                    yield item
-            except grpc.aio.AbortError:
-                raise
-            except Exception as exc:
-                await self._abort(context, exc, method)
-            finally:
-                if rpc is not None and rpc.duration is not None:
-                    rpc.duration.observe(time.perf_counter() - started)
+    @functools.wraps(fn)
+    async def wrapper(
+        self: Any, request: Any, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[_R]:
+        rpc = self._metrics.rpc[method]
+        started = _started(rpc)
+        try:
+            async for item in fn(self, request, context):
+                yield item
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            await _abort(context, exc, method, request, self._spans, self._metrics)
+        finally:
+            if rpc is not None and rpc.duration is not None:
+                rpc.duration.observe(time.perf_counter() - started)
 
-        return wrapper
-
-    return decorate
+    return wrapper
 
 
 def _started(rpc: RpcInstruments | None) -> float:
@@ -122,32 +164,27 @@ class EventStoreServicer:
         readers: Executor,
         hub: SubscriptionHub,
         metrics: DaemonMetrics,
+        spans: RpcSpans | None = None,
     ) -> None:
         self._hub = hub
         self._metrics = metrics
+        self._spans = spans  # None: tracing is off
         self._config = config
         self._store = store
         self._writer = writer
         self._readers = readers
 
-    async def _abort(
-        self, context: grpc.aio.ServicerContext, exc: BaseException, method: str
-    ) -> None:
-        if isinstance(exc, StoreError):
-            error = exc
-        else:
-            incident = uuid.uuid4().hex[:12]
-            log.error("unexpected error (incident %s)", incident, exc_info=exc)
-            error = status.internal_error(incident)
-        code, message, trailers = status.to_status(error)
-        self._metrics.rpc_error(method, code.name, error.failure_class.value, error.reason)
-        await context.abort(code, message, trailing_metadata=trailers)
-
-    @_guard("Append")
+    @_guard
     async def append(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
         # The parsed request (a copy of ``raw``) is gone before the append
         # waits in the writer's queue; the command holds the events' bytes.
-        result = await self._writer.append(self._append_command(raw))
+        command = self._append_command(raw)
+        spans = self._spans
+        if spans is not None:
+            command = spans.append(command)  # after validation: limits are on what was sent
+        result = await self._writer.append(command)
+        if spans is not None:
+            spans.appended(result)
         return pb.AppendResponse(
             first_position=result.first_position,
             last_position=result.last_position,
@@ -158,9 +195,12 @@ class EventStoreServicer:
         request = _parse(pb.AppendRequest, raw)
         return validation.append_command(request, self._config.limits, len(raw))
 
-    @_guard_stream("Read")
+    @_guard_stream
     async def read(self, raw: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
         query = validation.read_query(_parse(pb.ReadRequest, raw))
+        spans = self._spans
+        if spans is not None:
+            spans.read(query)
         loop = asyncio.get_running_loop()
         cfg = self._config
         cursor = None
@@ -169,27 +209,36 @@ class EventStoreServicer:
                 self._readers, self._store.read_page, query, cursor, cfg.page_events, cfg.page_bytes
             )
             if page.records:
+                if spans is not None:
+                    spans.read_page(page.records)
                 yield records.repeated_events(page.records)
             if page.cursor is None:
+                if spans is not None:
+                    spans.ok()
                 return
             cursor = page.cursor
 
-    @_guard("GetEvent")
+    @_guard
     async def get_event(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
         raw_id, canonical = validation.event_id(_parse(pb.GetEventRequest, raw).event_id)
         record = self._store.get_event(raw_id)  # one B-tree lookup: cheaper than a thread hop
         if record is None:
             raise EventNotFound(canonical)
+        if self._spans is not None:
+            self._spans.got_event(record)
         return records.repeated_events([record])  # GetEventResponse.event is field 1
 
-    @_guard("GetInfo")
+    @_guard
     async def get_info(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
         _parse(pb.GetInfoRequest, raw)
         limits = self._config.limits
+        # From storage: with several workers, this one may not have heard of
+        # another's latest commit yet (wakeups.py).
+        head = self._store.last_position()
+        if self._spans is not None:
+            self._spans.info(head)
         return pb.GetInfoResponse(
-            # From storage: with several workers, this one may not have heard
-            # of another's latest commit yet (wakeups.py).
-            head_position=self._store.last_position(),
+            head_position=head,
             server_version=__version__,
             durability=_DURABILITY[self._store.durability],  # as LMDB is really set up
             limits=pb.Limits(
@@ -203,12 +252,28 @@ class EventStoreServicer:
             worker_pid=os.getpid(),
         ).SerializeToString()
 
-    @_guard_stream("Subscribe")
+    @_guard_stream
     async def subscribe(
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
-        async for message in self._hub.serve(_parsed(requests)):
+        parsed = _parsed(requests)
+        if self._spans is not None:
+            parsed = self._spans.subscription(parsed)
+        async for message in self._hub.serve(parsed):
             yield message
+
+
+def _correlation_id(method: str, request: object) -> str:
+    """A failed request's correlation id, for its log line: an Append's
+    first event's (SPEC: the correlation id is kept in event metadata).
+    Parsed again here, on failure only, so that a success pays nothing."""
+    if method != "Append" or not isinstance(request, bytes):
+        return ""
+    try:
+        events = pb.AppendRequest.FromString(request).events
+    except DecodeError:
+        return ""
+    return events[0].metadata.get("correlation_id", "") if events else ""
 
 
 def _as_is(message: bytes) -> bytes:
