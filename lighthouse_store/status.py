@@ -5,9 +5,9 @@ Every error carries a ``google.rpc.Status`` in the trailing metadata
 stable code), ``domain`` ``lighthouse.store`` and metadata that always holds
 ``failure_class`` (recoverable / human_intervention / restart_required,
 SPEC §4) plus the error's own fields (``expected``, ``actual``, ...).
-Overload adds a ``google.rpc.RetryInfo``. Messages never carry stack traces or
-file paths: unexpected exceptions become INTERNAL with an incident id that is
-also in the server log.
+Overload and a read-only (degraded) store add a ``google.rpc.RetryInfo``.
+Messages never carry stack traces or file paths: unexpected exceptions
+become INTERNAL with an incident id that is also in the server log.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ _CODES: dict[type[StoreError], grpc.StatusCode] = {
     errors.Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.StorageFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.ShuttingDown: grpc.StatusCode.UNAVAILABLE,
+    errors.Degraded: grpc.StatusCode.UNAVAILABLE,
     errors.Corruption: grpc.StatusCode.DATA_LOSS,
     errors.StorageFailure: grpc.StatusCode.INTERNAL,
     errors.DataDirLocked: grpc.StatusCode.FAILED_PRECONDITION,
@@ -50,7 +51,7 @@ def to_status(error: StoreError) -> tuple[grpc.StatusCode, str, Trailers]:
     )
     status = status_pb2.Status(code=code.value[0], message=error.message)
     status.details.add().Pack(info)
-    if isinstance(error, errors.Overloaded):
+    if isinstance(error, errors.Overloaded | errors.Degraded):
         delay = Duration()
         delay.FromMilliseconds(error.retry_after_ms)
         status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
