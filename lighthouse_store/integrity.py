@@ -63,6 +63,7 @@ _MAGIC = 0xBEEFC0DE
 _VERSION = 1
 _FLAGS = struct.Struct("<H")  # at byte 10
 _HEAD = struct.Struct("<II")  # magic, version at byte 16
+_MAPSIZE = struct.Struct("<Q")  # at byte 32
 _PSIZE = struct.Struct("<I")  # at byte 40
 _TAIL = struct.Struct("<QQ")  # last page, transaction id at byte 136
 _META_BYTES = 152
@@ -73,6 +74,7 @@ class MetaPage:
     page_size: int
     last_page: int
     txnid: int
+    map_size: int  # as the last writer set it
 
     @property
     def used_bytes(self) -> int:
@@ -98,7 +100,8 @@ def _meta(page: bytes) -> MetaPage | None:
     if _HEAD.unpack_from(page, 16) != (_MAGIC, _VERSION):
         return None
     last_page, txnid = _TAIL.unpack_from(page, 136)
-    return MetaPage(_PSIZE.unpack_from(page, 40)[0], last_page, txnid)
+    map_size = _MAPSIZE.unpack_from(page, 32)[0]
+    return MetaPage(_PSIZE.unpack_from(page, 40)[0], last_page, txnid, map_size)
 
 
 def newest_meta(pages: tuple[MetaPage, MetaPage]) -> MetaPage:

@@ -28,7 +28,7 @@ from typing import Any
 
 import lmdb
 
-from lighthouse_store import corruption, lmdb_format
+from lighthouse_store import corruption, integrity, lmdb_format
 from lighthouse_store.errors import StorageFailure, StorageFull, StoreError
 
 OPEN_FAILED = "cannot open the LMDB environment"
@@ -94,10 +94,15 @@ def open_reader(path: Path, *, lock: bool = True) -> Any:
     """An environment opened read-only, for the tools that read a store
     (verify, stats, backup), whether or not a daemon runs on it: LMDB
     readers never wait for its writers. ``lock`` False for a copy no daemon
-    can have open (a backup): nothing is written beside it then."""
+    can have open (a backup): nothing is written beside it then. The map is
+    as large as the store's writer made it (its meta page says), so the
+    reader sees the store's size as the daemon does, and keeps up with a
+    store that grows while it reads."""
+    pages = integrity.read_meta_pages(path / "data.mdb")
+    map_size = integrity.newest_meta(pages).map_size if pages else 0
     with driver_errors(OPEN_FAILED, for_operator=True):
         return lmdb.open(
-            str(path), readonly=True, create=False, lock=lock,
+            str(path), readonly=True, create=False, lock=lock, map_size=max(map_size, 1 << 20),
             max_dbs=lmdb_format.MAX_DBS, readahead=False,
         )  # fmt: skip
 
