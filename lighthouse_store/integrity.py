@@ -41,6 +41,7 @@ from __future__ import annotations
 import os
 import secrets
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -208,22 +209,36 @@ def claim_store_id(txn: Any, dbs: Databases, marker: str | None) -> str:
 def check_newest(txn: Any, dbs: Databases, count: int = NEWEST_CHECKED) -> list[Finding]:
     """Check 4: read back the newest ``count`` records; what is wrong with
     them, each reported (``corruption.found``)."""
+    return check_run(txn, dbs, txn.cursor(db=dbs.log).iterprev(), count)[1]
+
+
+def check_run(
+    txn: Any,
+    dbs: Databases,
+    walk: Iterable[tuple[bytes, bytes]],
+    count: int,
+    previous: int | None = None,
+) -> tuple[int, list[Finding]]:
+    """Check up to ``count`` records of a cursor's ``walk`` (either way) with
+    :func:`check_record`, and that their positions follow one another (and
+    ``previous``, the position before the walk, if known); each finding
+    reported (``corruption.found``). The last position checked (0: none) and
+    the findings."""
     findings: list[Finding] = []
-    cur = txn.cursor(db=dbs.log)
-    expected = None
-    for key, raw in cur.iterprev():
-        position = U64.unpack(key)[0]
-        if expected is not None and position != expected:
-            what = f"log has no event at position {expected}"
-            findings.append(Finding(corruption.MISSING, expected, what))
-        expected = position - 1
+    position = 0
+    for key, raw in walk:
+        previous, position = position or previous, U64.unpack(key)[0]
+        if previous is not None and abs(position - previous) != 1:
+            missing = previous + (1 if position > previous else -1)
+            what = f"log has no event at position {missing}"
+            findings.append(Finding(corruption.MISSING, missing, what))
         findings += check_record(txn, dbs, position, raw)[1]
         count -= 1
         if count == 0:
             break
     for finding in findings:
         corruption.found(finding.what, finding.position, finding.message)
-    return findings
+    return position, findings
 
 
 def check_record(

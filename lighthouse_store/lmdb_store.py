@@ -239,6 +239,24 @@ class LmdbEventStore(EventStore):
             **where,
         )
 
+    def last_txnid(self) -> int:
+        """LMDB's newest committed transaction id, read from its meta page
+        without a transaction: it moves with every commit of any process."""
+        return int(self._env.info()["last_txnid"])
+
+    def scrub(self, after: int, limit: int) -> tuple[int, list[Finding]]:
+        """Check up to ``limit`` records from position ``after + 1`` on, as
+        the start-up check does (``integrity.check_run``: reported); the last
+        position checked (0 past the end of the log, to start again) and the
+        findings (``scrub.py``)."""
+        with lmdb_txn.read_transaction(self._env) as txn:
+            cur = txn.cursor(db=self._dbs.log)
+            if not cur.set_range(U64.pack(after + 1)):
+                return 0, []
+            walk = cur.iternext()
+            last, findings = integrity.check_run(txn, self._dbs, walk, limit, previous=after)
+            return (0 if last >= lmdb_reads.last_position(txn, self._dbs) else last), findings
+
     @property
     def durability(self) -> Durability:
         flags = self._env.flags()

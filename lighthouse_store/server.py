@@ -35,6 +35,7 @@ from lighthouse_store.faults import Faults
 from lighthouse_store.lmdb_store import LmdbEventStore
 from lighthouse_store.lock import DataDirLock
 from lighthouse_store.ports import BindError
+from lighthouse_store.scrub import Scrubber
 from lighthouse_store.servicer import SERVICE_NAME, EventStoreServicer, method_handlers
 from lighthouse_store.subscriptions import SubscriptionHub
 from lighthouse_store.threads import name_os_thread
@@ -140,9 +141,11 @@ async def serve(config: Config) -> None:
     lock = DataDirLock(config.data_dir).acquire()
     try:
         store = open_store(config)
+        scrubber = Scrubber(store, config.scrub_records_per_second, store.degrade).start()
         try:
             await run(config, store, ready=_print_ready)
         finally:
+            scrubber.close()
             store.close()
     finally:
         lock.release()

@@ -122,9 +122,11 @@ from pathlib import Path
 import lighthouse_store
 from lighthouse_store import __version__, config
 from lighthouse_store.config import Config, Durability
+from lighthouse_store.corruption import Finding
 from lighthouse_store.lmdb_store import LmdbEventStore
 from lighthouse_store.lock import DataDirLock
 from lighthouse_store.ports import PortReservation
+from lighthouse_store.scrub import Scrubber
 from lighthouse_store.server import open_store
 from lighthouse_store.worker import WorkerSpec
 
@@ -169,6 +171,7 @@ async def supervise(cfg: Config, workers: int) -> int:
     lock = DataDirLock(cfg.data_dir).acquire()
     try:
         store = open_store(cfg, shared=True)  # the start-up checks; the preallocator
+        scrubber = Scrubber(store, cfg.scrub_records_per_second, _scrub_found).start()
         try:
             reservation = PortReservation(cfg.listen)
             try:
@@ -176,10 +179,22 @@ async def supervise(cfg: Config, workers: int) -> int:
             finally:
                 reservation.close()
         finally:
+            scrubber.close()
             store.reader_check()
             store.close()
     finally:
         lock.release()
+
+
+def _scrub_found(finding: Finding) -> None:
+    """The scrub's finding, in the supervisor (``scrub.py``): reported and
+    logged (``corruption.found``); until the degradation controller shares
+    its level with the workers, they go on taking appends."""
+    log.error(
+        "the scrub found corruption (%s); the workers still take appends: stop the "
+        "daemon, run lighthouse-store verify and repair",
+        finding.message,
+    )
 
 
 class Supervisor:
