@@ -227,6 +227,11 @@ def check_run(
     findings: list[Finding] = []
     position = 0
     for key, raw in walk:
+        if len(key) != U64.size:
+            findings.append(
+                Finding(corruption.RECORD, None, f"the log has a key of {len(key)} bytes")
+            )
+            continue
         previous, position = position or previous, U64.unpack(key)[0]
         if previous is not None and abs(position - previous) != 1:
             missing = previous + (1 if position > previous else -1)
@@ -255,7 +260,7 @@ def check_record(
     out = []
     state = txn.get(event.stream.encode(), db=dbs.streams)
     index = None
-    if state is not None:
+    if state is not None and len(state) == STREAM_STATE.size:
         sid = STREAM_STATE.unpack(state)[0]
         index = txn.get(INDEX_KEY.pack(sid, event.revision), db=dbs.stream_index)
     if index != U64.pack(position):

@@ -10,8 +10,9 @@ transaction (:func:`read_transaction`). A full map becomes
 operator restarts with a larger ``--map-size``); a damaged page (LMDB's
 ``MDB_CORRUPTED``, ``MDB_PAGE_NOTFOUND``, ``MDB_INVALID`` on a page it
 walks) becomes :class:`Corruption` through ``corruption.found``, so a
-client gets ``DATA_LOSS`` and the finding is counted; any other driver
-error becomes :class:`StorageFailure`. Nothing else in the package catches
+client gets ``DATA_LOSS`` and the finding is counted, and so does a key or
+value of the wrong size (a ``struct.error`` unpacking what LMDB returned);
+any other driver error becomes :class:`StorageFailure`. Nothing else in the package catches
 ``lmdb.Error`` (``tests/test_lmdb_txn.py`` checks that).
 
 A failed checksum or a missing index entry is :class:`Corruption` too,
@@ -20,6 +21,7 @@ raised by the store's own checks (``records.py``, ``lmdb_reads.py``).
 
 from __future__ import annotations
 
+import struct
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -50,16 +52,24 @@ def driver_errors(failed: str, *, for_operator: bool = False) -> Iterator[None]:
     """Raise the block's LMDB driver errors as domain errors (:func:`translated`)."""
     try:
         yield
-    except lmdb.Error as exc:
+    except (lmdb.Error, struct.error) as exc:
         raise translated(exc, failed, for_operator=for_operator) from exc
 
 
-def translated(exc: lmdb.Error, failed: str, *, for_operator: bool = False) -> StoreError:
+def translated(
+    exc: lmdb.Error | struct.error, failed: str, *, for_operator: bool = False
+) -> StoreError:
     """The domain error for a driver error: a full map is :func:`storage_full`,
     a damaged page :class:`Corruption` (reported), any other
     ``StorageFailure("<failed>: <what>")``. ``what`` is the driver's own
     message (which may name files) only ``for_operator``; clients get the
-    error's class name."""
+    error's class name. A ``struct.error`` is a key or value of the wrong
+    size, which LMDB handed over as stored (a damaged page): Corruption."""
+    if isinstance(exc, struct.error):
+        return corruption.found(
+            corruption.INDEX, None,
+            "a stored key or value has the wrong size; run lighthouse-store verify",
+        )  # fmt: skip
     if isinstance(exc, lmdb.MapFullError):
         return storage_full()
     if isinstance(exc, _DAMAGED):
@@ -124,7 +134,7 @@ class read_transaction:  # named as a function: ``with read_transaction(env) as 
 
     def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
         self._txn.abort()
-        if isinstance(exc, lmdb.Error):
+        if isinstance(exc, lmdb.Error | struct.error):
             raise translated(exc, READ_FAILED) from exc
 
 
