@@ -95,7 +95,7 @@ def backup(data_dir: Path, to: Path) -> dict[str, Any]:
     finally:
         env.close()
     copy = to / DATA
-    _flush(copy)
+    integrity.flush_file(copy)
     manifest = {
         "kind": KIND,
         "version": VERSION,
@@ -107,8 +107,7 @@ def backup(data_dir: Path, to: Path) -> dict[str, Any]:
         "files": {DATA: {"bytes": copy.stat().st_size, "sha256": _sha256(copy)}},
     }
     tmp = to / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    _flush(tmp)
+    integrity.write_flushed(tmp, (json.dumps(manifest, indent=2) + "\n").encode())
     os.replace(tmp, to / MANIFEST)
     integrity.sync_dir(to)
     return manifest
@@ -130,7 +129,7 @@ def restore(source: Path, data_dir: Path) -> dict[str, Any]:
         staging = data_dir / "lmdb.restore"
         staging.mkdir()
         shutil.copyfile(Path(source) / DATA, staging / DATA)
-        _flush(staging / DATA)
+        integrity.flush_file(staging / DATA)
         if _sha256(staging / DATA) != manifest["files"][DATA]["sha256"]:
             raise BackupError("the copied file differs from the backup's: the disk is failing?")
         integrity.sync_dir(staging)
@@ -178,11 +177,3 @@ def _sha256(path: Path) -> str:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _flush(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

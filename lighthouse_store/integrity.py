@@ -137,12 +137,24 @@ def write_marker(data_dir: Path, store_id: str) -> None:
     and the directory flushed."""
     path = Path(data_dir) / lmdb_format.MARKER
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(store_id + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    write_flushed(tmp, (store_id + "\n").encode())
     os.replace(tmp, path)
     sync_dir(path.parent)
+
+
+def write_flushed(path: Path, content: bytes) -> None:
+    """Write a file and flush it to the disk (its directory is the caller's)."""
+    with open(path, "wb") as f:
+        f.write(content)
+    flush_file(path)
+
+
+def flush_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def sync_dir(path: Path) -> None:

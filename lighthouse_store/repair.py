@@ -53,7 +53,6 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
-import os
 import shutil
 import struct
 import sys
@@ -250,18 +249,12 @@ def _save_quarantined(data_dir: Path, position: int, plan: _Plan) -> dict[str, A
     }
     if raw is not None:
         path = folder / f"position-{position}.bin"
-        _write_durably(path, raw)
+        integrity.write_flushed(path, raw)
         entry["file"] = str(path.relative_to(data_dir))
-    _write_durably(folder / f"position-{position}.json", json.dumps(entry, indent=2).encode())
+    description = json.dumps(entry, indent=2).encode()
+    integrity.write_flushed(folder / f"position-{position}.json", description)
     integrity.sync_dir(folder)
     return entry
-
-
-def _write_durably(path: Path, content: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(content)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def _rebuild(old_dir: Path, new_dir: Path, plan: _Plan, files: dict[int, str | None]) -> int:

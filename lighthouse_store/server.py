@@ -7,7 +7,9 @@ quiet (``_drain``), the server stops taking calls and gives in-flight ones
 ``shutdown_grace_seconds``, the writer commits everything already queued,
 storage closes, the lock goes.
 
-:func:`serve` is the whole daemon in one process (``--workers 1``).
+:func:`serve` is the whole daemon in one process (``--workers 1``): the
+data-dir lock, the store (its start-up checks, ``integrity.py``), the
+background scrub (``scrub.py``) and the server.
 :func:`run` is the server part alone, which a worker process runs with a
 :class:`WorkerRole` (``worker.py``, ``supervisor.py``): it binds the port
 shared with the other workers, and it hears of their commits.

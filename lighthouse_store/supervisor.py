@@ -12,9 +12,10 @@ Who owns what
 
 - The supervisor owns the data-dir lock (``lock.py``) for its whole life;
   the start-up checks (it opens the LMDB environment before any worker
-  starts: format version, the newest record's checksum, stale reader
-  slots), so a bad store fails fast with the single process's exit codes
-  and messages; the preallocator (``prealloc.py``, holding LMDB's own write
+  starts: ``integrity.py``'s checks of the files, the store id and the
+  newest records, the format version, stale reader slots), so a bad store
+  fails fast with the single process's exit codes and messages; the
+  background scrub (``scrub.py``); the preallocator (``prealloc.py``, holding LMDB's own write
   lock, so no worker commits while it writes); the listen port
   (``ports.py``: bound but never listening, so that port 0 is resolved once
   and the port stays taken while workers restart); signals; restarts; and
@@ -46,14 +47,15 @@ Start-up
 ========
 
 Lock the data dir (exit 3 if another daemon has it); open the store (exit
-1) and start the preallocator; reserve the port (exit 2); start every
+4 if it is damaged, 1 if it cannot be opened otherwise) and start the
+preallocator and the scrub; reserve the port (exit 2); start every
 worker as a fresh interpreter (``python -m lighthouse_store.worker``, never
 ``fork``: gRPC and LMDB do not survive one), from the main thread (the
 kernel's parent-death signal follows the thread that started a child), and
 send it its spec over a socket pair (``worker.py``: the Config as resolved
 here, the port chosen); wait until each says it serves. A worker that
 exits first fails the start: the others are stopped, and the supervisor
-exits with that worker's status (2: the port, 1: the store). Then the ready
+exits with that worker's status (2: the port, 1 or 4: the store). Then the ready
 line on stdout: ``{"event": "ready", "address": ..., "pid": <supervisor>,
 "workers": N}``.
 
