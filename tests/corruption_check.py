@@ -47,7 +47,8 @@ def check(data_dir: Path, original: dict[str, Any]) -> dict[str, Any]:
                 out["errors"].append(f"get_event {position}: {exc.message}")
                 continue
             if got != by_position[position]:
-                out["wrong"].append(f"get_event {position}: {'missing' if got is None else 'other'}")
+                what = "missing" if got is None else "another record"
+                out["wrong"].append(f"get_event {position}: {what}")
     finally:
         store.close()
     return out

@@ -76,11 +76,10 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     finally:
         store.close()
     decoded = [records.decode(r) for r in page.records]
+    streams = sorted({e.stream for e in decoded})
     original = {
         "records": {e.position: r.hex() for e, r in zip(decoded, page.records, strict=True)},
-        "streams": {
-            s: [e.position for e in decoded if e.stream == s] for s in sorted({e.stream for e in decoded})
-        },
+        "streams": {s: [e.position for e in decoded if e.stream == s] for s in streams},
         "ids": {uuid.UUID(e.event_id).bytes.hex(): e.position for e in decoded},
     }
     answers = base / "original.json"
@@ -126,8 +125,8 @@ def test_bit_flips_are_detected_or_harmless(pristine: tuple[Path, Path], tmp_pat
         else:
             result = json.loads(proc.stdout)
             outcome = _classify(result)
-            details.append(f"offset {offset} (page {offset // 4096}) bit {bit}: {outcome}: "
-                           f"{(result['verify'] + result['errors'] + result['wrong'])[:2]}")  # fmt: skip
+            said = (result["verify"] + result["errors"] + result["wrong"])[:2]
+            details.append(f"offset {offset} (page {offset // 4096}) bit {bit}: {outcome}: {said}")
         outcomes[outcome] += 1
         shutil.rmtree(copy)
     print(f"\ncorruption harness: {FLIPS} flips over {size} bytes (seed {SEED}):")
