@@ -1,15 +1,23 @@
-# Lighthouse Store daemon image.
+# Lighthouse Store daemon image (README, Operations, "Container").
 #
 #   docker build -t lighthouse-store .
-#   docker run -d --name lighthouse -p 50051:50051 -v lighthouse-data:/data lighthouse-store
+#   docker run -d --name lighthouse -v lighthouse-data:/data lighthouse-store
 #   docker stop -t 30 lighthouse   # SIGTERM; the daemon drains in-flight calls
 #
-# Flags after the image name go to `lighthouse-store serve` (e.g. --durability async).
-# Change the port with -e LIGHTHOUSE_LISTEN=0.0.0.0:PORT, not --listen: the
-# HEALTHCHECK below probes the port that variable names.
-# The image sets LIGHTHOUSE_DATA_DIR and LIGHTHOUSE_LISTEN, and variables beat
-# a --config file: set those two with -e, not in the file.
-FROM python:3.12-slim
+# The daemon listens on the container's loopback only, as it does outside one:
+# until TLS and tokens exist, publishing the gRPC port is an explicit choice:
+#   docker run -d -e LIGHTHOUSE_LISTEN=0.0.0.0:50051 -p 127.0.0.1:50051:50051 \
+#       -v lighthouse-data:/data lighthouse-store
+# Flags after the image name go to `lighthouse-store serve` (e.g. --durability
+# async). Set the addresses with -e LIGHTHOUSE_LISTEN / LIGHTHOUSE_HTTP_LISTEN,
+# not with flags: the HEALTHCHECK reads the variable. Variables beat a --config
+# file, so set these two with -e, not in the file.
+#
+# Any base with Python 3.11+ (python3 -m venv) and useradd will do; where
+# Docker Hub is out of reach, name another: --build-arg BASE_IMAGE=... (CI
+# builds on a Debian bookworm made with debootstrap, tests/test_container.py).
+ARG BASE_IMAGE=python:3.11-slim
+FROM ${BASE_IMAGE}
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -17,28 +25,33 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 # The protocol package (generated code; the daemon depends on it), then the
-# daemon, with the same pinned versions as development and CI. Every
-# dependency has a binary wheel for CPython 3.12, so no compiler is needed.
+# daemon, with the same pinned versions as development and CI, into a virtual
+# environment: a distribution's Python refuses pip installs into its own
+# site-packages (PEP 668). Every dependency has a binary wheel for CPython
+# 3.11+, so no compiler is needed.
 COPY . /src
-RUN pip install -c /src/constraints.txt /src/protos /src \
+RUN python3 -m venv /opt/lighthouse \
+    && /opt/lighthouse/bin/pip install --quiet -c /src/constraints.txt /src/protos /src \
     && rm -rf /src
+ENV PATH=/opt/lighthouse/bin:$PATH
 
-RUN useradd --system --uid 10001 --user-group --no-create-home \
+RUN useradd --uid 10001 --user-group --no-create-home \
         --home-dir /nonexistent --shell /usr/sbin/nologin lighthouse \
     && mkdir /data \
     && chown lighthouse:lighthouse /data
 USER lighthouse
 VOLUME /data
 
-# Inside a container the daemon must listen on all interfaces, or nothing
-# outside the container can reach it (the daemon's own default is 127.0.0.1).
+# gRPC on the container's loopback (see above); the HTTP operations endpoint
+# (/health, /metrics) keeps its own default, 127.0.0.1:9464.
 ENV LIGHTHOUSE_DATA_DIR=/data \
-    LIGHTHOUSE_LISTEN=0.0.0.0:50051
-EXPOSE 50051
+    LIGHTHOUSE_LISTEN=127.0.0.1:50051
+EXPOSE 50051 9464
 
-# gRPC health (grpc.health.v1) on the port in LIGHTHOUSE_LISTEN, over loopback;
-# any error or a status other than SERVING exits 1 (unhealthy).
+# GET /health on the address in LIGHTHOUSE_HTTP_LISTEN (a wildcard host means
+# loopback): 200 while the store serves reads and writes; a 503 (say, the
+# store cannot write), no answer or LIGHTHOUSE_HTTP_LISTEN=off exits 1.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
-    CMD ["python", "-c", "import os, grpc; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as hg; port = os.environ.get('LIGHTHOUSE_LISTEN', ':50051').rsplit(':', 1)[1]; r = hg.HealthStub(grpc.insecure_channel('127.0.0.1:' + port)).Check(h.HealthCheckRequest(), timeout=3); raise SystemExit(0 if r.status == h.HealthCheckResponse.SERVING else 1)"]
+    CMD ["python3", "-c", "import os, urllib.request; h, _, p = os.environ.get('LIGHTHOUSE_HTTP_LISTEN', '127.0.0.1:9464').rpartition(':'); h = {'': '127.0.0.1', '0.0.0.0': '127.0.0.1', '[::]': '[::1]'}.get(h, h); urllib.request.urlopen(f'http://{h}:{p}/health', timeout=3)"]
 
 ENTRYPOINT ["lighthouse-store", "serve"]

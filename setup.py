@@ -31,5 +31,12 @@ setup(
         "protobuf>=7.35.1,<8",
         "lmdb>=1.6,<4",
         "zlib-ng>=0.5,<2",  # vectorized CRC-32 for record checksums (same values as zlib's)
+        "python-json-logger>=4.2,<5",  # the JSON log formatter (logs.py)
+        # Tracing (tracing.py): imported only when OTEL_TRACES_EXPORTER asks for it;
+        # the API alone also gives log lines the current span's ids (logs.py).
+        "opentelemetry-api>=1.45,<2",
+        "opentelemetry-sdk>=1.45,<2",
+        "opentelemetry-instrumentation-grpc>=0.66b2",
+        "opentelemetry-exporter-otlp-proto-grpc>=1.45,<2",
     ]
 )

@@ -27,7 +27,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from lighthouse_store import __version__, config, cpus, logs
+from lighthouse_store import __version__, config, cpus, logs, signals
 from lighthouse_store.errors import DataDirLocked, StoreDamaged, StoreError
 
 EXIT_FAILED = 1
@@ -46,7 +46,6 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the daemon")
     config.add_arguments(serve)
-    serve.set_defaults(run=_serve)
     _tool(
         sub,
         "verify",
@@ -111,15 +110,19 @@ def _tool(
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    source = config.Source.from_args(args)
     try:
-        cfg = config.from_args(args)
+        cfg = source.resolve()
     except config.ConfigError as exc:
         print(f"lighthouse-store: bad configuration: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    logs.configure(cfg.log_level.value if args.command == "serve" else "WARNING")
-    run: Command = args.run
+    if args.command != "serve":
+        logs.configure("WARNING")
     try:
-        return run(args, cfg)
+        if args.command == "serve":
+            return _serve(source, cfg)
+        tool: Command = args.run
+        return tool(args, cfg)
     except DataDirLocked as exc:
         print(f"lighthouse-store: {exc.message}", file=sys.stderr)
         return EXIT_LOCKED
@@ -134,21 +137,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
 
 
-def _serve(args: argparse.Namespace, cfg: config.Config) -> int:
+def _serve(source: config.Source, cfg: config.Config) -> int:
+    try:
+        signals.apply_logging(cfg)
+    except OSError as exc:
+        print(f"lighthouse-store: cannot open the log file {cfg.log_file}: {exc.strerror or exc}",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_USAGE
+    signals.ignore_until_installed()
+    reloader = signals.Reloader(source.resolve, cfg, report=True)
     # After logging is set up:
     from lighthouse_store.server import BindError, serve
     from lighthouse_store.supervisor import WorkerStartError, supervise
+    from lighthouse_store.tracing import exporter_names
 
     try:
         workers = cpus.worker_count(cfg.workers)
-    except ValueError as exc:
+        exporter_names()  # each process sets tracing up; a bad name stops them all here
+    except ValueError as exc:  # TracingConfigError among them
         print(f"lighthouse-store: bad configuration: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
         if workers == 1:
-            asyncio.run(serve(cfg))  # one process, no supervisor
+            asyncio.run(serve(cfg, reloader))  # one process, no supervisor
         else:
-            return asyncio.run(supervise(cfg, workers))
+            return asyncio.run(supervise(cfg, workers, reloader, source))
     except WorkerStartError as exc:  # the worker said why on stderr
         return exc.code if exc.code in (EXIT_USAGE, EXIT_FAILED, EXIT_DAMAGED) else EXIT_FAILED
     except BindError as exc:

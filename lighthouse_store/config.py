@@ -20,7 +20,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import cast
@@ -35,6 +35,7 @@ from lighthouse_store.settings import (
     Choice,
     ConfigError,
     Count,
+    FileOrStream,
     FilePath,
     HostPort,
     Milliseconds,
@@ -55,7 +56,9 @@ __all__ = [
     "ConfigError",
     "Durability",
     "Limits",
+    "LogFormat",
     "LogLevel",
+    "Source",
     "SubscriptionSettings",
     "add_arguments",
     "from_args",
@@ -98,6 +101,11 @@ class LogLevel(StrEnum):
     INFO = "INFO"
     WARNING = "WARNING"
     ERROR = "ERROR"
+
+
+class LogFormat(StrEnum):
+    JSON = "json"  # one JSON object per line (logs.py)
+    TEXT = "text"  # one readable line per record, for a person at a terminal
 
 
 @dataclass(frozen=True)
@@ -146,7 +154,17 @@ class Config:
     )  # fmt: skip
     log_level: LogLevel = setting(
         SERVER, Choice(LogLevel), LogLevel.INFO,
-        "least severe level logged; JSON logs go to stderr, one object per line",
+        "least severe level logged; SIGHUP reloads it",
+    )  # fmt: skip
+    log_format: LogFormat = setting(
+        SERVER, Choice(LogFormat), LogFormat.JSON,
+        "`json`: one JSON object per line (README, Logs); `text`: one readable line per"
+        " record; SIGHUP reloads it",
+    )  # fmt: skip
+    log_file: str = setting(
+        SERVER, FileOrStream("stderr"), "-",
+        "file the logs are appended to; SIGHUP reopens it (after logrotate renames it)"
+        " and reloads the setting",
     )  # fmt: skip
     workers: int = setting(
         SERVER, Count(0, 1024), 0,
@@ -257,27 +275,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     settings.add_arguments(parser, TABLE)
 
 
+@dataclass(frozen=True)
+class Source:
+    """Where a Config comes from: the flags given and the file ``--config``
+    names. The environment and the file are read at each :meth:`resolve`, so
+    a reload (SIGHUP, ``signals.py``) sees the file as it is then; a worker
+    process gets its supervisor's Source (``worker.py``) to reload alike."""
+
+    flags: dict[str, object] = field(default_factory=dict)  # setting name -> flag value given
+    config_file: str | None = None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Source:
+        given = {s.name: v for s in TABLE if (v := getattr(args, s.name, None)) is not None}
+        return cls(given, getattr(args, "config", None))
+
+    def resolve(self, environ: Mapping[str, str] | None = None) -> Config:
+        """A Config from the flags, the environment, the config file, the defaults."""
+        env = os.environ if environ is None else environ
+        file_name, file_values = _config_file(self.config_file, env)
+        resolved = settings.resolve(
+            Config,
+            TABLE,
+            flags=self.flags,
+            environ=env,
+            file_values=file_values,
+            file_name=file_name,
+        )
+        cfg, where = resolved.value, resolved.where
+        # An append bigger than the queue's byte bound could never be queued, and
+        # its caller would retry a RESOURCE_EXHAUSTED forever.
+        if cfg.max_queued_bytes < cfg.limits.max_append_bytes:
+            raise ConfigError(
+                f"{where['max_queued_bytes']} ({cfg.max_queued_bytes}) must be at least"
+                f" {where['max_append_bytes']} ({cfg.limits.max_append_bytes})"
+            )
+        return cfg
+
+
 def from_args(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Config:
     """A Config from parsed flags, the environment, the config file, the defaults."""
-    env = os.environ if environ is None else environ
-    file_name, file_values = _config_file(getattr(args, "config", None), env)
-    resolved = settings.resolve(
-        Config,
-        TABLE,
-        flags={s.name: getattr(args, s.name, None) for s in TABLE},
-        environ=env,
-        file_values=file_values,
-        file_name=file_name,
-    )
-    cfg, where = resolved.value, resolved.where
-    # An append bigger than the queue's byte bound could never be queued, and
-    # its caller would retry a RESOURCE_EXHAUSTED forever.
-    if cfg.max_queued_bytes < cfg.limits.max_append_bytes:
-        raise ConfigError(
-            f"{where['max_queued_bytes']} ({cfg.max_queued_bytes}) must be at least"
-            f" {where['max_append_bytes']} ({cfg.limits.max_append_bytes})"
-        )
-    return cfg
+    return Source.from_args(args).resolve(environ)
 
 
 def _config_file(flag: str | None, environ: Mapping[str, str]) -> tuple[str, dict[str, object]]:

@@ -21,6 +21,7 @@ from lighthouse_store import corruption
 CHECKSUM_TAG = 0x55  # (10 << 3) | 5: field 10, fixed32
 TRAILER_LEN = 5
 
+_TAG_METADATA = b"\x2a"  # field 5, length-delimited (one map entry)
 _TAG_STREAM = b"\x32"  # field 6, length-delimited
 _TAG_REVISION = b"\x38"  # field 7, varint
 _TAG_POSITION = b"\x40"  # field 8, varint
@@ -153,15 +154,35 @@ def recorded_at_ns(event: pb.RecordedEvent) -> int:
     return event.recorded_at.seconds * 1_000_000_000 + event.recorded_at.nanos
 
 
+# Metadata that says where an event came from, not what it is: a retry of an
+# append carries another trace's context (the daemon may add one, tracing.py).
+_NOT_CONTENT = "traceparent"
+
+
 def same_content(stored: pb.RecordedEvent, proposed: bytes) -> bool:
-    """Whether a stored event has the content of a proposed one (idempotency)."""
+    """Whether a stored event has the content of a proposed one (idempotency):
+    the same type, data, content type and metadata but ``traceparent``."""
     new = pb.RecordedEvent.FromString(proposed)
     return (
         stored.event_type == new.event_type
         and stored.data == new.data
         and stored.content_type == new.content_type
-        and dict(stored.metadata) == dict(new.metadata)
+        and _content_metadata(stored) == _content_metadata(new)
     )
+
+
+def _content_metadata(event: pb.RecordedEvent) -> dict[str, str]:
+    metadata = dict(event.metadata)
+    metadata.pop(_NOT_CONTENT, None)
+    return metadata
+
+
+def metadata_entry(key: str, value: str) -> bytes:
+    """One ``map<string, string> metadata = 5`` entry of a ProposedEvent or
+    RecordedEvent: appended to an event's bytes, it adds ``key`` to the map."""
+    k, v = key.encode(), value.encode()
+    entry = b"".join((b"\x0a", varint(len(k)), k, b"\x12", varint(len(v)), v))
+    return _TAG_METADATA + varint(len(entry)) + entry
 
 
 def repeated_events(records: Iterable[bytes]) -> bytes:

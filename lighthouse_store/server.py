@@ -1,10 +1,12 @@
 """The daemon: wires storage, the writer and the gRPC server, and runs them.
 
 Each concern is wired in its own small ``_configure_*`` function (as in the
-grpc examples). Shutdown on SIGTERM/SIGINT: health flips to NOT_SERVING, subscriptions end
+grpc examples). SIGHUP reloads and SIGUSR1 dumps the stacks, serving on
+(``signals.py``). Shutdown on SIGTERM/SIGINT: health flips to NOT_SERVING, subscriptions end
 with UNAVAILABLE, new appends are refused with UNAVAILABLE until callers go
 quiet (``_drain``), the server stops taking calls and gives in-flight ones
 ``shutdown_grace_seconds``, the writer commits everything already queued,
+the spans still queued are exported (with tracing on, ``tracing.py``),
 storage closes, the lock goes.
 
 :func:`serve` is the whole daemon in one process (``--workers 1``): the
@@ -31,7 +33,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from lighthouse_store import __version__
+from lighthouse_store import __version__, signals, tracing
 from lighthouse_store.config import Config, Durability
 from lighthouse_store.faults import Faults
 from lighthouse_store.lmdb_store import LmdbEventStore
@@ -73,6 +75,11 @@ def _server_options(config: Config, reuse_port: bool = False) -> list[tuple[str,
         ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
         ("grpc.keepalive_permit_without_calls", 1),
     ]
+
+
+def _configure_tracing(worker: WorkerRole | None) -> tracing.Tracing | None:
+    """OpenTelemetry as the OTEL_* variables say (tracing.py); None: off."""
+    return tracing.configure(SERVICE_NAME, worker.index if worker else None)
 
 
 def _configure_store_service(server: grpc.aio.Server, servicer: EventStoreServicer) -> None:
@@ -138,14 +145,14 @@ def open_store(
     )
 
 
-async def serve(config: Config) -> None:
+async def serve(config: Config, reloader: signals.Reloader) -> None:
     """Run the daemon until SIGTERM/SIGINT. Raises DataDirLocked, BindError."""
     lock = DataDirLock(config.data_dir).acquire()
     try:
         store = open_store(config)
         scrubber = Scrubber(store, config.scrub_records_per_second, store.degrade).start()
         try:
-            await run(config, store, ready=_print_ready)
+            await run(config, store, ready=_print_ready, reloader=reloader)
         finally:
             scrubber.close()
             store.close()
@@ -163,9 +170,11 @@ async def run(
     store: LmdbEventStore,
     *,
     ready: Callable[[str], None],
+    reloader: signals.Reloader,
     worker: WorkerRole | None = None,
 ) -> None:
-    """Serve until SIGTERM/SIGINT; ``ready(address)`` once serving."""
+    """Serve until SIGTERM/SIGINT; ``ready(address)`` once serving. SIGHUP
+    reloads (``reloader``), SIGUSR1 dumps the stacks (``signals.py``)."""
     loop = asyncio.get_running_loop()
     writer = GroupCommitWriter(
         store,
@@ -182,9 +191,15 @@ async def run(
         thread_name_prefix="lh-reader",
         initializer=name_os_thread,
     )
-    server = grpc.aio.server(options=_server_options(config, reuse_port=worker is not None))
+    traced = _configure_tracing(worker)
+    server = grpc.aio.server(
+        interceptors=traced.interceptors if traced else None,
+        options=_server_options(config, reuse_port=worker is not None),
+    )
     hub = SubscriptionHub(store, writer, readers, config.subscriptions)
-    servicer = EventStoreServicer(config, store, writer, readers, hub)
+    servicer = EventStoreServicer(
+        config, store, writer, readers, hub, traced.spans if traced else None
+    )
     _configure_store_service(server, servicer)
     health_servicer = await _configure_health(server)
     _configure_reflection(server)
@@ -193,6 +208,7 @@ async def run(
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    signals.install(loop, reloader.reload)
     if worker is not None:
 
         def other_worker_committed() -> None:
@@ -221,4 +237,6 @@ async def run(
         readers.shutdown(wait=True)
         if worker is not None:
             worker.wakeups.close()
+        if traced is not None:  # the last spans, once every call has ended
+            traced.shutdown()
     log.info("stopped; head position %d", store.head_position())

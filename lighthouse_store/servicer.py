@@ -8,7 +8,17 @@ concatenation, never parsing or re-encoding an event.
 
 Errors: handlers raise domain errors; :func:`_guard` turns them into a gRPC
 status through ``status.to_status`` (the one mapping), and anything
-unexpected into INTERNAL with an incident id that is only logged.
+unexpected into INTERNAL with an incident id that is only logged. Each
+failed request is logged there, once, with its ``method``, ``code``,
+``reason``, ``failure_class`` and ``peer`` (the traceback too, for an
+unexpected error), at ``status.log_level``; a successful one is not. A call
+its client cancels is no failure: gRPC ends the handler with CancelledError,
+which is not caught here, and gRPC logs it at debug (``logs.py``).
+
+Tracing (``tracing.py``): with tracing on, the servicer gets an
+:class:`~lighthouse_store.tracing.RpcSpans` and notes on the current span
+what each call did (and, on Append, puts the span's ``traceparent`` into the
+events that have none); off, it holds None and tests only that.
 """
 
 from __future__ import annotations
@@ -20,7 +30,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Executor
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError, Message
@@ -33,6 +43,9 @@ from lighthouse_store.store import AppendCommand, EventStore
 from lighthouse_store.subscriptions import SubscriptionHub
 from lighthouse_store.writer import GroupCommitWriter
 
+if TYPE_CHECKING:
+    from lighthouse_store.tracing import RpcSpans
+
 log = logging.getLogger("lighthouse_store.servicer")
 
 SERVICE = pb.DESCRIPTOR.services_by_name["EventStoreService"]
@@ -42,19 +55,49 @@ _R = TypeVar("_R")
 _DURABILITY = {Durability.FSYNC: pb.DURABILITY_FSYNC, Durability.ASYNC: pb.DURABILITY_ASYNC}
 
 
-async def _abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
+async def _abort(
+    context: grpc.aio.ServicerContext,
+    exc: Exception,
+    method: str,
+    request: object,
+    spans: RpcSpans | None,
+) -> None:
+    """End the call with the status of ``exc``, log it (the one line of a
+    failed request) and note it on the call's span."""
+    fields: dict[str, str] = {}
+    if correlation_id := _correlation_id(method, request):
+        fields["correlation_id"] = correlation_id
+    cause: Exception | None = None
     if isinstance(exc, StoreError):
-        code, message, trailers = status.to_status(exc)
+        error: StoreError = exc
     else:
-        incident = uuid.uuid4().hex[:12]
-        log.error("unexpected error (incident %s)", incident, exc_info=exc)
-        code, message, trailers = status.internal(incident)
+        fields["incident"] = uuid.uuid4().hex[:12]
+        error, cause = status.internal(fields["incident"]), exc
+    code, message, trailers = status.to_status(error)
+    fields.update(
+        method=method,
+        code=code.name,
+        reason=error.reason,
+        failure_class=error.failure_class.value,
+        peer=context.peer(),
+    )
+    log.log(status.log_level(error, code), "%s failed: %s: %s", method, code.name, message,
+            exc_info=cause, extra={"fields": fields})  # fmt: skip
+    if spans is not None:
+        spans.failed(error, code)
     await context.abort(code, message, trailing_metadata=trailers)
+
+
+def _method(fn: Callable[..., object]) -> str:
+    """The RPC a handler serves, from its name: ``get_event`` serves ``GetEvent``."""
+    return "".join(word.title() for word in fn.__name__.split("_"))
 
 
 def _guard(
     fn: Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[_R]],
 ) -> Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[_R]]:
+    method = _method(fn)
+
     @functools.wraps(fn)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> _R:
         try:
@@ -62,7 +105,7 @@ def _guard(
         except grpc.aio.AbortError:
             raise
         except Exception as exc:
-            await _abort(context, exc)
+            await _abort(context, exc, method, request, self._spans)
             raise AssertionError("unreachable: abort raises") from exc
 
     return wrapper
@@ -71,6 +114,8 @@ def _guard(
 def _guard_stream(
     fn: Callable[[Any, Any, grpc.aio.ServicerContext], AsyncIterator[_R]],
 ) -> Callable[[Any, Any, grpc.aio.ServicerContext], AsyncIterator[_R]]:
+    method = _method(fn)
+
     @functools.wraps(fn)
     async def wrapper(
         self: Any, request: Any, context: grpc.aio.ServicerContext
@@ -81,7 +126,7 @@ def _guard_stream(
         except grpc.aio.AbortError:
             raise
         except Exception as exc:
-            await _abort(context, exc)
+            await _abort(context, exc, method, request, self._spans)
 
     return wrapper
 
@@ -94,8 +139,10 @@ class EventStoreServicer:
         writer: GroupCommitWriter,
         readers: Executor,
         hub: SubscriptionHub,
+        spans: RpcSpans | None = None,
     ) -> None:
         self._hub = hub
+        self._spans = spans  # None: tracing is off
         self._config = config
         self._store = store
         self._writer = writer
@@ -105,7 +152,13 @@ class EventStoreServicer:
     async def append(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
         # The parsed request (a copy of ``raw``) is gone before the append
         # waits in the writer's queue; the command holds the events' bytes.
-        result = await self._writer.append(self._append_command(raw))
+        command = self._append_command(raw)
+        spans = self._spans
+        if spans is not None:
+            command = spans.append(command)  # after validation: limits are on what was sent
+        result = await self._writer.append(command)
+        if spans is not None:
+            spans.appended(result)
         return pb.AppendResponse(
             first_position=result.first_position,
             last_position=result.last_position,
@@ -119,6 +172,9 @@ class EventStoreServicer:
     @_guard_stream
     async def read(self, raw: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
         query = validation.read_query(_parse(pb.ReadRequest, raw))
+        spans = self._spans
+        if spans is not None:
+            spans.read(query)
         loop = asyncio.get_running_loop()
         cfg = self._config
         cursor = None
@@ -127,8 +183,12 @@ class EventStoreServicer:
                 self._readers, self._store.read_page, query, cursor, cfg.page_events, cfg.page_bytes
             )
             if page.records:
+                if spans is not None:
+                    spans.read_page(page.records)
                 yield records.repeated_events(page.records)
             if page.cursor is None:
+                if spans is not None:
+                    spans.ok()
                 return
             cursor = page.cursor
 
@@ -138,16 +198,21 @@ class EventStoreServicer:
         record = self._store.get_event(raw_id)  # one B-tree lookup: cheaper than a thread hop
         if record is None:
             raise EventNotFound(canonical)
+        if self._spans is not None:
+            self._spans.got_event(record)
         return records.repeated_events([record])  # GetEventResponse.event is field 1
 
     @_guard
     async def get_info(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
         _parse(pb.GetInfoRequest, raw)
         limits = self._config.limits
+        # From storage: with several workers, this one may not have heard of
+        # another's latest commit yet (wakeups.py).
+        head = self._store.last_position()
+        if self._spans is not None:
+            self._spans.info(head)
         return pb.GetInfoResponse(
-            # From storage: with several workers, this one may not have heard
-            # of another's latest commit yet (wakeups.py).
-            head_position=self._store.last_position(),
+            head_position=head,
             server_version=__version__,
             durability=_DURABILITY[self._store.durability],  # as LMDB is really set up
             limits=pb.Limits(
@@ -165,8 +230,24 @@ class EventStoreServicer:
     async def subscribe(
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
-        async for message in self._hub.serve(_parsed(requests)):
+        parsed = _parsed(requests)
+        if self._spans is not None:
+            parsed = self._spans.subscription(parsed)
+        async for message in self._hub.serve(parsed):
             yield message
+
+
+def _correlation_id(method: str, request: object) -> str:
+    """A failed request's correlation id, for its log line: an Append's
+    first event's (SPEC: the correlation id is kept in event metadata).
+    Parsed again here, on failure only, so that a success pays nothing."""
+    if method != "Append" or not isinstance(request, bytes):
+        return ""
+    try:
+        events = pb.AppendRequest.FromString(request).events
+    except DecodeError:
+        return ""
+    return events[0].metadata.get("correlation_id", "") if events else ""
 
 
 def _as_is(message: bytes) -> bytes:

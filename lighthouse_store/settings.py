@@ -281,6 +281,23 @@ class FilePath(Kind[Path]):
         return "not empty"
 
 
+class FileOrStream(Kind[str]):
+    """A file path, or ``-`` for a standard stream (``stream`` names it)."""
+
+    metavar = "PATH"
+
+    def __init__(self, stream: str) -> None:
+        self.stream = stream
+
+    def parse(self, raw: object) -> str:
+        if isinstance(raw, str) and raw.strip() == "-":
+            return "-"
+        return str(FilePath().parse(raw))
+
+    def bounds(self) -> str:
+        return f"a path, or `-` ({self.stream})"
+
+
 class HostPort(Kind[str]):
     """``host:port`` (``[::1]:port`` for IPv6), a port of 0-65535 (0: any free port).
     gRPC itself would take an out-of-range port as "any"."""

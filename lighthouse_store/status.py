@@ -8,9 +8,19 @@ SPEC §4) plus the error's own fields (``expected``, ``actual``, ...).
 Overload and a read-only (degraded) store add a ``google.rpc.RetryInfo``.
 Messages never carry stack traces or file paths: unexpected exceptions
 become INTERNAL with an incident id that is also in the server log.
+
+Each failed request is logged once (``servicer._abort``), at the level
+:func:`log_level` gives: ``error`` for the server's own failures (INTERNAL,
+DATA_LOSS, and anything that needs a restart: a full map, a storage
+failure), ``info`` for UNAVAILABLE while the store drains or is read-only
+(expected, and said once in the log already; clients retry), ``warning``
+for the rest, which the client caused or can retry (bad input, a wrong
+expected revision, not found, overload).
 """
 
 from __future__ import annotations
+
+import logging
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
@@ -58,8 +68,18 @@ def to_status(error: StoreError) -> tuple[grpc.StatusCode, str, Trailers]:
     return code, error.message, ((DETAILS_KEY, status.SerializeToString()),)
 
 
-def internal(incident: str) -> tuple[grpc.StatusCode, str, Trailers]:
-    """Status for an unexpected exception: no internals, an id to find the log line."""
-    return to_status(
-        errors.Internal(f"internal error (incident {incident}); the server log has the details")
-    )
+def internal(incident: str) -> errors.Internal:
+    """The error for an unexpected exception: no internals, an id to find the log line."""
+    return errors.Internal(f"internal error (incident {incident}); the server log has the details")
+
+
+_SERVER_FAULTS = frozenset({grpc.StatusCode.INTERNAL, grpc.StatusCode.DATA_LOSS})
+
+
+def log_level(error: StoreError, code: grpc.StatusCode) -> int:
+    """The level of the log line of a request that failed with ``error``."""
+    if code in _SERVER_FAULTS or error.failure_class is errors.FailureClass.RESTART_REQUIRED:
+        return logging.ERROR
+    if isinstance(error, errors.ShuttingDown | errors.Degraded):
+        return logging.INFO
+    return logging.WARNING

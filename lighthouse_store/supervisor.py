@@ -70,6 +70,10 @@ queued). The supervisor waits for each up to ``shutdown_grace_seconds`` +
 then 1), runs the reader check, stops the preallocator, lets go of the port
 and the lock, and exits 0.
 
+SIGHUP and SIGUSR1: the supervisor reloads its settings (or dumps its
+stacks) and forwards the signal to every worker, which does the same; see
+``signals.py``. Nothing drains; every worker keeps serving.
+
 Worker death
 ============
 
@@ -109,6 +113,7 @@ stay open for it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -122,8 +127,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import lighthouse_store
-from lighthouse_store import __version__, config
-from lighthouse_store.config import Config, Durability
+from lighthouse_store import __version__, config, signals
+from lighthouse_store.config import Config, Durability, Source
 from lighthouse_store.corruption import Finding
 from lighthouse_store.lmdb_store import LmdbEventStore
 from lighthouse_store.lock import DataDirLock
@@ -167,9 +172,12 @@ class _Slot:
         return self.proc is not None and self.proc.returncode is None
 
 
-async def supervise(cfg: Config, workers: int) -> int:
+async def supervise(
+    cfg: Config, workers: int, reloader: signals.Reloader, source: Source
+) -> int:
     """Run the supervisor until SIGTERM/SIGINT; the exit status. Raises
-    DataDirLocked, BindError, StoreError, OSError and WorkerStartError."""
+    DataDirLocked, BindError, StoreError, OSError and WorkerStartError.
+    ``reloader``: SIGHUP's; ``source``: where the workers reload from."""
     lock = DataDirLock(cfg.data_dir).acquire()
     try:
         store = open_store(cfg, shared=True)  # the start-up checks; the preallocator
@@ -177,7 +185,8 @@ async def supervise(cfg: Config, workers: int) -> int:
         try:
             reservation = PortReservation(cfg.listen)
             try:
-                return await Supervisor(cfg, workers, store, reservation.address).run()
+                supervisor = Supervisor(cfg, workers, store, reservation.address)
+                return await supervisor.run(reloader, source)
             finally:
                 reservation.close()
         finally:
@@ -206,11 +215,19 @@ class Supervisor:
         self._namespace = f"lighthouse-store/{os.getpid()}/{secrets.token_hex(4)}"
         self._slots = [_Slot(i) for i in range(workers)]
         self._stop = asyncio.Event()
+        self._source = Source()
 
-    async def run(self) -> int:
+    async def run(self, reloader: signals.Reloader, source: Source) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
+        self._source = source
+
+        def reload() -> None:
+            # A worker started from now on gets the reloaded settings.
+            self._config = signals.with_reloaded(self._config, reloader.reload())
+
+        signals.install(loop, reload, self._forward)
         cfg = self._config
         log.info("starting %d workers on %s (data dir %s, durability %s, version %s)",
                  len(self._slots), cfg.listen, cfg.data_dir, cfg.durability.value, __version__)
@@ -278,7 +295,11 @@ class Supervisor:
             slot.proc.send_signal(signal.SIGTERM)
         reader, slot.control = await asyncio.open_unix_connection(sock=ours)
         spec = WorkerSpec(
-            slot.index, len(self._slots), self._namespace, config.to_json(self._config)
+            slot.index,
+            len(self._slots),
+            self._namespace,
+            config.to_json(self._config),
+            dataclasses.asdict(self._source),
         )
         slot.control.write(spec.encode())
         line = b""
@@ -341,6 +362,14 @@ class Supervisor:
                 clean = False
                 await self._kill(slot)
         return clean
+
+    def _forward(self, sig: signal.Signals) -> None:
+        """Send ``sig`` to every worker; safe in a signal handler (no asyncio)."""
+        for slot in self._slots:
+            if slot.alive():
+                assert slot.proc is not None
+                with contextlib.suppress(ProcessLookupError):  # it just died; _watch restarts it
+                    os.kill(slot.proc.pid, sig)
 
     async def _kill(self, slot: _Slot) -> None:
         if slot.alive():

@@ -4,7 +4,8 @@ The supervisor (``supervisor.py``) starts each worker as a fresh interpreter
 (never ``fork``: gRPC and LMDB do not survive one) with one end of a Unix
 socket pair as ``--control-fd``, and writes the :class:`WorkerSpec` to it as
 one JSON line: the worker's index, the Config as the supervisor resolved it
-(the port already chosen) and the name space of the wake-up sockets. The
+(the port already chosen), the name space of the wake-up sockets, and where
+that Config came from (``config.Source``), to reload from on SIGHUP. The
 worker opens the store (shared, without a preallocator: the supervisor runs
 that), serves gRPC on the shared port, and answers with one JSON line once
 it serves: ``{"event": "ready", "address": ..., "pid": ..., "worker": i}``.
@@ -53,6 +54,7 @@ class WorkerSpec:
     workers: int
     namespace: str  # of the wake-up sockets (wakeups.py)
     config: dict[str, Any]  # config.to_json of the supervisor's Config
+    source: dict[str, Any]  # the supervisor's config.Source, to reload from on SIGHUP
 
     def encode(self) -> bytes:
         return json.dumps(asdict(self)).encode() + b"\n"
@@ -79,6 +81,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("lighthouse_store.worker is started by `lighthouse-store serve`", file=sys.stderr)
         return EXIT_USAGE
     die_with_parent(int(args[3]))
+    # Until the server installs its handlers (signals.py): the default would end the worker.
+    for sig in (signal.SIGHUP, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)
     control = socket.socket(fileno=int(args[1]))
     with control.makefile("rb") as lines:
         line = lines.readline()
@@ -92,13 +97,20 @@ def _run(spec: WorkerSpec, control: socket.socket) -> int:
     # its supervisor (main).
     import asyncio
 
-    from lighthouse_store import config, logs
+    from lighthouse_store import config, signals
     from lighthouse_store.errors import StoreDamaged, StoreError
     from lighthouse_store.server import BindError, WorkerRole, open_store, run
     from lighthouse_store.wakeups import Wakeups
 
     cfg = config.from_json(spec.config)
-    logs.configure(cfg.log_level.value, {"worker": spec.index})
+    try:
+        signals.apply_logging(cfg, {"worker": spec.index})
+    except OSError as exc:
+        print(f"lighthouse-store: worker {spec.index}: cannot open the log file {cfg.log_file}:"
+              f" {exc.strerror or exc}", file=sys.stderr)  # fmt: skip
+        return EXIT_FAILED
+    # Only the supervisor warns about settings that need a restart.
+    reloader = signals.Reloader(config.Source(**spec.source).resolve, cfg, report=False)
 
     def ready(address: str) -> None:
         message = {"event": "ready", "address": address, "pid": os.getpid(), "worker": spec.index}
@@ -108,7 +120,8 @@ def _run(spec: WorkerSpec, control: socket.socket) -> int:
         store = open_store(cfg, shared=True, preallocate=False)
         try:
             wakeups = Wakeups(spec.namespace, spec.index, spec.workers)
-            await run(cfg, store, ready=ready, worker=WorkerRole(spec.index, wakeups))
+            role = WorkerRole(spec.index, wakeups)
+            await run(cfg, store, ready=ready, reloader=reloader, worker=role)
         finally:
             store.close()
 

@@ -24,29 +24,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, Protocol
+from typing import Any
 
 import grpc
 import report
 from pool import SEQUENTIAL, Arrangement, ClientPool, Run
+from sizes import SizesLike
 from user_clients import OURS_SYNC, LighthouseSyncDriver
 from workloads import RPC_TIMEOUT_S, Spec, SyncClient
 
 # Runs a spec on the pool (bench.Bench.run): phase name, spec, arrangement.
 RunFn = Callable[[str, Spec, Arrangement], Run]
-
-
-class SizesLike(Protocol):
-    """What this module takes from ``bench.Sizes``."""
-
-    @property
-    def latency_calls(self) -> int: ...
-    @property
-    def latency_warmup(self) -> int: ...
-    @property
-    def replay_events(self) -> int: ...
-    @property
-    def phase_cap_s(self) -> float: ...
 
 
 def measure(

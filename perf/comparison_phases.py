@@ -6,7 +6,13 @@
   100-event batches from 1 and 2 clients, a full replay;
 * :meth:`ComparisonPhases.configs`: fresh daemons of ours, one per
   configuration (extra daemon flags, e.g. ``--workers 2``), called through the
-  harness's own clients: the same measurements but the replay.
+  harness's own clients: the same measurements but the replay, and
+  append-to-subscriber delivery (``subscription_phases.py``'s, with fewer
+  events): the appender's connection on the subscriber's worker process and,
+  with several workers, on another one (issue 15: delivery p50 <= 2 ms when
+  they differ). A connection lands on a worker the kernel picks, so the
+  appender connects until it reaches the one it needs
+  (``subscribers.connect_to_worker``).
 
 Every system gets the same workloads in the same order, on an empty store;
 each workload runs on every system back to back before the next one starts,
@@ -24,32 +30,25 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import comparisons
 import peers
 import report
 import user_clients
-from pool import SEQUENTIAL, Arrangement, Run, arrangement, latencies, rate
+from pool import SEQUENTIAL, Arrangement, ClientPool, Run, arrangement, latencies, rate
+from sizes import SizesLike
+from stopping import daemon_step, stop_each
+from subscription_phases import SubscriptionPhases, SubSizes
 from workloads import Spec
 
 CONCURRENT_CLIENTS = 8
 WORKLOADS = ("seq", "conc", "batch1", "batch2", "replay")
-
-
-class SizesLike(Protocol):
-    """What this module takes from ``bench.Sizes``."""
-
-    @property
-    def latency_calls(self) -> int: ...
-    @property
-    def latency_warmup(self) -> int: ...
-    @property
-    def window_s(self) -> float: ...
-    @property
-    def replay_events(self) -> int: ...
-    @property
-    def phase_cap_s(self) -> float: ...
+CONFIG_WORKLOADS = ("seq", "conc", "batch1", "batch2", "delivery")
+# Delivery per placement, at most (fewer if the run's subscription sizes say so):
+# 2.2 s at 500 appends/s, so that three placements fit in a round.
+DELIVERY_WARMUP = 100
+DELIVERY_EVENTS = 1000
 
 
 @dataclass(frozen=True)
@@ -82,6 +81,7 @@ class _System:
     address: str
     pid: int
     client: str  # Spec.client: "" for the harness's own clients
+    workers: int = 1  # our daemon's worker processes
 
 
 # Runs a spec against a server: (phase name, spec, arrangement, server pid) -> Run,
@@ -100,8 +100,12 @@ class ComparisonPhases:
         keep: bool,
         errors: list[str],
         log: Callable[[str], None],
+        pool: ClientPool,
+        subs: SubSizes,
     ) -> None:
         self._run = run
+        self.pool = pool  # for the delivery jobs (2 client processes)
+        self.subs = subs
         self.sizes = sizes
         self.arr = arr  # the harness's arrangement of 8 clients (configs)
         self.work = work
@@ -139,9 +143,8 @@ class ComparisonPhases:
             ]
             return self._measure("peer", systems, index, WORKLOADS), info
         finally:
-            if ours.proc is not None:
-                _stop(ours.stop, ours.kill9, self.log, "our daemon")
-            _stop(theirs.stop, None, self.log, f"{name} server")
+            stop_each([daemon_step("our daemon", ours), (f"{name} server", theirs.stop, None)],
+                      self.log)  # fmt: skip
             if not self.keep:
                 shutil.rmtree(round_dir, ignore_errors=True)
 
@@ -161,12 +164,14 @@ class ComparisonPhases:
             for label, d in daemons.items():
                 d.start()
                 self.log(f"configuration {label}: daemon pid {d.pid} ({' '.join(d.extra_args)})")
-            systems = [_System(label, d.address, d.pid, "") for label, d in daemons.items()]
-            return self._measure("cmp", systems, index, WORKLOADS[:-1])
+            systems = [
+                _System(label, d.address, d.pid, "", max(1, len(d.worker_pids())))
+                for label, d in daemons.items()
+            ]
+            return self._measure("cmp", systems, index, CONFIG_WORKLOADS)
         finally:
             for label, d in daemons.items():
-                if d.proc is not None:
-                    _stop(d.stop, d.kill9, self.log, f"{label} daemon")
+                stop_each([daemon_step(f"{label} daemon", d)], self.log)
                 if not self.keep:
                     shutil.rmtree(d.data_dir, ignore_errors=True)
 
@@ -189,6 +194,8 @@ class ComparisonPhases:
         prefix = f"{kind}_{name}_"
         stream = f"{kind}-{workload}-{time.monotonic_ns()}"
         base = Spec("append", system.address, s.window_s, 0, stream=stream, client=system.client)
+        if workload == "delivery":
+            return self._delivery(prefix, system)
         if workload == "seq":
             spec = replace(
                 base, duration_s=s.phase_cap_s, max_calls=s.latency_calls,
@@ -229,6 +236,28 @@ class ComparisonPhases:
             prefix + f"{workload}_other_cpu": run.other_cpu,
         }
 
+    def _delivery(self, prefix: str, system: _System) -> dict[str, float]:
+        """Delivery p50/p99 with the appender on the subscriber's worker
+        (``delivery_same_*``) and, with several workers, on another one
+        (``delivery_other_*``); a placement that failed gives no numbers."""
+        sizes = replace(
+            self.subs,
+            delivery_warmup=min(self.subs.delivery_warmup, DELIVERY_WARMUP),
+            delivery_events=min(self.subs.delivery_events, DELIVERY_EVENTS),
+            fanout_processes=1,  # (no fan-out here: the pool needs 2 processes)
+        )
+        phases = SubscriptionPhases(
+            self.pool, system.address, system.pid, sizes, self.errors, self.log
+        )
+        m: dict[str, float] = {}
+        for name, same in [("same", True), ("other", False)][: min(2, system.workers)]:
+            failed = len(self.errors)
+            d = phases.delivery(same_worker=same)
+            if len(self.errors) == failed:
+                for metric in ("p50_ms", "p99_ms", "connections"):
+                    m[f"{prefix}delivery_{name}_{metric}"] = d[f"delivery_{metric}"]
+        return m
+
     def _arr(self, system: _System, clients: int) -> Arrangement:
         """How ``clients`` clients of ``system`` run: the harness's own as its
         --clients says; a system's own client library as one client process
@@ -243,16 +272,3 @@ class ComparisonPhases:
     def _go(self, phase: str, spec: Spec, arr: Arrangement, system: _System) -> Run:
         return self._run(phase, spec, arr, system.pid)
 
-
-def _stop(
-    stop: Callable[[], object],
-    fallback: Callable[[], object] | None,
-    log: Callable[[str], None],
-    name: str,
-) -> None:
-    try:
-        stop()
-    except Exception as exc:  # keep stopping the others
-        log(f"stopping the {name} failed: {exc!r}")
-        if fallback is not None:
-            fallback()

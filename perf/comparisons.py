@@ -30,6 +30,10 @@ METRICS: tuple[tuple[str, str, str], ...] = (
     ("batch1_rate", "100-event batches, 1 client", "ev/s"),
     ("batch2_rate", "100-event batches, 2 clients", "ev/s"),
     ("replay_rate", "full replay", "ev/s"),
+    ("delivery_same_p50_ms", "delivery p50, same worker", "ms"),
+    ("delivery_same_p99_ms", "delivery p99, same worker", "ms"),
+    ("delivery_other_p50_ms", "delivery p50, other worker", "ms"),
+    ("delivery_other_p99_ms", "delivery p99, other worker", "ms"),
 )
 # (metric, label, unit); shown, not compared
 CPU_METRICS: tuple[tuple[str, str, str], ...] = (
@@ -37,6 +41,8 @@ CPU_METRICS: tuple[tuple[str, str, str], ...] = (
     ("conc_clients_cpu", "clients CPU, 8 appenders", "cores"),
     ("batch2_server_cpu", "server CPU, batches 2 clients", "cores"),
     ("batch2_clients_cpu", "clients CPU, batches 2 clients", "cores"),
+    ("delivery_other_vs_same_p50", "delivery p50, other / same", "x"),
+    ("delivery_other_connections", "connections to another worker", "x"),
 )
 OURS = "lighthouse"
 
@@ -66,6 +72,13 @@ TARGETS = [
         "<=",
         0.05,
         "single append p50 <= workers 1's + 0.05 ms",
+        "issue",
+    ),
+    Target(
+        "cmp_workers2_delivery_other_p50_ms",
+        "<=",
+        2.0,
+        "workers 2: delivery p50 <= 2 ms, append and subscriber on different workers",
         "issue",
     ),
     Target(
@@ -115,8 +128,9 @@ def config_label(text: str) -> str:
 
 def ratios(values: dict[str, float], comparison: Comparison) -> dict[str, float]:
     """Ratios (and latency differences) of each subject to the base, for the
-    metrics both have; plus, per system, how far its single append p50 is above
-    the round's floors (empty RPC p50 + LMDB 1-put commit p50), where they are."""
+    metrics both have; plus, per system, its delivery p50 across workers over
+    its delivery p50 on one, and how far its single append p50 is above the
+    round's floors (empty RPC p50 + LMDB 1-put commit p50), where they are."""
     out: dict[str, float] = {}
     c, base = comparison, comparison.base
     for subject in c.subjects:
@@ -127,6 +141,10 @@ def ratios(values: dict[str, float], comparison: Comparison) -> dict[str, float]
             out[f"{c.kind}_{subject}_vs_{base}_{metric}"] = a / b
             if unit == "ms":
                 out[f"{c.kind}_{subject}_minus_{base}_{metric}"] = a - b
+    for system in c.systems:
+        same, other = (values.get(c.key(system, f"delivery_{w}_p50_ms")) for w in ("same", "other"))
+        if same and other is not None:
+            out[c.key(system, "delivery_other_vs_same_p50")] = other / same
     floors = [values.get("echo_seq_p50_ms"), values.get("lmdb1_commit_p50_ms")]
     if c.kind == "cmp" and None not in floors:
         for system in c.systems:
@@ -160,7 +178,7 @@ def render(values: dict[str, float], comparison: Comparison, title: str) -> str:
         if all(v is None for v in cells):
             continue
         row = f"  {label:<32}" + "".join(f"{fmt(v, unit):>{width}}" for v in cells)
-        row_marks = []
+        row_marks = [marks[c.key(s, metric)] for s in c.systems if c.key(s, metric) in marks]
         for s in c.subjects if (metric, label, unit) in METRICS else ():
             key = f"{c.kind}_{s}_vs_{c.base}_{metric}"
             ratio = values.get(key)

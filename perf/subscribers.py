@@ -9,7 +9,10 @@ consumers), opened with ``initial_credits=0`` (HTTP/2 flow control only):
 * :func:`latency_subscriber`: one stream ``from_end``; for each event written
   by :func:`paced_appender` it takes ``receive time - send time``, the send
   time being the ``CLOCK_MONOTONIC`` instant (system-wide on Linux) the
-  appender embedded in the event's first 8 bytes just before its Append call;
+  appender embedded in the event's first 8 bytes just before its Append call.
+  The subscriber says which worker process serves its stream
+  (``GetInfo.worker_pid`` on the stream's channel), and the appender can be
+  placed on that worker or on another (:func:`connect_to_worker`);
 * :func:`fanout_subscribers`: many streams ``from_end``, each reading until it
   has N events, checking that positions are gapless and in order;
   :func:`batch_writer` writes those N events;
@@ -70,6 +73,7 @@ class Delivery:
     """What the latency subscriber saw."""
 
     start_after: int = 0
+    worker_pid: int = 0  # the daemon process serving the stream
     latencies_ns: list[int] = field(default_factory=list)
     in_order: bool = True
     ended: bool = False  # saw the appender's end marker
@@ -85,8 +89,11 @@ async def _latency_subscriber(conn: Connection, address: str, cap_s: float) -> D
     async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
         await asyncio.wait_for(channel.channel_ready(), RPC_TIMEOUT_S)
         stub = pb_grpc.EventStoreServiceStub(channel)
+        # The stream's channel has one connection, so this is the stream's worker.
+        info = await stub.GetInfo(pb.GetInfoRequest(), timeout=RPC_TIMEOUT_S)
+        res.worker_pid = int(info.worker_pid)
         call, res.start_after = await _open(stub, _options(from_end={}))
-        conn.send(("ready", res.start_after))
+        conn.send(("ready", (res.start_after, res.worker_pid)))
         try:
             await asyncio.wait_for(_read_stamps(call, res), cap_s)
         except TimeoutError:
@@ -120,6 +127,43 @@ async def _read_stamps(call: Any, res: Delivery) -> None:
                 return
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Which worker process the paced appender's connection must reach."""
+
+    worker_pid: int  # the subscriber's worker
+    same: bool  # on it (True) or on any other (False)
+
+    def fits(self, pid: int) -> bool:
+        return (pid == self.worker_pid) == self.same
+
+
+def connect_to_worker(
+    address: str, placement: Placement, attempts: int
+) -> tuple[grpc.Channel, int, int]:
+    """A channel whose connection reached a worker that ``placement`` fits:
+    the channel, that worker's pid, and the connections it took. The kernel
+    gives each new connection to a worker (``SO_REUSEPORT``), so it connects
+    until one fits, at most ``attempts`` times; each attempt's channel has an
+    option of its own, so gRPC opens a new connection for it instead of
+    sharing one it already has."""
+    for attempt in range(1, attempts + 1):
+        options = [*CHANNEL_OPTIONS, ("lighthouse.perf.attempt", attempt)]
+        channel = grpc.insecure_channel(address, options=options)
+        try:
+            stub = pb_grpc.EventStoreServiceStub(channel)
+            pid = int(stub.GetInfo(pb.GetInfoRequest(), timeout=RPC_TIMEOUT_S).worker_pid)
+        except BaseException:
+            channel.close()
+            raise
+        if placement.fits(pid):
+            return channel, pid, attempt
+        channel.close()
+    where = "on" if placement.same else "off"
+    raise RuntimeError(f"no connection landed {where} worker {placement.worker_pid}"
+                       f" in {attempts} attempts")  # fmt: skip
+
+
 @dataclass
 class Paced:
     """What the paced appender did."""
@@ -131,14 +175,38 @@ class Paced:
     end_ns: int = 0
     errors: int = 0
     first_error: str = ""
+    worker_pid: int = 0  # with a placement: the worker its appends went to
+    connections: int = 0  # with a placement: the connections opened to get there
+
+
+CONNECT_ATTEMPTS = 40  # a placement's connections at most (each lands on 1 of N workers)
 
 
 def paced_appender(
-    conn: Connection, address: str, rate: float, warmup: int, count: int, cap_s: float
+    conn: Connection,
+    address: str,
+    rate: float,
+    warmup: int,
+    count: int,
+    cap_s: float,
+    placement: Placement | None = None,
 ) -> Paced:
-    """Single-event appends at ``rate``/s: ``warmup`` marked WARMUP, then ``count``, then END."""
+    """Single-event appends at ``rate``/s: ``warmup`` marked WARMUP, then
+    ``count``, then END; with a ``placement``, over a connection to the worker
+    it names (if none is found: an error, and only the END marker, so that the
+    subscriber stops)."""
     res = Paced()
-    channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+    channel = None
+    if placement is not None:
+        try:
+            channel, res.worker_pid, res.connections = connect_to_worker(
+                address, placement, CONNECT_ATTEMPTS
+            )
+        except RuntimeError as exc:
+            res.errors, res.first_error = 1, str(exc)
+            warmup = count = 0
+    if channel is None:
+        channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
     try:
         grpc.channel_ready_future(channel).result(timeout=RPC_TIMEOUT_S)
         append = pb_grpc.EventStoreServiceStub(channel).Append

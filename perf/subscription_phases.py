@@ -23,7 +23,14 @@ from dataclasses import dataclass
 
 import report
 import subscribers
-from pool import ClientPool, cpu_seconds, other_processes_cpu, processes_cpu_seconds
+from pool import (
+    ClientPool,
+    cpu_seconds,
+    other_processes_cpu,
+    process_tree,
+    processes_cpu_seconds,
+    tree_cpu_seconds,
+)
 from workloads import RPC_TIMEOUT_S
 
 
@@ -49,23 +56,27 @@ SLACK_S = RPC_TIMEOUT_S * 2  # how much longer than a phase's cap the coordinato
 
 
 class CpuWindow:
-    """CPU used by the server, some client processes and the other processes since start()."""
+    """CPU used by the server (with its worker processes), some client
+    processes and the other processes since start()."""
 
     def __init__(self, server_pid: int, client_pids: Sequence[int]) -> None:
-        self.pids = (server_pid, *client_pids)
+        self.servers = process_tree(server_pid)  # the server and its worker processes, if any
+        self.clients = tuple(client_pids)
         self.t0 = time.monotonic()
         self.processes0 = processes_cpu_seconds()
-        self.before = [cpu_seconds(p) for p in self.pids]
+        self.server0 = tree_cpu_seconds(self.servers)
+        self.before = [cpu_seconds(p) for p in self.clients]
 
     def stop(self, prefix: str) -> dict[str, float]:
         """Cores busy on average: the server, the clients, the busiest client, the rest."""
         wall = max(1e-3, time.monotonic() - self.t0)
-        used = [(cpu_seconds(p) - b) / wall for p, b in zip(self.pids, self.before, strict=True)]
+        used = [(cpu_seconds(p) - b) / wall for p, b in zip(self.clients, self.before, strict=True)]
+        ours = [*self.servers, *self.clients]
         return {
-            f"{prefix}_server_cpu": used[0],
-            f"{prefix}_clients_cpu": sum(used[1:]),
-            f"{prefix}_busiest_client_cpu": max(used[1:]),
-            f"{prefix}_other_cpu": other_processes_cpu(self.processes0, self.pids, wall),
+            f"{prefix}_server_cpu": (tree_cpu_seconds(self.servers) - self.server0) / wall,
+            f"{prefix}_clients_cpu": sum(used),
+            f"{prefix}_busiest_client_cpu": max(used),
+            f"{prefix}_other_cpu": other_processes_cpu(self.processes0, ours, wall),
         }
 
 
@@ -94,14 +105,21 @@ class SubscriptionPhases:
 
     # -- 1 ---------------------------------------------------------------------
 
-    def delivery(self) -> dict[str, float]:
+    def delivery(self, same_worker: bool | None = None) -> dict[str, float]:
+        """Delivery latency. ``same_worker``: with several worker processes,
+        the appender connects until it reaches the subscriber's worker (True)
+        or another one (False); None: wherever its connection lands."""
         s, pool = self.sizes, self.pool
+        where = {None: "", True: ", on the same worker", False: ", on different workers"}
         self.log(
             f"delivery latency: 1 subscriber, {s.delivery_rate:g} single-event appends/s,"
-            f" {s.delivery_events:,} measured after {s.delivery_warmup:,}"
+            f" {s.delivery_events:,} measured after {s.delivery_warmup:,}{where[same_worker]}"
         )
         pool.start_job(0, subscribers.latency_subscriber, self.address, s.cap_s)
-        pool.expect(0, "ready", SLACK_S)
+        _, worker = pool.expect(0, "ready", SLACK_S)
+        placement = None
+        if same_worker is not None:
+            placement = subscribers.Placement(worker, same_worker)
         cpu = CpuWindow(self.server_pid, pool.pids[:2])
         pool.start_job(
             1,
@@ -111,6 +129,7 @@ class SubscriptionPhases:
             s.delivery_warmup,
             s.delivery_events,
             s.cap_s,
+            placement,
         )
         paced: subscribers.Paced = pool.expect(1, "result", s.cap_s + SLACK_S)
         seen: subscribers.Delivery = pool.expect(0, "result", s.cap_s + SLACK_S)
@@ -123,6 +142,8 @@ class SubscriptionPhases:
             self._fail("delivery", f"{len(seen.latencies_ns)} of {paced.sent} events delivered")
         elapsed = (paced.end_ns - paced.start_ns) / 1e9
         lat = seen.latencies_ns
+        if placement is not None:
+            m["delivery_connections"] = paced.connections
         return m | {
             "delivery_p50_ms": report.percentile(lat, 50) / 1e6,
             "delivery_p99_ms": report.percentile(lat, 99) / 1e6,

@@ -44,7 +44,7 @@ from workloads import (
     timed_loop_async,
 )
 
-from lighthouse_client import AsyncStoreClient, NewEvent, StoreClient
+from lighthouse_client import AppendResult, AsyncStoreClient, NewEvent, StoreClient
 
 OURS = "lighthouse"
 OURS_SYNC = "lighthouse-sync"  # ours through StoreClient (client_phase.py)
@@ -86,14 +86,10 @@ class AsyncDriver(Protocol):
 # -- ours ------------------------------------------------------------------------
 
 
-class LighthouseDriver:
-    """Our asyncio client with its defaults (retries, circuit breaker; no cache
-    or outbox): ``append(stream, [NewEvent, ...])``, whose events get UUIDv7 ids,
-    and ``read_all(from_position=1, max_count=N)``, which returns the events
-    parsed into ``RecordedEvent`` values."""
+class _OurEvents:
+    """What both of our drivers do alike: a stream, and new events for it."""
 
-    def __init__(self, address: str, stream: str) -> None:
-        self.client = AsyncStoreClient(address, timeout=RPC_TIMEOUT_S)
+    def __init__(self, stream: str) -> None:
         self.stream = stream
         self.payload = os.urandom(EVENT_BYTES)
 
@@ -103,11 +99,26 @@ class LighthouseDriver:
             for _ in range(events)
         ]
 
-    async def append(self, batch: list[NewEvent]) -> int:
-        result = await self.client.append(self.stream, batch)
+    @staticmethod
+    def written(result: AppendResult, batch: list[NewEvent]) -> int:
+        """The events an append wrote: all of ``batch``, or it failed."""
         if result.queued:
             raise RuntimeError("the append was queued, not written")
         return len(batch)
+
+
+class LighthouseDriver(_OurEvents):
+    """Our asyncio client with its defaults (retries, circuit breaker; no cache
+    or outbox): ``append(stream, [NewEvent, ...])``, whose events get UUIDv7 ids,
+    and ``read_all(from_position=1, max_count=N)``, which returns the events
+    parsed into ``RecordedEvent`` values."""
+
+    def __init__(self, address: str, stream: str) -> None:
+        super().__init__(stream)
+        self.client = AsyncStoreClient(address, timeout=RPC_TIMEOUT_S)
+
+    async def append(self, batch: list[NewEvent]) -> int:
+        return self.written(await self.client.append(self.stream, batch), batch)
 
     async def replay(self, count: int) -> int:
         read = await self.client.read_all(
@@ -122,24 +133,15 @@ class LighthouseDriver:
         await self.client.close()
 
 
-class LighthouseSyncDriver:
+class LighthouseSyncDriver(_OurEvents):
     """:class:`LighthouseDriver` through our blocking client, ``StoreClient``."""
 
     def __init__(self, address: str, stream: str) -> None:
+        super().__init__(stream)
         self.client = StoreClient(address, timeout=RPC_TIMEOUT_S)
-        self.stream = stream
-        self.payload = os.urandom(EVENT_BYTES)
-
-    def batch(self, events: int) -> list[NewEvent]:
-        return [
-            NewEvent(EVENT_TYPE, data=self.payload, content_type="application/octet-stream")
-            for _ in range(events)
-        ]
 
     def append(self, batch: list[NewEvent]) -> int:
-        if self.client.append(self.stream, batch).queued:
-            raise RuntimeError("the append was queued, not written")
-        return len(batch)
+        return self.written(self.client.append(self.stream, batch), batch)
 
     def replay(self, count: int) -> int:
         read = self.client.read_all(from_position=1, max_count=count, timeout=RPC_TIMEOUT_S * 4)
@@ -156,10 +158,7 @@ def make_sync(name: str, address: str, stream: str) -> SyncDriver:
     """The synchronous driver of system ``name``: ours (``StoreClient``), or a peer's."""
     if name == OURS_SYNC:
         return LighthouseSyncDriver(address, stream)
-    peer = peers.PEERS[name]
-    if peer.style != "sync":
-        raise ValueError(f"{name}'s client is not synchronous")
-    driver: SyncDriver = importlib.import_module(peer.module).driver(address, stream)
+    driver: SyncDriver = _peer_driver(name, "sync", address, stream)
     return driver
 
 
@@ -167,11 +166,15 @@ def make_async(name: str, address: str, stream: str) -> AsyncDriver:
     """The asyncio driver of system ``name``: ours, or a peer's."""
     if name == OURS:
         return LighthouseDriver(address, stream)
-    peer = peers.PEERS[name]
-    if peer.style != "asyncio":
-        raise ValueError(f"{name}'s client is not asyncio")
-    driver: AsyncDriver = importlib.import_module(peer.module).driver(address, stream)
+    driver: AsyncDriver = _peer_driver(name, "asyncio", address, stream)
     return driver
+
+
+def _peer_driver(name: str, style: str, address: str, stream: str) -> Any:
+    peer = peers.PEERS[name]
+    if peer.style != style:
+        raise ValueError(f"{name}'s client is not {'synchronous' if style == 'sync' else style}")
+    return importlib.import_module(peer.module).driver(address, stream)
 
 
 def style(name: str) -> str:

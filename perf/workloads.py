@@ -21,7 +21,7 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any, Literal, Protocol
@@ -235,6 +235,48 @@ class SyncClient:
         self.channel.close()
 
 
+class _Timed:
+    """The bookkeeping of a timed loop, for a synchronous or an asyncio caller
+    alike: iterating gives the next request (built by ``prepare``, not timed)
+    until the deadline or the call cap; the clock starts as the request is
+    handed out, so the caller calls at once and then reports :meth:`done`
+    with the events the call carried, or :meth:`failed`."""
+
+    def __init__(
+        self,
+        spec: Spec,
+        res: Result,
+        start_ns: int,
+        prepare: Callable[[], Any],
+        written: Callable[[], None],
+    ) -> None:
+        res.start_ns = start_ns
+        self.spec, self.res = spec, res
+        self.deadline = start_ns + int(spec.duration_s * 1e9)
+        self.prepare, self.written = prepare, written
+        self.t0 = 0
+
+    def __iter__(self) -> Iterator[Any]:
+        res, cap, clock, deadline = self.res, self.spec.max_calls, time.monotonic_ns, self.deadline
+        while res.calls < cap and clock() < deadline:
+            request = self.prepare()
+            self.t0 = clock()
+            yield request
+
+    def done(self, events: int) -> None:
+        t1 = time.monotonic_ns()
+        self.written()
+        res = self.res
+        res.latencies_ns.append(t1 - self.t0)
+        res.calls += 1
+        res.events += events
+        res.end_ns = t1
+
+    def failed(self, exc: BaseException) -> bool:
+        """Count a failed call (:func:`_note_error`); True when the loop should stop."""
+        return _note_error(self.res, exc)
+
+
 def timed_loop(
     spec: Spec,
     res: Result,
@@ -248,26 +290,14 @@ def timed_loop(
     next request (``prepare``, not timed), time ``call`` (which returns the
     events it carried), then ``written``. A call raising one of ``errors``
     counts as failed (:func:`_note_error`)."""
-    res.start_ns = start_ns
-    deadline = start_ns + int(spec.duration_s * 1e9)
-    lat = res.latencies_ns
+    loop = _Timed(spec, res, start_ns, prepare, written)
     sleep_until(start_ns)
-    clock = time.monotonic_ns
-    while res.calls < spec.max_calls and clock() < deadline:
-        request = prepare()
-        t0 = clock()
+    for request in loop:
         try:
-            n = call(request)
+            loop.done(call(request))
         except errors as exc:
-            if _note_error(res, exc):
+            if loop.failed(exc):
                 break
-            continue
-        t1 = clock()
-        written()
-        lat.append(t1 - t0)
-        res.calls += 1
-        res.events += n
-        res.end_ns = t1
 
 
 async def timed_loop_async(
@@ -280,28 +310,16 @@ async def timed_loop_async(
     errors: tuple[type[BaseException], ...] = (grpc.RpcError,),
 ) -> None:
     """:func:`timed_loop` for an asyncio client."""
-    res.start_ns = start_ns
-    deadline = start_ns + int(spec.duration_s * 1e9)
+    loop = _Timed(spec, res, start_ns, prepare, written)
     delay = (start_ns - time.monotonic_ns()) / 1e9
     if delay > 0:
         await asyncio.sleep(delay)
-    clock = time.monotonic_ns
-    lat = res.latencies_ns
-    while res.calls < spec.max_calls and clock() < deadline:
-        request = prepare()
-        t0 = clock()
+    for request in loop:
         try:
-            n = await call(request)
+            loop.done(await call(request))
         except errors as exc:
-            if _note_error(res, exc):
+            if loop.failed(exc):
                 break
-            continue
-        t1 = clock()
-        written()
-        lat.append(t1 - t0)
-        res.calls += 1
-        res.events += n
-        res.end_ns = t1
 
 
 def _note_error(res: Result, exc: BaseException) -> bool:

@@ -21,6 +21,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from lighthouse_proto.v1 import store_pb2 as pb
+from lighthouse_store import config
 from lighthouse_store.testing import DaemonProcess
 
 
@@ -322,6 +323,15 @@ class ThreadErrors:
             raise self.errors[0]
 
 
+def wait_until(predicate: Callable[[], object], what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"not within {timeout} s: {what}")
+
+
 def run_threads(target: Callable[[int], None], n: int, timeout: float = 240.0) -> None:
     """Run ``target(i)`` for i in range(n) on n threads; wait (bounded) for all."""
     threads = [threading.Thread(target=target, args=(i,)) for i in range(n)]
@@ -330,3 +340,11 @@ def run_threads(target: Callable[[int], None], n: int, timeout: float = 240.0) -
     for th in threads:
         th.join(timeout)
         assert not th.is_alive(), f"thread {th.name} still running after {timeout}s"
+
+
+HTTP_ENDPOINT_MISSING = "the daemon has no HTTP endpoint (--http-listen, /health) yet"
+
+
+def has_http_endpoint() -> bool:
+    """Whether the daemon declares the ``http_listen`` setting (/health, /metrics)."""
+    return any(s.name == "http_listen" for s in config.TABLE)

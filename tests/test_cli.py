@@ -137,3 +137,12 @@ def test_the_ack_delay_reaches_the_writer(daemon_factory: DaemonFactory) -> None
         assert sub.next_kind("checkpoint_stored_position").checkpoint_stored_position == 2
     finally:
         sub.close()
+
+
+def test_a_log_file_that_cannot_be_opened_stops_the_daemon_in_one_line(tmp_path: Path) -> None:
+    done = run_daemon(tmp_path, ["--log-file", "no-such-dir/store.log"])
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "lighthouse-store: cannot open the log file no-such-dir/store.log:"
+        " No such file or directory"
+    ]

@@ -1,7 +1,7 @@
 """Optional tracing: client spans, and W3C traceparent in the gRPC metadata.
 
-The daemon's own tracing is a later issue, so the receiving side here is a
-small real grpc.aio server on loopback that records the metadata it gets.
+The receiving side here is a small real grpc.aio server on loopback that
+records the metadata it gets; the daemon's own spans are tests/test_tracing.py's.
 """
 
 from __future__ import annotations

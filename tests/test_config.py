@@ -62,9 +62,20 @@ def other_value(s: Setting) -> tuple[str, Any]:
         value = Path("elsewhere/store")
     elif isinstance(kind, settings.HostPort):
         value = "127.0.0.1:7"
+    elif isinstance(kind, settings.FileOrStream):
+        value = "elsewhere/store.log"
     else:
         raise AssertionError(f"no sample for {type(kind).__name__}: add one here")
     return kind.show(value), value
+
+
+def test_a_log_file_is_a_path_or_a_dash_for_stderr() -> None:
+    kind = settings.FileOrStream("stderr")
+    assert kind.parse("-") == "-" and kind.parse(" - ") == "-"
+    assert kind.parse("logs/store.log") == "logs/store.log"
+    for bad in ("", "  ", "a\0b", 3):
+        with pytest.raises(ValueError):
+            kind.parse(bad)
 
 
 def toml_string(text: str) -> str:

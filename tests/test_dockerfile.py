@@ -1,6 +1,6 @@
 """The Dockerfile: what it promises, checked without a Docker engine (this
 machine has none), and its HEALTHCHECK command run as written against a real
-daemon."""
+daemon. tests/test_container.py builds the image and runs it."""
 
 from __future__ import annotations
 
@@ -11,6 +11,9 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+from support import HTTP_ENDPOINT_MISSING, has_http_endpoint
 
 from lighthouse_store.testing import DaemonProcess
 
@@ -37,31 +40,45 @@ def one(name: str) -> str:
 def healthcheck_command() -> list[str]:
     args = one("HEALTHCHECK")
     command: list[str] = json.loads(args[args.index("CMD") + 3 :].strip())
-    return [sys.executable if command[0] == "python" else command[0], *command[1:]]
+    return [sys.executable if command[0] == "python3" else command[0], *command[1:]]
 
 
-def test_slim_base_non_root_user_volume_entrypoint() -> None:
+def free_port() -> int:
+    with socket.socket() as s:  # a port nobody listens on, once closed
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def test_base_argument_non_root_user_loopback_volume_entrypoint() -> None:
     words = [w for w, _ in instructions()]
-    assert re.fullmatch(r"python:3\.1[1-9]-slim", one("FROM"))
+    assert re.fullmatch(r"BASE_IMAGE=python:3\.1[1-9]-slim", one("ARG"))
+    assert one("FROM") == "${BASE_IMAGE}"
     user = one("USER")
     assert user not in ("root", "0")
     assert words.index("USER") < words.index("ENTRYPOINT")
     assert one("VOLUME") == "/data"
-    assert "LIGHTHOUSE_DATA_DIR=/data" in " ".join(r for w, r in instructions() if w == "ENV")
+    env = " ".join(r for w, r in instructions() if w == "ENV").split()
+    assert "LIGHTHOUSE_DATA_DIR=/data" in env
+    assert "LIGHTHOUSE_LISTEN=127.0.0.1:50051" in env  # loopback unless told otherwise
     assert json.loads(one("ENTRYPOINT")) == ["lighthouse-store", "serve"]
     assert re.search(r"--interval=\d+s", one("HEALTHCHECK"))
+    assert "/health" in one("HEALTHCHECK")
 
 
-def test_the_healthcheck_passes_on_a_serving_daemon_and_fails_without_one(
-    tmp_path: Path,
-) -> None:
-    command = healthcheck_command()
-    with DaemonProcess(tmp_path / "data") as daemon:
-        env = {**os.environ, "LIGHTHOUSE_LISTEN": f"0.0.0.0:{daemon.address.rsplit(':', 1)[1]}"}
-        assert subprocess.run(command, env=env, timeout=30).returncode == 0
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "LIGHTHOUSE_LISTEN": f"0.0.0.0:{port}"}
-    result = subprocess.run(command, env=env, timeout=30, capture_output=True)
+@pytest.mark.parametrize("address", ["127.0.0.1:{port}", "0.0.0.0:{port}", "off"])
+def test_the_healthcheck_fails_when_nothing_answers(address: str) -> None:
+    env = {**os.environ, "LIGHTHOUSE_HTTP_LISTEN": address.format(port=free_port())}
+    result = subprocess.run(healthcheck_command(), env=env, timeout=30, capture_output=True)
     assert result.returncode != 0
+
+
+@pytest.mark.skipif(not has_http_endpoint(), reason=HTTP_ENDPOINT_MISSING)
+@pytest.mark.parametrize("host", ["127.0.0.1", "0.0.0.0"])
+def test_the_healthcheck_passes_on_a_serving_daemon(tmp_path: Path, host: str) -> None:
+    port = free_port()
+    args = ["--http-listen", f"127.0.0.1:{port}"]
+    with DaemonProcess(tmp_path / "data", extra_args=args):
+        env = {**os.environ, "LIGHTHOUSE_HTTP_LISTEN": f"{host}:{port}"}
+        result = subprocess.run(healthcheck_command(), env=env, timeout=30, capture_output=True)
+        assert result.returncode == 0, result.stderr

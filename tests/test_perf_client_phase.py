@@ -21,6 +21,7 @@ from lighthouse_store.testing import DaemonProcess
 class Tiny:
     latency_calls: int = 10
     latency_warmup: int = 2
+    window_s: float = 0.2
     replay_events: int = 30
     phase_cap_s: float = 20.0
 

@@ -4,6 +4,7 @@ UmaDB server on 127.0.0.1, tiny counts, no speed asserted."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -21,6 +22,7 @@ import comparisons
 import peers
 from comparison_phases import ComparisonPhases, Config
 from pool import ClientPool, Run, arrangement
+from subscription_phases import QUICK_SUBS
 from workloads import Spec
 
 UMADB_MISSING = peers.missing("umadb")
@@ -49,9 +51,12 @@ def _cmdline(pid: int) -> list[str]:
     return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
 
 
+TINY_SUBS = dataclasses.replace(QUICK_SUBS, delivery_warmup=5, delivery_events=20)
+
+
 @pytest.fixture(scope="module")
 def pool() -> Iterator[ClientPool]:
-    p = ClientPool(1)
+    p = ClientPool(2)  # the delivery phase's subscriber and appender
     try:
         yield p
     finally:
@@ -79,7 +84,9 @@ class Recorder:
 
 def _phases(tmp_path: Path, rec: Recorder, errors: list[str]) -> ComparisonPhases:
     arr = arrangement("asyncio", 8)
-    return ComparisonPhases(rec, Tiny(), arr, tmp_path, [], False, errors, lambda _: None)
+    return ComparisonPhases(
+        rec, Tiny(), arr, tmp_path, [], False, errors, lambda _: None, rec.pool, TINY_SUBS
+    )
 
 
 def test_each_configuration_runs_on_its_own_daemon_with_its_flags_in_turn(
@@ -98,6 +105,10 @@ def test_each_configuration_runs_on_its_own_daemon_with_its_flags_in_turn(
             for metric in ("seq_p50_ms", "seq_p99_ms", "conc_rate", "batch1_rate", "batch2_rate"):
                 assert m[f"cmp_{label}_{metric}"] > 0, (label, metric)
             assert f"cmp_{label}_replay_rate" not in m  # the configurations are not replayed
+            # One process: delivery on its one worker only.
+            assert m[f"cmp_{label}_delivery_same_p50_ms"] > 0
+            assert m[f"cmp_{label}_delivery_same_connections"] == 1
+            assert f"cmp_{label}_delivery_other_p50_ms" not in m
     # Each workload on both daemons back to back: default first in round 0,
     # nogroup first in round 1; the flags reached the daemon's command line.
     assert len(order0) == len(order1) == 8
@@ -108,6 +119,36 @@ def test_each_configuration_runs_on_its_own_daemon_with_its_flags_in_turn(
     # Stopped, and their data removed.
     assert not any(_alive(pid) for _, pid, _ in rec.calls)
     assert not any(p.name.startswith("cmp-") and p.is_dir() for p in tmp_path.iterdir())
+
+
+def test_with_two_workers_delivery_is_measured_on_the_same_and_on_another_worker(
+    tmp_path: Path, pool: ClientPool
+) -> None:
+    rec, errors = Recorder(pool), list[str]()
+    configs = [Config("workers1", ("--workers", "1")), Config("workers2", ("--workers", "2"))]
+    logged: list[str] = []
+    phases = _phases(tmp_path, rec, errors)
+    phases.log = logged.append
+    m = phases.configs(configs, 0)
+    assert errors == [] and rec.failed_calls == 0
+    for key in (
+        "cmp_workers1_delivery_same_p50_ms",
+        "cmp_workers2_delivery_same_p50_ms",
+        "cmp_workers2_delivery_other_p50_ms",
+        "cmp_workers2_delivery_other_p99_ms",
+    ):
+        assert m[key] > 0, key  # fmt: skip
+    assert "cmp_workers1_delivery_other_p50_ms" not in m
+    assert m["cmp_workers2_delivery_other_connections"] >= 1
+    # In turn: workers1's subscriber and appender, then workers2's, same worker first.
+    where = [line.rsplit(",", 1)[-1].strip() for line in logged if "delivery latency" in line]
+    assert where == ["on the same worker", "on the same worker", "on different workers"]
+    values = m | comparisons.ratios(m, comparisons.configs(["workers1", "workers2"]))
+    assert values["cmp_workers2_delivery_other_vs_same_p50"] > 0
+    assert "cmp_workers2_vs_workers1_delivery_same_p50_ms" in values
+    table = comparisons.render(values, comparisons.configs(["workers1", "workers2"]), "t")
+    other = next(line for line in table.splitlines() if "delivery p50, other worker" in line)
+    assert "issue 15 <= 2" in other  # the target's mark, on its row
 
 
 @needs_umadb

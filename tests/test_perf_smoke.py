@@ -154,3 +154,37 @@ def test_append_rounds_runs_each_source_s_daemon(tmp_path: Path) -> None:
         cwd=ROOT, capture_output=True, text=True, timeout=60,
     )
     assert bad.returncode == 2 and "no lighthouse_store package there" in bad.stderr
+
+
+@pytest.mark.slow
+def test_append_rounds_measures_delivery_and_group_commit_per_cell() -> None:
+    """Each cell's daemon, with --workers 2 the delivery on the subscriber's
+    worker and on another, the group-commit ratio, and the medians at the end."""
+    proc = subprocess.run(
+        [sys.executable, "perf/append_rounds.py", "--config=--workers=1",
+         "--config=--workers=2", "--workload", "delivery", "--workload", "group",
+         "--calls", "20", "--delivery-events", "20", "--window", "0.3", "--repeat", "2"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    runs = [line for line in lines if line.startswith("run ")]
+    # Cells alternate, the order flipping each repeat.
+    assert [r.split("]")[0] for r in runs] == [
+        "run 1 [--workers=1", "run 1 [--workers=2", "run 2 [--workers=2", "run 2 [--workers=1",
+    ]  # fmt: skip
+    for run in runs:
+        assert "delivery" in run and "no group commit" in run
+        assert ("other worker: delivery p50" in run) is ("--workers=2" in run)
+    medians = lines[lines.index("medians over the repeats:") + 1 :]
+    one, two = (dict(_numbers(line)) for line in medians)
+    for m in (one, two):
+        assert m["delivery_p50_ms"] > 0 and m["group_vs_nogroup"] > 0
+        assert m["group_appends_per_commit"] >= 1 and m["nogroup_appends_per_commit"] == 1
+    assert "other_worker_p50_ms" not in one and two["other_worker_p50_ms"] > 0
+
+
+def _numbers(line: str) -> list[tuple[str, float]]:
+    """The ``name value`` pairs of a medians line of append_rounds.py."""
+    pairs = line.split("] ", 1)[1].split(", ")
+    return [(k, float(v.replace(",", ""))) for k, v in (p.rsplit(" ", 1) for p in pairs)]

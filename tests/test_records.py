@@ -89,6 +89,34 @@ def test_same_content_compares_the_proposed_fields() -> None:
     assert not records.same_content(stored, proposed.SerializeToString())
 
 
+def test_same_content_leaves_the_traceparent_out() -> None:
+    """A retry carries another trace's context (tracing.py): the same event."""
+    proposed = pb.ProposedEvent(
+        event_id=str(uuid.uuid4()), event_type="T", metadata={"traceparent": "00-a-b-01", "k": "v"}
+    )
+    rec = records.encode_records(
+        [proposed.SerializeToString()], records.stream_field("s"), 0, 1, records.timestamp_field(5)
+    )[0]
+    stored = records.decode(rec)
+    proposed.metadata["traceparent"] = "00-c-d-01"
+    assert records.same_content(stored, proposed.SerializeToString())
+    del proposed.metadata["traceparent"]
+    assert records.same_content(stored, proposed.SerializeToString())
+    proposed.metadata["k"] = "w"
+    assert not records.same_content(stored, proposed.SerializeToString())
+
+
+@pytest.mark.parametrize("value_len", [0, 55, 127, 128, 20_000])
+def test_a_metadata_entry_appended_to_an_event_adds_one_key(value_len: int) -> None:
+    proposed = pb.ProposedEvent(event_id=str(uuid.uuid4()), data=b"x", metadata={"a": "1"})
+    value = "v" * value_len
+    event = pb.ProposedEvent.FromString(
+        proposed.SerializeToString() + records.metadata_entry("traceparent", value)
+    )
+    assert dict(event.metadata) == {"a": "1", "traceparent": value}
+    assert event.data == b"x"
+
+
 def test_the_checksum_is_zlibs_crc32_whichever_library_computes_it() -> None:
     """Records written by any version of the store (the first computed the
     checksum with the standard library's zlib) pass the check, and new ones carry the

@@ -14,7 +14,6 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -31,6 +30,7 @@ from support import (
     new_event,
     read_stream,
     spread_channels,
+    wait_until,
 )
 from test_durability import Acked, Load, verify_after_crash
 
@@ -41,15 +41,6 @@ from lighthouse_store.faults import DROP_WAKEUPS, EXIT_AFTER_COMMITS, EXIT_CODE
 from lighthouse_store.testing import DaemonProcess
 
 WORKERS = 2
-
-
-def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"not within {timeout} s: {what}")
 
 
 def alive(pid: int) -> bool:
