@@ -213,6 +213,12 @@ class Config:
         " take them from here instead of LMDB; it counts the records' bytes (Python"
         " adds its per-record overhead); `0` turns it off",
     )  # fmt: skip
+    scrub_records_per_second: int = setting(
+        STORAGE, Count(0, 1_000_000), 1_000,
+        "records the background scrub re-reads and checks per second at most, only while"
+        " no write commits, from the oldest on and round again; a finding makes the store"
+        " read-only (README, Integrity); `0` turns it off",
+    )  # fmt: skip
     # Group commit: appends queued beyond max_queue, or beyond max_queued_bytes
     # of events, fail at once with RESOURCE_EXHAUSTED; one transaction takes at
     # most max_batch_appends appends or max_batch_bytes bytes (writer.py).

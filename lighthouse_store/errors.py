@@ -84,14 +84,45 @@ class ShuttingDown(StoreError):
 
 
 class Corruption(StoreError):
-    """A stored record failed its checksum or the log is inconsistent."""
+    """Stored data is not what was written: a record failed its checksum, the
+    log or an index contradicts itself, or LMDB found a damaged page.
+    ``position`` is the log position concerned, None when no one position is
+    (a damaged B-tree page). Raised through ``corruption.found``, which
+    reports it."""
 
     reason: str = Reason.CORRUPTION
     failure_class = FailureClass.RESTART_REQUIRED
 
-    def __init__(self, message: str, position: int) -> None:
-        super().__init__(message, position=str(position))
+    def __init__(self, message: str, position: int | None) -> None:
+        if position is None:
+            super().__init__(message)
+        else:
+            super().__init__(message, position=str(position))
         self.position = position
+
+
+class Degraded(StoreError):
+    """The store takes no appends for now (read-only); reads and
+    subscriptions go on. Today: corruption was found in the store at start or
+    by the scrub (``corruption.py``); SPEC §4's degradation controller is to
+    use it for its ``degraded`` level too."""
+
+    reason: str = Reason.DEGRADED
+    failure_class = FailureClass.RECOVERABLE
+
+    def __init__(self, message: str, retry_after_ms: int, **metadata: str) -> None:
+        super().__init__(message, retry_after_ms=str(retry_after_ms), **metadata)
+        self.retry_after_ms = retry_after_ms
+
+
+class StoreDamaged(StoreError):
+    """The data dir's files fail a start-up check that LMDB itself cannot
+    make safely (a ``data.mdb`` shorter than its last page, a missing one
+    beside a known store): refused before LMDB maps the file (``integrity.py``).
+    Raised at start and by the offline tools, never an RPC's answer."""
+
+    reason: str = Reason.CORRUPTION
+    failure_class = FailureClass.RESTART_REQUIRED
 
 
 class StorageFailure(StoreError):

@@ -8,6 +8,13 @@ Files
 
 One LMDB environment in ``<data_dir>/lmdb/`` (``data.mdb``, ``lock.mdb``).
 The daemon's single-instance lock is ``<data_dir>/LOCK`` (``lock.py``).
+``<data_dir>/STORE_ID`` is the store marker: the store id (32 hex digits, the
+same as ``store_id`` in ``meta``) and a newline, written once the store has
+one; with it, a missing or empty ``data.mdb`` is a lost store, not a new one
+(``integrity.py``). It sits in the data dir, not in ``lmdb/``, so that a
+removed ``lmdb/`` is caught too. ``<data_dir>/quarantine/`` holds the raw
+bytes of records that ``lighthouse-store repair --quarantine`` replaced
+(``repair.py``).
 ``data.mdb`` may run past LMDB's last page: space kept zero-filled ahead of
 LMDB's used size so that commits overwrite allocated blocks instead of growing
 the file (``prealloc.py``; after a crash it may also hold pages of a
@@ -29,6 +36,9 @@ database        key                                   value
 ``event_ids``   event id, 16 raw bytes                position
 ``meta``        ``b"format"``                         ``b"1"``
                 ``b"next_stream_id"``                 the next stream_id to hand out
+                ``b"store_id"``                       16 random bytes, set when the store is
+                                                      created (or first opened by a daemon
+                                                      that knows of it); kept by backups
 ``consumers``   consumer name, UTF-8                  last acknowledged position
 ==============  ====================================  =============================================
 
@@ -80,6 +90,10 @@ CONSUMERS = b"consumers"
 
 FORMAT_KEY = b"format"  # in meta
 NEXT_STREAM_ID_KEY = b"next_stream_id"  # in meta
+STORE_ID_KEY = b"store_id"  # in meta
+MARKER = "STORE_ID"  # in the data dir
+QUARANTINE = "quarantine"  # in the data dir
+MAX_KEY_BYTES = 511  # LMDB's longest key (MDB_MAXKEYSIZE)
 
 # Log keys; stream_idx, event_ids and consumers values; stream ids in meta.
 U64 = struct.Struct(">Q")
@@ -90,6 +104,11 @@ STREAM_STATE = struct.Struct(">QQQ")  # streams values: stream_id, next_revision
 def env_path(data_dir: Path) -> Path:
     """The LMDB environment's directory in a data dir."""
     return Path(data_dir) / "lmdb"
+
+
+def data_file(data_dir: Path) -> Path:
+    """LMDB's data file in a data dir."""
+    return env_path(data_dir) / "data.mdb"
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,16 +123,13 @@ class Databases:
     consumers: Any
 
 
-def open_databases(env: Any) -> Databases:
-    """Open (creating them if new) the named databases of an environment."""
-    return Databases(
-        log=env.open_db(LOG),
-        streams=env.open_db(STREAMS),
-        stream_index=env.open_db(STREAM_INDEX),
-        event_ids=env.open_db(EVENT_IDS),
-        meta=env.open_db(META),
-        consumers=env.open_db(CONSUMERS),
-    )
+def open_databases(env: Any, txn: Any = None) -> Databases:
+    """Open the named databases of an environment: creating them if new, or,
+    given a read transaction (the tools), only if they exist (else LMDB's
+    ``NotFoundError``)."""
+    create = txn is None
+    names = (LOG, STREAMS, STREAM_INDEX, EVENT_IDS, META, CONSUMERS)
+    return Databases(*(env.open_db(name, txn=txn, create=create) for name in names))
 
 
 def check_format(txn: Any, dbs: Databases) -> None:

@@ -72,15 +72,19 @@ in-process one (``prealloc.py``).
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from lighthouse_store import lmdb_format, lmdb_reads, lmdb_txn, records
+from lighthouse_store import integrity, lmdb_format, lmdb_reads, lmdb_txn, records
 from lighthouse_store.config import TAIL_BYTES, Durability
+from lighthouse_store.corruption import Finding
 from lighthouse_store.errors import (
+    Corruption,
+    Degraded,
     EventIdConflict,
     InvalidArgument,
     StorageFailure,
@@ -100,6 +104,10 @@ from lighthouse_store.store import (
     ReadQuery,
 )
 from lighthouse_store.tail import Tail
+
+log = logging.getLogger("lighthouse_store.store")
+
+DEGRADED_RETRY_MS = 5_000  # the RetryInfo of an append refused by a read-only store
 
 
 class LmdbEventStore(EventStore):
@@ -126,6 +134,9 @@ class LmdbEventStore(EventStore):
         self._observed = 0  # the head other processes' commits moved to (observe_head)
         self._flush_seconds = 0.0  # of the last commit() (writer thread only)
         self._tail = Tail(tail_bytes)
+        self._degraded: Finding | None = None
+        self._data_dir = Path(data_dir)
+        marker = integrity.check_files(self._data_dir)  # before LMDB maps the file
         path = lmdb_format.env_path(data_dir)
         path.mkdir(parents=True, exist_ok=True)
         durable = durability is Durability.FSYNC
@@ -138,20 +149,35 @@ class LmdbEventStore(EventStore):
         self._file_lock = threading.Lock()
         try:
             with lmdb_txn.driver_errors(lmdb_txn.OPEN_FAILED, for_operator=True):
-                self._open(path, durable, preallocate)
+                self._open(path, durable, preallocate, marker)
         except BaseException:
             self._env.close()
             raise
 
-    def _open(self, path: Path, durable: bool, preallocate: int) -> None:
-        """Open the databases, check the format, load the head, start the
-        preallocator. Corruption of the newest record stops the start here."""
+    def _open(self, path: Path, durable: bool, preallocate: int, marker: str | None) -> None:
+        """Open the databases, check the format and the store id, load the
+        head, check the newest records (``integrity.py``), start the
+        preallocator. Corruption among the newest records makes the store
+        read-only (:attr:`degraded`); it does not stop the start."""
         self._env.reader_check()  # drop reader slots left by a killed process
         self._dbs = lmdb_format.open_databases(self._env)
         with lmdb_txn.write_transaction(self._env, self._file_lock, flush=durable) as txn:
             lmdb_format.check_format(txn, self._dbs)
+            self.store_id = integrity.claim_store_id(txn, self._dbs, marker)
             self._head = -1  # unknown: _catch_up reads (and checks) the newest record
-            self._catch_up(txn)
+            try:
+                self._catch_up(txn)
+            except Corruption:  # reported; check_newest below says what it is
+                self._head = lmdb_reads.last_position(txn, self._dbs)
+                self._last_ts = integrity.newest_readable_time(txn, self._dbs)
+                raw = txn.get(lmdb_format.NEXT_STREAM_ID_KEY, db=self._dbs.meta)
+                self._next_stream_id = U64.unpack(raw)[0] if raw else 1
+        if marker is None:
+            integrity.write_marker(self._data_dir, self.store_id)
+        with lmdb_txn.read_transaction(self._env) as txn:
+            findings = integrity.check_newest(txn, self._dbs)
+        if findings:
+            self.degrade(findings[0])
         self._page_size = int(self._env.stat()["psize"])
         self._prealloc: Preallocator | None = None
         if preallocate:
@@ -171,7 +197,7 @@ class LmdbEventStore(EventStore):
         return max(self._head, self._observed)
 
     def last_position(self) -> int:
-        with self._env.begin() as txn:
+        with lmdb_txn.read_transaction(self._env) as txn:
             return lmdb_reads.last_position(txn, self._dbs)
 
     def observe_head(self) -> int:
@@ -185,6 +211,53 @@ class LmdbEventStore(EventStore):
         worker's); return how many were freed."""
         with lmdb_txn.driver_errors(lmdb_txn.OPEN_FAILED, for_operator=True):
             return int(self._env.reader_check())
+
+    @property
+    def degraded(self) -> Finding | None:
+        """Why the store takes no appends, or None. Set (once) by the start-up
+        check of the newest records and by the scrub; the degradation
+        controller of SPEC §4 is to read it (``corruption.py``)."""
+        return self._degraded
+
+    def degrade(self, finding: Finding) -> None:
+        """Take no more appends from now on, for ``finding`` (the first one
+        stays the reason). An idempotent retry of an append already recorded
+        is still answered (it writes nothing), and checkpoints (acks) are
+        still stored."""
+        if self._degraded is None:
+            self._degraded = finding
+            log.error(
+                "the store is read-only from now on: %s; reads and subscriptions go on. "
+                "Run lighthouse-store verify, then repair (README, Operations)",
+                finding.message,
+            )
+
+    def _refusal(self, finding: Finding) -> Degraded:
+        where = {} if finding.position is None else {"position": str(finding.position)}
+        return Degraded(
+            f"the store is read-only: corruption was found ({finding.message}); reads go on, "
+            "appends wait for an operator to repair the store",
+            retry_after_ms=DEGRADED_RETRY_MS,
+            **where,
+        )
+
+    def last_txnid(self) -> int:
+        """LMDB's newest committed transaction id, read from its meta page
+        without a transaction: it moves with every commit of any process."""
+        return int(self._env.info()["last_txnid"])
+
+    def scrub(self, after: int, limit: int) -> tuple[int, list[Finding]]:
+        """Check up to ``limit`` records from position ``after + 1`` on, as
+        the start-up check does (``integrity.check_run``: reported); the last
+        position checked (0 past the end of the log, to start again) and the
+        findings (``scrub.py``)."""
+        with lmdb_txn.read_transaction(self._env) as txn:
+            cur = txn.cursor(db=self._dbs.log)
+            if not cur.set_range(U64.pack(after + 1)):
+                return 0, []
+            walk = cur.iternext()
+            last, findings = integrity.check_run(txn, self._dbs, walk, limit, previous=after)
+            return (0 if last >= lmdb_reads.last_position(txn, self._dbs) else last), findings
 
     @property
     def durability(self) -> Durability:
@@ -307,6 +380,8 @@ class LmdbEventStore(EventStore):
         if not staged_ids.keys().isdisjoint(ids) or txn.cursor(db=id_db).getmulti(ids):
             known = [staged_ids.get(i) or txn.get(i, db=id_db) for i in ids]
             return self._replayed(txn, group, cmd, known)
+        if self._degraded is not None:  # after the retry check: a retry writes nothing
+            raise self._refusal(self._degraded)
         name = cmd.stream.encode()
         state = group.streams.get(name)
         if state is None:
@@ -372,11 +447,11 @@ class LmdbEventStore(EventStore):
     # -- reads (lmdb_reads.py), each in a short read transaction of its own ----
 
     def get_checkpoint(self, consumer: str) -> int | None:
-        with self._env.begin() as txn:
+        with lmdb_txn.read_transaction(self._env) as txn:
             return lmdb_reads.checkpoint(txn, self._dbs, consumer)
 
     def get_event(self, event_id: bytes) -> bytes | None:
-        with self._env.begin() as txn:
+        with lmdb_txn.read_transaction(self._env) as txn:
             return lmdb_reads.event_by_id(txn, self._dbs, event_id)
 
     def read_page(
@@ -387,7 +462,7 @@ class LmdbEventStore(EventStore):
         max_bytes: int,
         max_scan: int = 0,
     ) -> Page:
-        with self._env.begin() as txn:
+        with lmdb_txn.read_transaction(self._env) as txn:
             return lmdb_reads.page(
                 txn, self._dbs, self._tail.get, query, cursor, max_events, max_bytes, max_scan
             )

@@ -3,21 +3,25 @@
 py-lmdb raises subclasses of ``lmdb.Error``; the rest of the daemon knows only
 the domain errors of ``errors.py``. Every driver call whose failure the store
 reports runs inside :func:`driver_errors`: opening the environment
-(:func:`open_env`, and the store's first transaction) and every write
-transaction (:func:`write_transaction`). A full map becomes
+(:func:`open_env`, :func:`open_reader`, and the store's first transaction),
+every write transaction (:func:`write_transaction`) and every read
+transaction (:func:`read_transaction`). A full map becomes
 :class:`StorageFull` (nothing frees space in an append-only store: the
-operator restarts with a larger ``--map-size``); any other driver error
-becomes :class:`StorageFailure`. Nothing else in the package catches
+operator restarts with a larger ``--map-size``); a damaged page (LMDB's
+``MDB_CORRUPTED``, ``MDB_PAGE_NOTFOUND``, ``MDB_INVALID`` on a page it
+walks) becomes :class:`Corruption` through ``corruption.found``, so a
+client gets ``DATA_LOSS`` and the finding is counted, and so does a key or
+value of the wrong size (a ``struct.error`` unpacking what LMDB returned);
+any other driver error becomes :class:`StorageFailure`. Nothing else in the package catches
 ``lmdb.Error`` (``tests/test_lmdb_txn.py`` checks that).
 
-Read transactions are not wrapped: a driver error during a read reaches the
-servicer as an unexpected error (INTERNAL with an incident id in the log),
-while a failed checksum or a missing index entry is :class:`Corruption`,
-raised by the store itself.
+A failed checksum or a missing index entry is :class:`Corruption` too,
+raised by the store's own checks (``records.py``, ``lmdb_reads.py``).
 """
 
 from __future__ import annotations
 
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,11 +31,15 @@ from typing import Any
 
 import lmdb
 
-from lighthouse_store import lmdb_format
-from lighthouse_store.errors import StorageFailure, StorageFull
+from lighthouse_store import corruption, integrity, lmdb_format
+from lighthouse_store.errors import StorageFailure, StorageFull, StoreError
 
 OPEN_FAILED = "cannot open the LMDB environment"
 WRITE_FAILED = "storage write failed"
+READ_FAILED = "storage read failed"
+
+# What LMDB says when a page it reads is not what it wrote there.
+_DAMAGED = (lmdb.CorruptedError, lmdb.PageNotFoundError)
 
 
 def storage_full() -> StorageFull:
@@ -42,17 +50,37 @@ def storage_full() -> StorageFull:
 
 @contextmanager
 def driver_errors(failed: str, *, for_operator: bool = False) -> Iterator[None]:
-    """Raise the block's LMDB driver errors as domain errors: a full map as
-    :func:`storage_full`, any other as ``StorageFailure("<failed>: <what>")``.
-    ``what`` is the driver's own message (which may name files) only
-    ``for_operator``; clients get the error's class name."""
+    """Raise the block's LMDB driver errors as domain errors (:func:`translated`)."""
     try:
         yield
-    except lmdb.MapFullError:
-        raise storage_full() from None
-    except lmdb.Error as exc:
-        what = str(exc) if for_operator else type(exc).__name__
-        raise StorageFailure(f"{failed}: {what}") from exc
+    except (lmdb.Error, struct.error) as exc:
+        raise translated(exc, failed, for_operator=for_operator) from exc
+
+
+def translated(
+    exc: lmdb.Error | struct.error, failed: str, *, for_operator: bool = False
+) -> StoreError:
+    """The domain error for a driver error: a full map is :func:`storage_full`,
+    a damaged page :class:`Corruption` (reported), any other
+    ``StorageFailure("<failed>: <what>")``. ``what`` is the driver's own
+    message (which may name files) only ``for_operator``; clients get the
+    error's class name. A ``struct.error`` is a key or value of the wrong
+    size, which LMDB handed over as stored (a damaged page): Corruption."""
+    if isinstance(exc, struct.error):
+        return corruption.found(
+            corruption.INDEX, None,
+            "a stored key or value has the wrong size; run lighthouse-store verify",
+        )  # fmt: skip
+    if isinstance(exc, lmdb.MapFullError):
+        return storage_full()
+    if isinstance(exc, _DAMAGED):
+        return corruption.found(
+            corruption.BTREE, None,
+            f"the store's pages are damaged (LMDB: {type(exc).__name__}); "
+            "run lighthouse-store verify",
+        )  # fmt: skip
+    what = str(exc) if for_operator else type(exc).__name__
+    return StorageFailure(f"{failed}: {what}")
 
 
 def open_env(path: Path, *, map_size: int, durable: bool, max_readers: int) -> Any:
@@ -71,6 +99,44 @@ def open_env(path: Path, *, map_size: int, durable: bool, max_readers: int) -> A
             metasync=False,
             readahead=False,
         )
+
+
+def open_reader(path: Path, *, lock: bool = True) -> Any:
+    """An environment opened read-only, for the tools that read a store
+    (verify, stats, backup), whether or not a daemon runs on it: LMDB
+    readers never wait for its writers. ``lock`` False for a copy no daemon
+    can have open (a backup): nothing is written beside it then. The map is
+    as large as the store's writer made it (its meta page says), so the
+    reader sees the store's size as the daemon does, and keeps up with a
+    store that grows while it reads."""
+    pages = integrity.read_meta_pages(path / "data.mdb")
+    map_size = integrity.newest_meta(pages).map_size if pages else 0
+    with driver_errors(OPEN_FAILED, for_operator=True):
+        return lmdb.open(
+            str(path), readonly=True, create=False, lock=lock, map_size=max(map_size, 1 << 20),
+            max_dbs=lmdb_format.MAX_DBS, readahead=False,
+        )  # fmt: skip
+
+
+class read_transaction:  # named as a function: ``with read_transaction(env) as txn``
+    """A read transaction, its driver errors translated (:func:`translated`).
+    A class, not a generator: every page of every read opens one."""
+
+    __slots__ = ("_env", "_txn")
+
+    def __init__(self, env: Any) -> None:
+        self._env = env
+        self._txn: Any = None
+
+    def __enter__(self) -> Any:
+        with driver_errors(READ_FAILED):
+            self._txn = self._env.begin()
+        return self._txn
+
+    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
+        self._txn.abort()
+        if isinstance(exc, lmdb.Error | struct.error):
+            raise translated(exc, READ_FAILED) from exc
 
 
 class WriteLock:

@@ -10,12 +10,13 @@ computes them.
 from __future__ import annotations
 
 import struct
+import uuid
 from collections.abc import Iterable, Sequence
 
 from zlib_ng.zlib_ng import crc32
 
 from lighthouse_proto.v1 import store_pb2 as pb
-from lighthouse_store.errors import Corruption
+from lighthouse_store import corruption
 
 CHECKSUM_TAG = 0x55  # (10 << 3) | 5: field 10, fixed32
 TRAILER_LEN = 5
@@ -114,19 +115,39 @@ def consecutive_varints(first: int, n: int) -> list[bytes]:
 
 
 def checked(record: bytes, position: int) -> bytes:
-    """``record``, once its checksum holds; else raise Corruption."""
+    """``record``, once its checksum holds; else raise Corruption (reported).
+    On every read from disk, so the test is written out here, not a call."""
     if (
         len(record) < TRAILER_LEN
         or record[-TRAILER_LEN] != CHECKSUM_TAG
         or crc32(memoryview(record)[:-TRAILER_LEN]) != int.from_bytes(record[-4:], "little")
     ):
-        raise Corruption(f"stored event at position {position} failed its checksum", position)
+        raise corruption.found(corruption.CHECKSUM, position, checksum_failed(position))
     return record
+
+
+def checksum_failed(position: int) -> str:
+    return f"stored event at position {position} failed its checksum"
+
+
+def checksum_ok(record: bytes) -> bool:
+    """Whether a stored record's trailer holds the CRC-32 of its body."""
+    return (
+        len(record) >= TRAILER_LEN
+        and record[-TRAILER_LEN] == CHECKSUM_TAG
+        and crc32(memoryview(record)[:-TRAILER_LEN]) == int.from_bytes(record[-4:], "little")
+    )
 
 
 def decode(record: bytes) -> pb.RecordedEvent:
     """Parse a stored record (after :func:`checked`)."""
     return pb.RecordedEvent.FromString(record)
+
+
+def event_id_bytes(event: pb.RecordedEvent) -> bytes:
+    """The 16 bytes of a decoded event's id (the ``event_ids`` key); ValueError
+    if it is not a UUID."""
+    return uuid.UUID(event.event_id).bytes
 
 
 def recorded_at_ns(event: pb.RecordedEvent) -> int:

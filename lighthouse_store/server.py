@@ -9,7 +9,9 @@ quiet (``_drain``), the server stops taking calls and gives in-flight ones
 the spans still queued are exported (with tracing on, ``tracing.py``),
 storage closes, the lock goes.
 
-:func:`serve` is the whole daemon in one process (``--workers 1``).
+:func:`serve` is the whole daemon in one process (``--workers 1``): the
+data-dir lock, the store (its start-up checks, ``integrity.py``), the
+background scrub (``scrub.py``) and the server.
 :func:`run` is the server part alone, which a worker process runs with a
 :class:`WorkerRole` (``worker.py``, ``supervisor.py``): it binds the port
 shared with the other workers, and it hears of their commits.
@@ -40,6 +42,7 @@ from lighthouse_store.lock import DataDirLock
 from lighthouse_store.metrics import DaemonMetrics
 from lighthouse_store.ops import LocalOps, ServingOps
 from lighthouse_store.ports import BindError
+from lighthouse_store.scrub import Scrubber
 from lighthouse_store.servicer import SERVICE_NAME, EventStoreServicer, method_handlers
 from lighthouse_store.subscriptions import SubscriptionHub
 from lighthouse_store.threads import name_os_thread
@@ -184,6 +187,7 @@ async def serve(config: Config, reloader: signals.Reloader) -> None:
     lock = DataDirLock(config.data_dir).acquire()
     try:
         store = open_store(config)
+        scrubber = Scrubber(store, config.scrub_records_per_second, store.degrade).start()
         try:
             ops = LocalOps(config, store).start()  # the HTTP endpoint: BindError
             try:
@@ -192,6 +196,7 @@ async def serve(config: Config, reloader: signals.Reloader) -> None:
             finally:
                 ops.close()
         finally:
+            scrubber.close()
             store.close()
     finally:
         lock.release()

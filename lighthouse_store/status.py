@@ -5,16 +5,17 @@ Every error carries a ``google.rpc.Status`` in the trailing metadata
 stable code), ``domain`` ``lighthouse.store`` and metadata that always holds
 ``failure_class`` (recoverable / human_intervention / restart_required,
 SPEC §4) plus the error's own fields (``expected``, ``actual``, ...).
-Overload adds a ``google.rpc.RetryInfo``. Messages never carry stack traces or
-file paths: unexpected exceptions become INTERNAL with an incident id that is
-also in the server log.
+Overload and a read-only (degraded) store add a ``google.rpc.RetryInfo``.
+Messages never carry stack traces or file paths: unexpected exceptions
+become INTERNAL with an incident id that is also in the server log.
 
 Each failed request is logged once (``servicer._abort``), at the level
 :func:`log_level` gives: ``error`` for the server's own failures (INTERNAL,
 DATA_LOSS, and anything that needs a restart: a full map, a storage
-failure), ``info`` for UNAVAILABLE while the store drains (expected; clients
-retry), ``warning`` for the rest, which the client caused or can retry
-(bad input, a wrong expected revision, not found, overload).
+failure), ``info`` for UNAVAILABLE while the store drains or is read-only
+(expected, and said once in the log already; clients retry), ``warning``
+for the rest, which the client caused or can retry (bad input, a wrong
+expected revision, not found, overload).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ _CODES: dict[type[StoreError], grpc.StatusCode] = {
     errors.Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.StorageFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.ShuttingDown: grpc.StatusCode.UNAVAILABLE,
+    errors.Degraded: grpc.StatusCode.UNAVAILABLE,
     errors.Corruption: grpc.StatusCode.DATA_LOSS,
     errors.StorageFailure: grpc.StatusCode.INTERNAL,
     errors.DataDirLocked: grpc.StatusCode.FAILED_PRECONDITION,
@@ -59,7 +61,7 @@ def to_status(error: StoreError) -> tuple[grpc.StatusCode, str, Trailers]:
     )
     status = status_pb2.Status(code=code.value[0], message=error.message)
     status.details.add().Pack(info)
-    if isinstance(error, errors.Overloaded):
+    if isinstance(error, errors.Overloaded | errors.Degraded):
         delay = Duration()
         delay.FromMilliseconds(error.retry_after_ms)
         status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
@@ -78,6 +80,6 @@ def log_level(error: StoreError, code: grpc.StatusCode) -> int:
     """The level of the log line of a request that failed with ``error``."""
     if code in _SERVER_FAULTS or error.failure_class is errors.FailureClass.RESTART_REQUIRED:
         return logging.ERROR
-    if isinstance(error, errors.ShuttingDown):
+    if isinstance(error, errors.ShuttingDown | errors.Degraded):
         return logging.INFO
     return logging.WARNING

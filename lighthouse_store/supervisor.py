@@ -12,9 +12,10 @@ Who owns what
 
 - The supervisor owns the data-dir lock (``lock.py``) for its whole life;
   the start-up checks (it opens the LMDB environment before any worker
-  starts: format version, the newest record's checksum, stale reader
-  slots), so a bad store fails fast with the single process's exit codes
-  and messages; the preallocator (``prealloc.py``, holding LMDB's own write
+  starts: ``integrity.py``'s checks of the files, the store id and the
+  newest records, the format version, stale reader slots), so a bad store
+  fails fast with the single process's exit codes and messages; the
+  background scrub (``scrub.py``); the preallocator (``prealloc.py``, holding LMDB's own write
   lock, so no worker commits while it writes); the listen port
   (``ports.py``: bound but never listening, so that port 0 is resolved once
   and the port stays taken while workers restart); signals; restarts;
@@ -51,14 +52,15 @@ Start-up
 ========
 
 Lock the data dir (exit 3 if another daemon has it); open the store (exit
-1) and start the preallocator; reserve the port (exit 2); start every
+4 if it is damaged, 1 if it cannot be opened otherwise) and start the
+preallocator and the scrub; reserve the port (exit 2); start every
 worker as a fresh interpreter (``python -m lighthouse_store.worker``, never
 ``fork``: gRPC and LMDB do not survive one), from the main thread (the
 kernel's parent-death signal follows the thread that started a child), and
 send it its spec over a socket pair (``worker.py``: the Config as resolved
 here, the port chosen); wait until each says it serves. A worker that
 exits first fails the start: the others are stopped, and the supervisor
-exits with that worker's status (2: the port, 1: the store). Then the ready
+exits with that worker's status (2: the port, 1 or 4: the store). Then the ready
 line on stdout: ``{"event": "ready", "address": ..., "pid": <supervisor>,
 "workers": N}``.
 
@@ -130,10 +132,12 @@ from pathlib import Path
 import lighthouse_store
 from lighthouse_store import __version__, config, signals
 from lighthouse_store.config import Config, Durability, Source
+from lighthouse_store.corruption import Finding
 from lighthouse_store.lmdb_store import LmdbEventStore
 from lighthouse_store.lock import DataDirLock
 from lighthouse_store.ops import SupervisorOps
 from lighthouse_store.ports import PortReservation
+from lighthouse_store.scrub import Scrubber
 from lighthouse_store.server import open_store
 from lighthouse_store.worker import WorkerSpec
 
@@ -182,6 +186,7 @@ async def supervise(
     lock = DataDirLock(cfg.data_dir).acquire()
     try:
         store = open_store(cfg, shared=True)  # the start-up checks; the preallocator
+        scrubber = Scrubber(store, cfg.scrub_records_per_second, _scrub_found).start()
         try:
             reservation = PortReservation(cfg.listen)
             try:
@@ -190,10 +195,22 @@ async def supervise(
             finally:
                 reservation.close()
         finally:
+            scrubber.close()
             store.reader_check()
             store.close()
     finally:
         lock.release()
+
+
+def _scrub_found(finding: Finding) -> None:
+    """The scrub's finding, in the supervisor (``scrub.py``): reported and
+    logged (``corruption.found``); until the degradation controller shares
+    its level with the workers, they go on taking appends."""
+    log.error(
+        "the scrub found corruption (%s); the workers still take appends: stop the "
+        "daemon, run lighthouse-store verify and repair",
+        finding.message,
+    )
 
 
 class Supervisor:

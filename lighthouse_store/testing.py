@@ -151,13 +151,13 @@ class DaemonProcess:
         finally:
             env.close()
 
-    def corrupt_record(self, position: int) -> None:
+    def corrupt_record(self, position: int, at: int | None = None) -> None:
         """:func:`corrupt_record` in this daemon's store, which must be
-        stopped. (It verifies its last record when it opens the store, so
-        corrupting the head makes it refuse to start.)"""
+        stopped. (It checks its newest records when it opens the store, so
+        corrupting one of those makes it start read-only.)"""
         if self.running():
             raise RuntimeError("stop the daemon before corrupting its store")
-        corrupt_record(self.data_dir, position)
+        corrupt_record(self.data_dir, position, at)
 
     def stop(self, timeout: float = 30.0, sig: int = signal.SIGTERM) -> int:
         """SIGTERM (or ``sig``: SIGINT stops the daemon the same way), wait,
@@ -276,10 +276,11 @@ class DaemonProcess:
             self._reap(kill=True)
 
 
-def corrupt_record(data_dir: Path, position: int) -> None:
-    """Flip one byte in the middle of the stored record at ``position`` (the
-    ``log`` database of ``lmdb_format.py``, under ``data_dir``), so that its
-    checksum fails when it is next read. Nothing may have the store open."""
+def corrupt_record(data_dir: Path, position: int, at: int | None = None) -> None:
+    """Flip one byte of the stored record at ``position`` (the ``log``
+    database of ``lmdb_format.py``, under ``data_dir``), so that its checksum
+    fails when it is next read: the byte at offset ``at`` (negative: from the
+    end), by default the middle one. Nothing may have the store open."""
     env = lmdb.open(str(lmdb_format.env_path(data_dir)), create=False, max_dbs=lmdb_format.MAX_DBS)
     try:
         log = env.open_db(lmdb_format.LOG, create=False)
@@ -289,7 +290,7 @@ def corrupt_record(data_dir: Path, position: int) -> None:
             if raw is None:
                 raise KeyError(f"no stored record at position {position}")
             record = bytearray(raw)
-            record[len(record) // 2] ^= 0xFF
+            record[len(record) // 2 if at is None else at] ^= 0xFF
             txn.put(key, bytes(record), db=log)
     finally:
         env.close()

@@ -24,7 +24,8 @@ or the store. A worker never takes the data-dir lock (its parent holds it)
 and inherits no descriptor but the control socket (``close_fds``), so the
 lock goes the moment the supervisor dies.
 
-Exit status: 0 after a drain, 1 a store it cannot open, 2 a port it cannot bind.
+Exit status: 0 after a drain, 1 a store it cannot open, 2 a port it cannot bind,
+4 a damaged store (``integrity.py``).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 EXIT_ORPHANED = 70  # the supervisor died before this worker could arrange to die with it
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_DAMAGED = 4
 
 
 @dataclass(frozen=True)
@@ -100,7 +102,7 @@ def _run(spec: WorkerSpec, control: socket.socket) -> int:
     import asyncio
 
     from lighthouse_store import config, signals
-    from lighthouse_store.errors import StoreError
+    from lighthouse_store.errors import StoreDamaged, StoreError
     from lighthouse_store.ops import WorkerOps
     from lighthouse_store.server import BindError, WorkerRole, open_store, run
     from lighthouse_store.wakeups import Wakeups
@@ -137,6 +139,10 @@ def _run(spec: WorkerSpec, control: socket.socket) -> int:
     except BindError as exc:
         print(f"lighthouse-store: worker {spec.index}: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except StoreDamaged as exc:
+        print(f"lighthouse-store: worker {spec.index}: the store is damaged: {exc.message}",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_DAMAGED
     except StoreError as exc:
         print(f"lighthouse-store: worker {spec.index}: cannot open the store: {exc.message}",
               file=sys.stderr)  # fmt: skip

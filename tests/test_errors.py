@@ -10,8 +10,8 @@ mapping (``status.to_status``), and every domain error class must have a row.
 One row cannot be provoked from outside: ``INTERNAL`` is what an unexpected
 exception (a bug) becomes, and the daemon has none on purpose. It is checked
 at the mapping level only (``test_every_row_is_the_mapping_of_its_domain_error``).
-``DataDirLocked`` has no row: it stops a second daemon at startup (exit status
-3, README "Operations") and is never an RPC's answer.
+``DataDirLocked`` and ``StoreDamaged`` have no row: they stop a daemon at
+startup (exit status 3 and 4, README "Operations") and are never an RPC's answer.
 """
 
 from __future__ import annotations
@@ -200,6 +200,16 @@ def _corruption(factory: DaemonFactory, plain: DaemonProcess) -> list[grpc.RpcEr
     ]
 
 
+def _degraded(factory: DaemonFactory, plain: DaemonProcess) -> list[grpc.RpcError]:
+    """The newest record corrupt: the daemon starts read-only (integrity.py)."""
+    d = factory()
+    append(d.stub(), "s", events(2))
+    d.stop()
+    d.corrupt_record(2)
+    d.start()
+    return [rpc_error(d.stub().Append, append_request("t", events(1)))]
+
+
 def _storage_failure(factory: DaemonFactory, plain: DaemonProcess) -> list[grpc.RpcError]:
     """An index entry planted where the next append of a stream goes (the
     layout of lmdb_store.py): the write transaction finds a key that should
@@ -232,6 +242,7 @@ PROVOKE: dict[str, Provoke] = {
     "STORAGE_FULL": _map_full,
     "SHUTTING_DOWN": _shutting_down,
     "CORRUPTION": _corruption,
+    "DEGRADED": _degraded,
     "STORAGE_FAILURE": _storage_failure,
 }
 MAPPING_ONLY = {"INTERNAL"}  # see the module docstring
@@ -272,6 +283,7 @@ DOMAIN_ERRORS: list[errors.StoreError] = [
     errors.StorageFull("the store is full"),
     errors.ShuttingDown("the store is shutting down"),
     errors.Corruption("checksum mismatch", 2),
+    errors.Degraded("the store is read-only", retry_after_ms=5000, position="2"),
     errors.StorageFailure("storage write failed"),
     errors.Internal("internal error (incident 0123456789ab)"),
 ]
@@ -298,7 +310,8 @@ def _classes(cls: type[errors.StoreError]) -> set[type[errors.StoreError]]:
 
 
 def test_every_domain_error_has_a_row() -> None:
-    answered = _classes(errors.StoreError) - {errors.StoreError, errors.DataDirLocked}
+    never_answered = {errors.StoreError, errors.DataDirLocked, errors.StoreDamaged}
+    answered = _classes(errors.StoreError) - never_answered
     assert {type(e) for e in DOMAIN_ERRORS} == answered
     assert {row.reason for row in ROWS} == {e.reason for e in DOMAIN_ERRORS}
 

@@ -162,19 +162,16 @@ def test_bad_configuration_fails_fast(tmp_path: Path, args: Sequence[str]) -> No
     assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
 
 
-@pytest.mark.parametrize("damage", ["not-lmdb", "corrupt-head"])
 def test_a_store_that_cannot_be_opened_fails_in_one_line(
-    daemon_factory: DaemonFactory, tmp_path: Path, damage: str
+    daemon_factory: DaemonFactory, tmp_path: Path
 ) -> None:
+    """(A corrupt newest record no longer stops the start: the daemon starts
+    read-only, ``tests/test_integrity_start.py``.)"""
     daemon = daemon_factory()
     append(daemon.stub(), "s", events(3))
     assert daemon.stop() == 0
-    if damage == "not-lmdb":
-        (daemon.data_dir / "lmdb" / "data.mdb").write_bytes(b"not an LMDB file" * 512)
-        expected = "cannot open the LMDB environment"
-    else:
-        daemon.corrupt_record(3)  # the newest record, which the daemon checks at start
-        expected = "position 3 failed its checksum"
+    (daemon.data_dir / "lmdb" / "data.mdb").write_bytes(b"not an LMDB file" * 512)
+    expected = "cannot open the LMDB environment"
     proc = subprocess.run(
         daemon.command(), capture_output=True, text=True, timeout=30, check=False,
         env=dict(os.environ, PYTHONUNBUFFERED="1"),

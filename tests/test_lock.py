@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -89,3 +90,41 @@ def test_data_dir_that_is_a_file_fails_cleanly(tmp_path: Path) -> None:
     assert '"ready"' not in proc.stdout
     assert proc.stderr.strip(), "no message on stderr"
     assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+
+
+def test_a_symlinked_lock_file_is_refused_not_followed(
+    daemon_factory: DaemonFactory, tmp_path: Path
+) -> None:
+    """It was followed, and its target truncated and overwritten with a pid."""
+    victim = tmp_path / "precious.txt"
+    victim.write_text("do not touch\n")
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "LOCK").symlink_to(victim)
+    proc = _run_second(data_dir)
+    assert proc.returncode == 1, (proc.returncode, proc.stderr[-2000:])
+    assert '"ready"' not in proc.stdout
+    assert "is a symbolic link" in proc.stderr and "Traceback" not in proc.stderr
+    assert victim.read_text() == "do not touch\n"
+
+
+def test_removing_the_lock_file_does_not_let_a_second_daemon_in(
+    daemon: DaemonProcess, tmp_path: Path
+) -> None:
+    """The data dir itself is locked too: after ``rm LOCK`` a second daemon
+    (and repair, which takes the same lock) is still refused; it was let in."""
+    stub = daemon.stub()
+    append(stub, "s", events(3))
+    (daemon.data_dir / "LOCK").unlink()
+    _assert_refused(_run_second(daemon.data_dir))
+    repair = subprocess.run(
+        [sys.executable, "-m", "lighthouse_store", "repair", "--data-dir", str(daemon.data_dir)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert repair.returncode == 3, repair.stderr
+    assert "already in use" in repair.stderr
+    assert daemon.running()
+    assert append(stub, "s", events(1)).first_position == 4
+    assert daemon.stop() == 0
+    daemon.start()  # and the lock is free again once the daemon is gone
+    assert head(daemon.stub()) == 4

@@ -8,10 +8,11 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
-from support import grpcurl_path
+from support import append, events, grpcurl_path
 
-from lighthouse_store.testing import DaemonProcess
+from lighthouse_store.testing import DaemonProcess, corrupt_record
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 README_ADDRESS = "127.0.0.1:50051"
@@ -103,3 +104,41 @@ def test_readme_links_stay_inside_the_repository() -> None:
         assert "://" not in target and not target.startswith(("/", "..")), target
         assert (README.parent / target.split("#")[0]).exists(), target
     assert "../" not in text and "http://" not in text and "https://" not in text
+
+
+def readme_tool_commands() -> list[list[str]]:
+    blocks = re.findall(r"```sh\n(.*?)```", README.read_text(), flags=re.S)
+    lines = [line for block in blocks for line in block.splitlines()]
+    return [shlex.split(line) for line in lines if line.startswith("lighthouse-store ")]
+
+
+def test_readme_tool_commands_run_as_written(tmp_path: Path) -> None:
+    """The operator's commands of "Integrity, backup and restore", in a
+    working directory whose ``data`` a daemon serves (verify, stats, backup
+    beside it), then, stopped, restore, repair, and repair with
+    ``--quarantine 1234`` of a record corrupted at that position."""
+    commands = readme_tool_commands()
+    assert [c[1] for c in commands] == ["verify", "stats", "backup", "restore", "repair", "repair"]
+    daemon = DaemonProcess(tmp_path / "data")
+    with daemon:
+        stub = daemon.stub()
+        for i in range(13):
+            append(stub, f"s{i % 3}", events(100))
+
+        def run(argv: list[str]) -> dict[str, Any]:
+            proc = subprocess.run(
+                [sys.executable, "-m", "lighthouse_store", *argv[1:]], cwd=tmp_path,
+                capture_output=True, text=True, timeout=120, check=False,
+            )  # fmt: skip
+            assert proc.returncode == 0, f"{shlex.join(argv)}\n{proc.stderr}"
+            output: dict[str, Any] = json.loads(proc.stdout)
+            return output
+
+        assert run(commands[0])["ok"] is True
+        assert run(commands[1])["events"] == 1300
+        assert run(commands[2])["head_position"] == 1300
+    assert run(commands[3])["restored"] is True
+    assert run(commands[4])["repaired"] is True
+    corrupt_record(tmp_path / "data", 1234)
+    (quarantined,) = run(commands[5])["quarantined"]
+    assert quarantined["position"] == 1234

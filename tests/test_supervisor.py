@@ -108,7 +108,7 @@ def _run(daemon: DaemonProcess, *args: str) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
-@pytest.mark.parametrize("case", ["locked", "corrupt", "port-taken", "port-of-workers"])
+@pytest.mark.parametrize("case", ["locked", "damaged", "port-taken", "port-of-workers"])
 def test_start_up_checks_fail_fast_before_any_worker_starts(
     daemon_factory: DaemonFactory, case: str
 ) -> None:
@@ -120,11 +120,11 @@ def test_start_up_checks_fail_fast_before_any_worker_starts(
         if case == "locked":  # another daemon has the data dir: 3
             second.data_dir = first.data_dir
             expected, message = 3, "already in use by another lighthouse-store"
-        elif case == "corrupt":  # the newest record fails its checksum: 1
+        elif case == "damaged":  # data.mdb lost beside a known store: 4 (integrity.py)
             assert first.stop() == 0
-            first.corrupt_record(3)
+            (first.data_dir / "lmdb" / "data.mdb").unlink()
             second.data_dir = first.data_dir
-            expected, message = 1, "cannot open the store: "
+            expected, message = 4, "the store is damaged: "
         elif case == "port-taken":  # something else listens on the port: 2
             plain.bind(("127.0.0.1", 0))
             plain.listen()

@@ -157,6 +157,7 @@ _BY_REASON: dict[str, type[StoreError]] = {
     Reason.OVERLOADED: Overloaded,
     Reason.STORAGE_FULL: StorageFull,
     Reason.SHUTTING_DOWN: Unavailable,
+    Reason.DEGRADED: Unavailable,
     Reason.CORRUPTION: Corruption,
     Reason.INVALID_ARGUMENT: InvalidRequest,
 }
