@@ -140,6 +140,10 @@ def repair(data_dir: Path, quarantine: list[int]) -> dict[str, Any]:
         raise
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
     previous = data_dir / f"lmdb.before-repair-{stamp}"
+    n = 1
+    while previous.exists():  # two repairs within one second keep both copies
+        n += 1
+        previous = data_dir / f"lmdb.before-repair-{stamp}-{n}"
     old_dir.rename(previous)
     new_dir.rename(old_dir)
     integrity.sync_dir(data_dir)

@@ -21,7 +21,6 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from lighthouse_proto.v1 import store_pb2 as pb
-from lighthouse_store import config
 from lighthouse_store.testing import DaemonProcess
 
 
@@ -340,11 +339,3 @@ def run_threads(target: Callable[[int], None], n: int, timeout: float = 240.0) -
     for th in threads:
         th.join(timeout)
         assert not th.is_alive(), f"thread {th.name} still running after {timeout}s"
-
-
-HTTP_ENDPOINT_MISSING = "the daemon has no HTTP endpoint (--http-listen, /health) yet"
-
-
-def has_http_endpoint() -> bool:
-    """Whether the daemon declares the ``http_listen`` setting (/health, /metrics)."""
-    return any(s.name == "http_listen" for s in config.TABLE)

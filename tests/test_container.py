@@ -36,12 +36,10 @@ from typing import Any
 import grpc
 import pytest
 from support import (
-    HTTP_ENDPOINT_MISSING,
     append,
     error_info,
     events,
     grpcurl_path,
-    has_http_endpoint,
     read_stream,
 )
 
@@ -278,7 +276,6 @@ def wait_for_status(url: str, want: int, seconds: float = 30) -> int:
     return status
 
 
-@pytest.mark.skipif(not has_http_endpoint(), reason=HTTP_ENDPOINT_MISSING)
 def test_the_healthcheck_follows_http_health_and_fails_once_the_store_cannot_write(
     buildah: Buildah, image: Image, container: str, tmp_path: Path
 ) -> None:

@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from support import HTTP_ENDPOINT_MISSING, has_http_endpoint
 
 from lighthouse_store.testing import DaemonProcess
 
@@ -73,7 +72,6 @@ def test_the_healthcheck_fails_when_nothing_answers(address: str) -> None:
     assert result.returncode != 0
 
 
-@pytest.mark.skipif(not has_http_endpoint(), reason=HTTP_ENDPOINT_MISSING)
 @pytest.mark.parametrize("host", ["127.0.0.1", "0.0.0.0"])
 def test_the_healthcheck_passes_on_a_serving_daemon(tmp_path: Path, host: str) -> None:
     port = free_port()
