@@ -210,7 +210,10 @@ def test_every_attempt_gets_only_what_is_left_of_the_call_s_deadline(
     assert len(ends) == len(calls)
     # (Slack for the time each attempt takes to reach the server.)
     assert all(end <= calls[0].at + 1.3 for end in ends), [end - calls[0].at for end in ends]
-    assert calls[-1].at - calls[0].at < 1.0  # no attempt starts after the deadline
+    # No attempt starts after the deadline: the server sees each one arrive
+    # within the same slack (an attempt sent just before the deadline may
+    # arrive just after it, with no time left).
+    assert calls[-1].at - calls[0].at < 1.3
 
 
 # -- a read whose stream breaks ------------------------------------------------------

@@ -124,6 +124,8 @@ def test_sigusr1_dumps_every_threads_stack_and_keeps_serving(
 
     wait_until(lambda: {e.get("worker") for e in dumped()} == processes(daemon),
                "every process's main thread stack")  # fmt: skip
+    # The tasks come after the threads, from the same dumping thread.
+    wait_until(lambda: "tasks waiting in" in daemon.log_text(), "the event loop's tasks")
     for entry in dumped():
         assert entry["component"] == "lighthouse_store.stacks"
         assert 'File "' in entry["stack"] and entry["thread_name"] == "MainThread"
