@@ -182,8 +182,8 @@ class Config:
     )  # fmt: skip
     shutdown_grace_seconds: float = setting(
         SERVER, Seconds(0, 3600), 10.0,
-        "on SIGTERM or SIGINT, how long in-flight calls get to finish once the writer"
-        " is quiet (or 2 s have passed)",
+        "on SIGTERM or SIGINT, how long in-flight unary calls get to finish once the"
+        " writer is quiet (or 2 s have passed); streams (Read, Subscribe) end within 1 s",
     )  # fmt: skip
     data_dir: Path = setting(
         STORAGE, FilePath(), Path("data"),

@@ -2,10 +2,12 @@
 
 Each concern is wired in its own small ``_configure_*`` function (as in the
 grpc examples). SIGHUP reloads and SIGUSR1 dumps the stacks, serving on
-(``signals.py``). Shutdown on SIGTERM/SIGINT: health flips to NOT_SERVING, subscriptions end
-with UNAVAILABLE, new appends are refused with UNAVAILABLE until callers go
-quiet (``_drain``), the server stops taking calls and gives in-flight ones
-``shutdown_grace_seconds``, the writer commits everything already queued,
+(``signals.py``). Shutdown on SIGTERM/SIGINT: health flips to NOT_SERVING, streams
+(subscriptions, reads) end at their next step with UNAVAILABLE, reason
+SHUTTING_DOWN (``calls.py``), new appends are refused with UNAVAILABLE until
+callers go quiet (``_drain``); the streams get ``calls.STREAM_END_S`` to end
+(a stalled reader's is then cancelled), unary calls in flight get
+``shutdown_grace_seconds``; the server stops, the writer commits everything already queued,
 the spans still queued are exported (with tracing on, ``tracing.py``),
 storage closes, the lock goes.
 
@@ -35,6 +37,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from lighthouse_store import __version__, signals, tracing
+from lighthouse_store.calls import STREAM_END_S, Calls
 from lighthouse_store.config import Config, Durability
 from lighthouse_store.faults import Faults
 from lighthouse_store.lmdb_store import LmdbEventStore
@@ -168,9 +171,7 @@ async def _drain(writer: GroupCommitWriter, quiet: float = 0.05, limit: float = 
             return
 
 
-def open_store(
-    config: Config, *, shared: bool = False, preallocate: bool = True
-) -> LmdbEventStore:
+def open_store(config: Config, *, shared: bool = False, preallocate: bool = True) -> LmdbEventStore:
     """The store as ``config`` says. ``shared``: other processes commit to it too."""
     return LmdbEventStore(
         config.data_dir,
@@ -249,8 +250,9 @@ async def run(
         options=_server_options(config, reuse_port=worker is not None),
     )
     hub = SubscriptionHub(store, writer, readers, config.subscriptions, metrics)
+    calls = Calls()
     servicer = EventStoreServicer(
-        config, store, writer, readers, hub, metrics, traced.spans if traced else None
+        config, store, writer, readers, hub, metrics, traced.spans if traced else None, calls
     )
     _configure_store_service(server, servicer)
     health_servicer = await _configure_health(server)
@@ -272,21 +274,32 @@ async def run(
     await server.start()
     sampler = loop.create_task(_sample_subscriptions(hub, metrics))
     ops.serving(_following_health(loop, health_servicer))
-    log.info("listening on %s (data dir %s, durability %s, tail %d bytes, version %s)",
-             address, config.data_dir, config.durability.value, store.tail_bytes, __version__)
+    log.info(
+        "listening on %s (data dir %s, durability %s, tail %d bytes, version %s)",
+        address,
+        config.data_dir,
+        config.durability.value,
+        store.tail_bytes,
+        __version__,
+    )
     if config.durability is not Durability.FSYNC and worker is None:  # else the supervisor
-        log.warning("durability %s: acknowledged appends are not fsynced, so a power cut "
-                    "can lose the newest of them (GetInfo reports the mode)",
-                    config.durability.value)
+        log.warning(
+            "durability %s: acknowledged appends are not fsynced, so a power cut "
+            "can lose the newest of them (GetInfo reports the mode)",
+            config.durability.value,
+        )
     ready(address)
     try:
         await stop.wait()
         log.info("shutting down: draining in-flight calls")
         ops.stopping()
         await health_servicer.enter_graceful_shutdown()
+        calls.shut_down()
         hub.shut_down()
         await _drain(writer)
-        await server.stop(config.shutdown_grace_seconds)
+        # A stalled reader's stream gets STREAM_END_S, not the grace (calls.py).
+        await calls.settled(streams=STREAM_END_S, unary=config.shutdown_grace_seconds)
+        await server.stop(0)
     finally:
         sampler.cancel()
         await writer.stop()

@@ -40,8 +40,9 @@ from google.protobuf.message import DecodeError, Message
 
 from lighthouse_proto.v1 import store_pb2 as pb
 from lighthouse_store import __version__, records, status, validation
+from lighthouse_store.calls import Calls
 from lighthouse_store.config import Config, Durability
-from lighthouse_store.errors import EventNotFound, InvalidArgument, StoreError
+from lighthouse_store.errors import EventNotFound, InvalidArgument, ShuttingDown, StoreError
 from lighthouse_store.metrics import DaemonMetrics, RpcInstruments
 from lighthouse_store.store import AppendCommand, EventStore
 from lighthouse_store.subscriptions import SubscriptionHub
@@ -109,7 +110,8 @@ def _guard(
         rpc = self._metrics.rpc[method]
         started = _started(rpc)
         try:
-            return await fn(self, request, context)
+            with self._calls.track(stream=False):
+                return await fn(self, request, context)
         except grpc.aio.AbortError:
             raise
         except Exception as exc:
@@ -134,8 +136,9 @@ def _guard_stream(
         rpc = self._metrics.rpc[method]
         started = _started(rpc)
         try:
-            async for item in fn(self, request, context):
-                yield item
+            with self._calls.track(stream=True):
+                async for item in fn(self, request, context):
+                    yield item
         except grpc.aio.AbortError:
             raise
         except Exception as exc:
@@ -165,7 +168,9 @@ class EventStoreServicer:
         hub: SubscriptionHub,
         metrics: DaemonMetrics,
         spans: RpcSpans | None = None,
+        calls: Calls | None = None,
     ) -> None:
+        self._calls = calls or Calls()  # shutdown ends streams through it (calls.py)
         self._hub = hub
         self._metrics = metrics
         self._spans = spans  # None: tracing is off
@@ -205,6 +210,8 @@ class EventStoreServicer:
         cfg = self._config
         cursor = None
         while True:
+            if self._calls.closing:
+                raise ShuttingDown("the store is shutting down; read again from the last position")
             page = await loop.run_in_executor(
                 self._readers, self._store.read_page, query, cursor, cfg.page_events, cfg.page_bytes
             )

@@ -10,18 +10,14 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
 
 import grpc
 import pytest
+from crash_harness import Acked, Load, verify_after_crash
 from subscriber import Subscriber
 from support import (
     DaemonFactory,
-    ThreadErrors,
     append,
-    assert_matches,
     error_info,
     events,
     get_event,
@@ -30,7 +26,6 @@ from support import (
     new_event,
     read_all,
     read_stream,
-    spread_channels,
 )
 
 from lighthouse_proto.v1 import store_pb2 as pb
@@ -97,123 +92,6 @@ def test_restart_empty_store(daemon: DaemonProcess) -> None:
     assert head(stub) == 0
     assert read_all(stub) == []
     assert append(stub, "s", events(1)).first_position == 1
-
-
-@dataclass
-class Acked:
-    event: pb.ProposedEvent
-    stream: str
-    position: int
-    revision: int
-
-
-class Load:
-    """Writer threads appending until told to stop or the daemon goes away."""
-
-    def __init__(self, daemon: DaemonProcess, max_appends: int) -> None:
-        self.daemon = daemon
-        self.max_appends = max_appends
-        self.acked: dict[str, Acked] = {}
-        self.sent: dict[str, tuple[str, pb.ProposedEvent]] = {}
-        self.lock = threading.Lock()
-        self.stop = threading.Event()
-        self.errors = ThreadErrors()
-        self.failures: list[grpc.StatusCode] = []
-        self.threads: list[threading.Thread] = []
-        self.channels: list[grpc.Channel] = []
-
-    def start(self, writers: list[tuple[str, int]]) -> None:
-        # Own channels (not the DaemonProcess's, which stop() closes first), so
-        # in-flight calls see what the daemon does on SIGTERM / kill -9; one
-        # connection each, dealt round the workers when there are several.
-        channels = spread_channels(self.daemon, len(writers))
-        for (name, batch), ch in zip(writers, channels, strict=True):
-            self.channels.append(ch)
-            stub = pb_grpc.EventStoreServiceStub(ch)
-            th = threading.Thread(target=self._run, args=(name, batch, stub))
-            self.threads.append(th)
-            th.start()
-
-    def acked_count(self) -> int:
-        with self.lock:
-            return len(self.acked)
-
-    def _run(self, name: str, batch_size: int, stub: Any) -> None:
-        try:
-            for i in range(self.max_appends):
-                if self.stop.is_set():
-                    return
-                stream = f"{name}-{i % 4}"
-                batch = [
-                    new_event(
-                        "Load",
-                        f"{name}/{i}/{k}/".encode() * 20,
-                        metadata={"writer": name, "i": str(i)},
-                    )
-                    for k in range(batch_size)
-                ]
-                with self.lock:
-                    for ev in batch:
-                        self.sent[ev.event_id] = (stream, ev)
-                try:
-                    resp = stub.Append(pb.AppendRequest(stream=stream, events=batch), timeout=10)
-                except grpc.RpcError as err:
-                    with self.lock:
-                        self.failures.append(err.code())
-                    return  # the daemon is gone
-                with self.lock:
-                    for k, ev in enumerate(batch):
-                        self.acked[ev.event_id] = Acked(
-                            ev,
-                            stream,
-                            resp.first_position + k,
-                            resp.last_revision - (batch_size - 1 - k),
-                        )
-        except BaseException as exc:
-            self.errors.add(exc)
-
-    def join(self) -> None:
-        for th in self.threads:
-            th.join(120)
-            assert not th.is_alive(), "writer hung"
-        for ch in self.channels:
-            ch.close()
-        self.errors.raise_first()
-
-
-def verify_after_crash(
-    stub: Any,
-    acked: dict[str, Acked],
-    sent: dict[str, tuple[str, pb.ProposedEvent]],
-    previous: Sequence[pb.RecordedEvent] = (),
-) -> list[pb.RecordedEvent]:
-    got = read_all(stub)
-    assert [e.position for e in got] == list(range(1, len(got) + 1)), "positions not gapless"
-    assert head(stub) == len(got)
-    # What was there before this load is unchanged (incl. checksum, recorded_at).
-    assert got[: len(previous)] == list(previous)
-    by_id = {e.event_id: e for e in got}
-    assert len(by_id) == len(got), "an event id appears twice"
-    # Every acknowledged event is there, intact, where the ack said.
-    missing = [i for i in acked if i not in by_id]
-    assert not missing, f"{len(missing)} acknowledged events lost, e.g. {missing[:3]}"
-    for event_id, a in acked.items():
-        rec = by_id[event_id]
-        assert_matches(rec, a.event)
-        assert (rec.stream, rec.position, rec.revision) == (a.stream, a.position, a.revision)
-        assert get_event(stub, event_id) == rec
-    # Everything recorded is something a writer sent, intact (no torn events).
-    for rec in got:
-        assert rec.event_id in sent, f"unknown event at position {rec.position}"
-        stream, ev = sent[rec.event_id]
-        assert rec.stream == stream
-        assert_matches(rec, ev)
-    # Per-stream revisions gapless.
-    counts: dict[str, int] = {}
-    for e in got:
-        assert e.revision == counts.get(e.stream, 0), (e.stream, e.revision)
-        counts[e.stream] = e.revision + 1
-    return got
 
 
 @pytest.mark.slow

@@ -19,6 +19,7 @@ from typing import Any
 import grpc
 import psutil
 import pytest
+from crash_harness import Acked, Load, verify_after_crash
 from subscriber import Subscriber
 from support import (
     DaemonFactory,
@@ -32,7 +33,6 @@ from support import (
     spread_channels,
     wait_until,
 )
-from test_durability import Acked, Load, verify_after_crash
 
 from lighthouse_proto.v1 import store_pb2 as pb
 from lighthouse_proto.v1 import store_pb2_grpc as pb_grpc
