@@ -244,5 +244,8 @@ def test_a_client_that_cancels_reads_and_subscriptions_is_no_error(
     text = daemon.log_text()
     assert "Traceback" not in text
     lines = json_lines(text)
-    assert not [e for e in lines if e["level"] in ("warning", "error", "critical")]
+    # (A health level change is about the machine, not the cancels: a loaded
+    # machine's commit p99 can move it to warning.)
+    calls = [e for e in lines if e["component"] != "lighthouse_store.health"]
+    assert not [e for e in calls if e["level"] in ("warning", "error", "critical")]
     assert not failures(lines)
