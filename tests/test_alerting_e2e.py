@@ -65,6 +65,7 @@ from alerting import (
 )
 from support import DaemonFactory, append, error_info, events
 
+from lighthouse_store import config
 from lighthouse_store.faults import COMMIT_PAUSE_MS
 from lighthouse_store.testing import DaemonProcess
 
@@ -205,12 +206,17 @@ def fill(daemon: DaemonProcess, attempts: int = 200) -> int:
     raise AssertionError(f"the map took {attempts} appends of 64 KiB and is not full")
 
 
+# A map that a few appends fill, and that stays that size where the daemon
+# can grow its map online (a --max-map-size setting).
+TINY_MAP = ["--map-size", "1MiB", "--preallocate", "0"]
+if any(s.name == "max_map_size" for s in config.TABLE):
+    TINY_MAP += ["--max-map-size", "1MiB"]
+
+
 def test_a_full_map_pages_writes_blocked(
     daemon_factory: DaemonFactory, workers: int, tmp_path: Path
 ) -> None:
-    daemon = daemon_factory(
-        extra_args=["--map-size", "1MiB", "--preallocate", "0"], workers=workers
-    )
+    daemon = daemon_factory(extra_args=TINY_MAP, workers=workers)
     with watching(daemon, tmp_path) as stack:
         stack.assert_no_critical_alert()
         assert fill(daemon) > 0
