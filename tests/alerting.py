@@ -9,7 +9,10 @@
 - :func:`alertmanager_overlay`: the example Alertmanager configuration with its
   PagerDuty and Slack integrations pointed at a :class:`Receiver` in the test
   (their ``url`` and ``api_url`` settings) and its waits shortened.
-- :func:`alertmanager`: a real Alertmanager on a free loopback port.
+- :func:`prometheus_overlay`: the example Prometheus configuration scraping one
+  daemon every second, evaluating every second, alerting to one Alertmanager.
+- :func:`alertmanager`, :func:`prometheus`: the real programs on free loopback
+  ports, stopped by their pids.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import socket
 import subprocess
 import threading
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -161,28 +165,47 @@ def http_json(url: str, body: Any = None) -> Any:
         return json.loads(response.read() or b"null")
 
 
+def prometheus_overlay(
+    target: str, alertmanager: str, rules: Path, interval: str = "1s"
+) -> dict[str, Any]:
+    """The example Prometheus configuration with its job ``lighthouse``
+    scraping ``target`` (host:port) and alerting to ``alertmanager``
+    (host:port), loading ``rules``, scraping and evaluating every
+    ``interval``."""
+    data: dict[str, Any] = load_yaml(PROMETHEUS_CONFIG)
+    data["global"] = {
+        "scrape_interval": interval,
+        "scrape_timeout": interval,
+        "evaluation_interval": interval,
+    }
+    data["rule_files"] = [str(rules)]
+    (am,) = data["alerting"]["alertmanagers"]
+    am["static_configs"] = [{"targets": [alertmanager]}]
+    (job,) = data["scrape_configs"]
+    job["static_configs"] = [{"targets": [target]}]
+    return data
+
+
 @contextlib.contextmanager
-def alertmanager(config: Path, workdir: Path, timeout: float = 60.0) -> Iterator[str]:
-    """A real Alertmanager with ``config`` (no clustering) on a free loopback
-    port, stopped by its pid on exit; yields its base URL once it is ready."""
-    binary = tool("prometheus-alertmanager", "alertmanager")
+def _serving(name: str, argv: list[str], workdir: Path, timeout: float) -> Iterator[str]:
+    """Run ``argv`` (which listens on ``{port}``, a free loopback port) with
+    its output in ``workdir/<name>.log``; yield its base URL once ``/-/ready``
+    answers; stop it by its pid on exit."""
     port = free_port()
-    log = (workdir / "alertmanager.log").open("wb")
+    log_path = workdir / f"{name}.log"
+    log = log_path.open("wb")
     proc = subprocess.Popen(
-        [binary, f"--config.file={config}", f"--storage.path={workdir / 'am-data'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address=",
-         "--log.level=warn"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        [a.replace("{port}", str(port)) for a in argv], stdout=log, stderr=subprocess.STDOUT
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout
         while True:
-            assert proc.poll() is None, f"alertmanager exited: {(workdir / 'alertmanager.log')}"
+            assert proc.poll() is None, f"{name} exited: {log_path.read_text()[-2000:]}"
             with contextlib.suppress(OSError):
                 urllib.request.urlopen(f"{url}/-/ready", timeout=2).close()
                 break
-            assert time.monotonic() < deadline, "alertmanager did not get ready"
+            assert time.monotonic() < deadline, f"{name} did not get ready: {log_path}"
             time.sleep(0.1)
         yield url
     finally:
@@ -193,3 +216,36 @@ def alertmanager(config: Path, workdir: Path, timeout: float = 60.0) -> Iterator
             proc.kill()
             proc.wait()
         log.close()
+
+
+def alertmanager(
+    config: Path, workdir: Path, timeout: float = 60.0
+) -> contextlib.AbstractContextManager[str]:
+    """A real Alertmanager with ``config`` (no clustering) on a free loopback
+    port, stopped by its pid on exit; yields its base URL once it is ready."""
+    binary = tool("prometheus-alertmanager", "alertmanager")
+    argv = [binary, f"--config.file={config}", f"--storage.path={workdir / 'am-data'}",
+            "--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address=",
+            "--log.level=warn"]  # fmt: skip
+    return _serving("alertmanager", argv, workdir, timeout)
+
+
+def prometheus(
+    config: Path, workdir: Path, timeout: float = 60.0
+) -> contextlib.AbstractContextManager[str]:
+    """A real Prometheus with ``config`` and its own storage under
+    ``workdir``, on a free loopback port, stopped by its pid on exit; yields
+    its base URL once it is ready."""
+    binary = tool("prometheus")
+    argv = [binary, f"--config.file={config}", f"--storage.tsdb.path={workdir / 'prom-data'}",
+            "--web.listen-address=127.0.0.1:{port}", "--log.level=warn"]  # fmt: skip
+    return _serving("prometheus", argv, workdir, timeout)
+
+
+def query(prometheus_url: str, promql: str) -> list[dict[str, Any]]:
+    """The result of an instant query (a vector: one entry per series)."""
+    url = f"{prometheus_url}/api/v1/query?{urllib.parse.urlencode({'query': promql})}"
+    answer = http_json(url)
+    assert answer["status"] == "success", answer
+    result: list[dict[str, Any]] = answer["data"]["result"]
+    return result

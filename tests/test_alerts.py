@@ -23,6 +23,7 @@ from alerting import (
     dump_yaml,
     http_json,
     load_yaml,
+    prometheus_overlay,
     rules_overlay,
     tool,
 )
@@ -157,6 +158,26 @@ def test_example_prometheus_config() -> None:
     (job,) = config["scrape_configs"]
     assert job["job_name"] == "lighthouse"
     assert job["static_configs"] == [{"targets": ["127.0.0.1:9464"]}]
+
+
+def test_prometheus_overlay_changes_the_intervals_and_addresses_only(tmp_path: Path) -> None:
+    rules = dump_yaml(rules_overlay("1s"), tmp_path / "alerts.yml")
+    overlay = prometheus_overlay("127.0.0.1:1001", "127.0.0.1:1002", rules)
+    out = check(tool("promtool"), "check", "config", dump_yaml(overlay, tmp_path / "p.yml"))
+    assert "SUCCESS: 1 rule files found" in out
+    assert overlay.pop("global") == {
+        "scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"
+    }  # fmt: skip
+    assert overlay.pop("rule_files") == [str(rules)]
+    (am,) = overlay["alerting"]["alertmanagers"]
+    assert am.pop("static_configs") == [{"targets": ["127.0.0.1:1002"]}]
+    (job,) = overlay["scrape_configs"]
+    assert job.pop("static_configs") == [{"targets": ["127.0.0.1:1001"]}]
+    original = load_yaml(PROMETHEUS_CONFIG)
+    del original["global"], original["rule_files"]
+    original["alerting"]["alertmanagers"][0].pop("static_configs")
+    original["scrape_configs"][0].pop("static_configs")
+    assert overlay == original
 
 
 def test_rules_overlay_shortens_every_for_and_nothing_else(tmp_path: Path) -> None:
