@@ -41,6 +41,7 @@ from google.protobuf.message import DecodeError, Message
 from lighthouse_proto.v1 import store_pb2 as pb
 from lighthouse_store import __version__, records, status, validation
 from lighthouse_store.config import Config, Durability
+from lighthouse_store.degradation import WriteGate
 from lighthouse_store.errors import EventNotFound, InvalidArgument, StoreError
 from lighthouse_store.metrics import DaemonMetrics, RpcInstruments
 from lighthouse_store.store import AppendCommand, EventStore
@@ -165,7 +166,10 @@ class EventStoreServicer:
         hub: SubscriptionHub,
         metrics: DaemonMetrics,
         spans: RpcSpans | None = None,
+        *,
+        gate: WriteGate | None = None,
     ) -> None:
+        self._gate = gate or WriteGate()
         self._hub = hub
         self._metrics = metrics
         self._spans = spans  # None: tracing is off
@@ -250,6 +254,7 @@ class EventStoreServicer:
             ),
             subscriber_count=self._hub.count,
             worker_pid=os.getpid(),
+            degradation_level=self._gate.level,
         ).SerializeToString()
 
     @_guard_stream

@@ -1,0 +1,115 @@
+"""``lighthouse.store.v1.AdminService``: operators force a degradation level and clear it.
+
+``Degrade(reason, level)``, ``Recover(reason)`` and ``GetStatus`` call the
+process's :class:`~lighthouse_store.ops.Admin`: the degradation controller
+itself with one process, or, in a worker, a forwarder that asks the
+supervisor over the control socket (``worker.py``), since the supervisor's
+controller decides for every worker. ``Degrade`` and ``Recover`` return once
+the ``EmergencyOperation`` event and the level's own event are in
+``$system`` and the level is in effect in the process that answered (every
+other worker follows within a second). The calls block on a commit, so they
+run on a thread, not the event loop. Errors go through ``status.to_status``
+as everywhere else; a call needs a ``reason`` (it is recorded).
+
+No authentication: like the rest of the API, the daemon listens on a
+loopback or private address, and whoever can append can also reach this.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from lighthouse_proto.v1 import store_pb2 as pb
+from lighthouse_store import status
+from lighthouse_store.degradation import DEGRADED, WARNING
+from lighthouse_store.errors import InvalidArgument, StoreError
+from lighthouse_store.ops import Admin
+
+__all__ = ["ADMIN_SERVICE_NAME", "AdminServicer", "add_to_server", "status_message"]
+
+log = logging.getLogger("lighthouse_store.admin")
+
+ADMIN_SERVICE = pb.DESCRIPTOR.services_by_name["AdminService"]
+ADMIN_SERVICE_NAME: str = ADMIN_SERVICE.full_name
+MAX_REASON = 1_000
+
+
+def status_message(s: dict[str, Any]) -> pb.DegradationStatus:
+    return pb.DegradationStatus(
+        level=s["level"],
+        trigger=s["trigger"],
+        forced_level=s["forced_level"],
+        figures_json=json.dumps(s["figures"], sort_keys=True),
+    )
+
+
+def _reason(reason: str) -> str:
+    if not reason.strip():
+        raise InvalidArgument("reason: required (it is recorded in $system)")
+    if len(reason) > MAX_REASON:
+        raise InvalidArgument(f"reason: at most {MAX_REASON} characters")
+    return reason
+
+
+class AdminServicer:
+    def __init__(self, admin: Admin) -> None:
+        self._admin = admin
+
+    async def _call(
+        self, context: grpc.aio.ServicerContext, name: str, fn: Callable[[], dict[str, Any]]
+    ) -> pb.DegradationStatus:
+        try:
+            return status_message(await asyncio.to_thread(fn))
+        except StoreError as exc:
+            code, message, trailers = status.to_status(exc)
+            log.log(status.log_level(exc, code), "%s failed: %s: %s", name, code.name, message)
+            await context.abort(code, message, trailing_metadata=trailers)
+            raise AssertionError("unreachable: abort raises") from exc
+
+    async def degrade(
+        self, request: pb.DegradeRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DegradationStatus:
+        def call() -> dict[str, Any]:
+            level = request.level or DEGRADED
+            if level not in (WARNING, DEGRADED):
+                raise InvalidArgument("level: must be warning or degraded")
+            return self._admin.degrade(level, _reason(request.reason))
+
+        return await self._call(context, "Degrade", call)
+
+    async def recover(
+        self, request: pb.RecoverRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DegradationStatus:
+        return await self._call(context, "Recover", lambda: self._admin.recover(
+            _reason(request.reason)))  # fmt: skip
+
+    async def get_status(
+        self, request: pb.GetStatusRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DegradationStatus:
+        return await self._call(context, "GetStatus", self._admin.status)
+
+
+def add_to_server(server: grpc.aio.Server, servicer: AdminServicer) -> None:
+    implementations: dict[str, tuple[Callable[..., Any], Callable[[bytes], Any]]] = {
+        "Degrade": (servicer.degrade, pb.DegradeRequest.FromString),
+        "Recover": (servicer.recover, pb.RecoverRequest.FromString),
+        "GetStatus": (servicer.get_status, pb.GetStatusRequest.FromString),
+    }
+    assert implementations.keys() == {m.name for m in ADMIN_SERVICE.methods}
+    handlers = {
+        name: grpc.unary_unary_rpc_method_handler(
+            fn,
+            request_deserializer=parse,
+            response_serializer=pb.DegradationStatus.SerializeToString,
+        )
+        for name, (fn, parse) in implementations.items()
+    }
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(ADMIN_SERVICE_NAME, handlers),)
+    )
