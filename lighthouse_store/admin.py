@@ -20,18 +20,20 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sys
 from collections.abc import Callable
 from typing import Any
 
 import grpc
 
 from lighthouse_proto.v1 import store_pb2 as pb
+from lighthouse_proto.v1 import store_pb2_grpc
 from lighthouse_store import status
 from lighthouse_store.degradation import DEGRADED, WARNING
 from lighthouse_store.errors import InvalidArgument, StoreError
 from lighthouse_store.ops import Admin
 
-__all__ = ["ADMIN_SERVICE_NAME", "AdminServicer", "add_to_server", "status_message"]
+__all__ = ["ADMIN_SERVICE_NAME", "AdminServicer", "add_to_server", "main", "status_message"]
 
 log = logging.getLogger("lighthouse_store.admin")
 
@@ -113,3 +115,32 @@ def add_to_server(server: grpc.aio.Server, servicer: AdminServicer) -> None:
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(ADMIN_SERVICE_NAME, handlers),)
     )
+
+
+CALL_TIMEOUT_S = 90.0
+
+
+def main(address: str, action: str, reason: str, level: str) -> int:
+    """``lighthouse-store admin ACTION``: print the status as JSON; exit 0,
+    or 1 with the daemon's error."""
+    with grpc.insecure_channel(address) as channel:
+        stub = store_pb2_grpc.AdminServiceStub(channel)
+        try:
+            if action == "degrade":
+                reply = stub.Degrade(pb.DegradeRequest(reason=reason, level=level),
+                                     timeout=CALL_TIMEOUT_S)  # fmt: skip
+            elif action == "recover":
+                reply = stub.Recover(pb.RecoverRequest(reason=reason), timeout=CALL_TIMEOUT_S)
+            else:
+                reply = stub.GetStatus(pb.GetStatusRequest(), timeout=CALL_TIMEOUT_S)
+        except grpc.RpcError as exc:
+            print(f"lighthouse-store: admin {action}: {exc.code().name}: {exc.details()}",
+                  file=sys.stderr)  # fmt: skip
+            return 1
+    print(json.dumps({
+        "level": reply.level,
+        "trigger": reply.trigger,
+        "forced_level": reply.forced_level,
+        "figures": json.loads(reply.figures_json or "{}"),
+    }))  # fmt: skip
+    return 0
