@@ -3,6 +3,7 @@ operator's degrade and recover, an automatic trigger, corruption the scrub finds
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -75,6 +76,15 @@ def refused(stub: Any) -> bool:
     return False
 
 
+def taken(stub: Any) -> bool:
+    return not refused(stub)
+
+
+def not_serving(health: Any, service: str) -> bool:
+    response = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+    return bool(response.status == health_pb2.HealthCheckResponse.NOT_SERVING)
+
+
 def system_events(stub: Any) -> list[tuple[str, dict[str, Any]]]:
     return [(e.event_type, json.loads(e.data)) for e in read_stream(stub, "$system")]
 
@@ -92,7 +102,7 @@ def test_an_operator_degrades_and_recovers(daemon_factory: DaemonFactory, worker
         "degraded", "operator", "degraded"
     )  # fmt: skip
     for s in stubs:  # every worker
-        wait_until(lambda s=s: refused(s), "every worker refuses appends", OBEYED_WITHIN_S)
+        wait_until(functools.partial(refused, s), "every worker refuses appends", OBEYED_WITHIN_S)
     err_ = rpc_error(stub.Append, append_request("s", events(1)))
     assert err_.code() == grpc.StatusCode.UNAVAILABLE
     detail = error_info(err_)
@@ -109,9 +119,7 @@ def test_an_operator_degrades_and_recovers(daemon_factory: DaemonFactory, worker
     health = health_pb2_grpc.HealthStub(daemon.channel())
     for service in ("", "lighthouse.store.v1.EventStoreService"):  # writes are refused
         wait_until(
-            lambda service=service: health.Check(
-                health_pb2.HealthCheckRequest(service=service), timeout=10
-            ).status == health_pb2.HealthCheckResponse.NOT_SERVING,
+            functools.partial(not_serving, health, service),
             f"gRPC health of {service!r} NOT_SERVING", OBEYED_WITHIN_S,
         )  # fmt: skip
     http, body = http_health(daemon)
@@ -138,7 +146,7 @@ def test_an_operator_degrades_and_recovers(daemon_factory: DaemonFactory, worker
     assert code == 0, err
     assert (status["level"], status["forced_level"]) == ("normal", "")
     for s in stubs:
-        wait_until(lambda s=s: not refused(s), "every worker takes appends", OBEYED_WITHIN_S)
+        wait_until(functools.partial(taken, s), "every worker takes appends", OBEYED_WITHIN_S)
     assert [t for t, _ in system_events(stub)][2:] == ["EmergencyOperation", "DegradationRecovery"]
     assert all(info(s).degradation_level == "normal" for s in stubs)
     wait_until(lambda: http_health(daemon)[0] == 200, "/health 200 again", 10)
@@ -180,7 +188,7 @@ def test_corruption_the_scrub_finds_degrades_every_worker(daemon_factory: Daemon
     daemon.start()
     stubs = spread_stubs(daemon, 4)
     for s in stubs:
-        wait_until(lambda s=s: refused(s), "every worker refuses appends", 60)
+        wait_until(functools.partial(refused, s), "every worker refuses appends", 60)
     err = rpc_error(stubs[0].Append, append_request("t", events(1)))
     assert error_info(err).metadata["position"] == "3"
     (change,) = [d for t, d in system_events(stubs[0]) if t == "SystemDegradationDetected"]
