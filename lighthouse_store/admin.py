@@ -76,25 +76,33 @@ class AdminServicer:
 
     async def degrade(
         self, request: pb.DegradeRequest, context: grpc.aio.ServicerContext
-    ) -> pb.DegradationStatus:
+    ) -> pb.DegradeResponse:
         def call() -> dict[str, Any]:
             level = request.level or DEGRADED
             if level not in (WARNING, DEGRADED):
                 raise InvalidArgument("level: must be warning or degraded")
             return self._admin.degrade(level, _reason(request.reason))
 
-        return await self._call(context, "Degrade", call)
+        return pb.DegradeResponse(status=await self._call(context, "Degrade", call))
 
     async def recover(
         self, request: pb.RecoverRequest, context: grpc.aio.ServicerContext
-    ) -> pb.DegradationStatus:
-        return await self._call(context, "Recover", lambda: self._admin.recover(
+    ) -> pb.RecoverResponse:
+        status = await self._call(context, "Recover", lambda: self._admin.recover(
             _reason(request.reason)))  # fmt: skip
+        return pb.RecoverResponse(status=status)
 
     async def get_status(
         self, request: pb.GetStatusRequest, context: grpc.aio.ServicerContext
-    ) -> pb.DegradationStatus:
-        return await self._call(context, "GetStatus", self._admin.status)
+    ) -> pb.GetStatusResponse:
+        return pb.GetStatusResponse(
+            status=await self._call(context, "GetStatus", self._admin.status)
+        )
+
+
+def _serialize(message: Any) -> bytes:
+    data: bytes = message.SerializeToString()
+    return data
 
 
 def add_to_server(server: grpc.aio.Server, servicer: AdminServicer) -> None:
@@ -102,13 +110,13 @@ def add_to_server(server: grpc.aio.Server, servicer: AdminServicer) -> None:
         "Degrade": (servicer.degrade, pb.DegradeRequest.FromString),
         "Recover": (servicer.recover, pb.RecoverRequest.FromString),
         "GetStatus": (servicer.get_status, pb.GetStatusRequest.FromString),
-    }
+    }  # the responses: each a message with a ``status``
     assert implementations.keys() == {m.name for m in ADMIN_SERVICE.methods}
     handlers = {
         name: grpc.unary_unary_rpc_method_handler(
             fn,
             request_deserializer=parse,
-            response_serializer=pb.DegradationStatus.SerializeToString,
+            response_serializer=_serialize,
         )
         for name, (fn, parse) in implementations.items()
     }
@@ -133,14 +141,15 @@ def main(address: str, action: str, reason: str, level: str) -> int:
                 reply = stub.Recover(pb.RecoverRequest(reason=reason), timeout=CALL_TIMEOUT_S)
             else:
                 reply = stub.GetStatus(pb.GetStatusRequest(), timeout=CALL_TIMEOUT_S)
+            status = reply.status
         except grpc.RpcError as exc:
             print(f"lighthouse-store: admin {action}: {exc.code().name}: {exc.details()}",
                   file=sys.stderr)  # fmt: skip
             return 1
     print(json.dumps({
-        "level": reply.level,
-        "trigger": reply.trigger,
-        "forced_level": reply.forced_level,
-        "figures": json.loads(reply.figures_json or "{}"),
+        "level": status.level,
+        "trigger": status.trigger,
+        "forced_level": status.forced_level,
+        "figures": json.loads(status.figures_json or "{}"),
     }))  # fmt: skip
     return 0

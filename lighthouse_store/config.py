@@ -199,7 +199,7 @@ class DegradationSettings:
         "resident memory, as a share of `--memory-limit`, of the degraded level",
     )  # fmt: skip
     clear_ratio: float = setting(
-        DEGRADATION, Ratio(0.1, 1.0), 0.9,
+        DEGRADATION, Ratio(0.0, 1.0), 0.9,
         "hysteresis: a level is left only once every figure is below this share of its"
         " mark",
     )  # fmt: skip

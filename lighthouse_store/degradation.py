@@ -60,7 +60,10 @@ Every change of level is first appended to ``$system`` as a
 ``SystemDegradationDetected`` (up) or ``DegradationRecovery`` (down) event,
 JSON data ``{"from", "to", "trigger", "figures", "thresholds"}``, committed
 and fsynced (``record``) before the level takes effect (``apply``); if the
-write fails, the level stays and the next evaluation tries again. Each
+write fails, the level stays and the next evaluation tries again; but not
+for corruption: a change to ``degraded`` for corruption takes effect even if
+its event cannot be written, and is not written at all when LMDB found
+damaged B-tree pages (writing there can abort the process). Each
 operator call is recorded first as an ``EmergencyOperation`` event
 (``{"action", "level", "reason"}``). The writes go ahead of queued appends:
 with one process through the writer's priority slot
@@ -96,7 +99,7 @@ from typing import Any
 
 from lighthouse_proto.v1 import store_pb2 as pb
 from lighthouse_store.config import DegradationSettings
-from lighthouse_store.corruption import Finding
+from lighthouse_store.corruption import BTREE, Finding
 from lighthouse_store.errors import Degraded, InvalidArgument
 from lighthouse_store.store import AppendCommand, AppendResult, Expected, NewEvent
 
@@ -485,7 +488,10 @@ class Controller:
             change.figures["corruption"] = {
                 "what": self._corruption.what, "position": self._corruption.position
             }  # fmt: skip
-        self._write(change.event_type, change.data())
+        if trigger == CORRUPTION and self._corruption is not None:
+            self._record_corruption(change)
+        else:
+            self._write(change.event_type, change.data())
         log.log(
             logging.INFO if RANK[level] < RANK[self.level] else logging.WARNING,
             "degradation level %s -> %s (%s)", self.level, level, trigger or "triggers clear",
@@ -493,6 +499,20 @@ class Controller:
         )  # fmt: skip
         self.level, self.trigger = level, trigger
         self._apply(level, trigger, position)
+
+    def _record_corruption(self, change: Change) -> None:
+        """The event of a change to degraded for corruption, if it can be
+        written: never into a damaged B-tree (LMDB may abort the process on a
+        damaged page), and a failed write does not hold the level back
+        (refusing appends is the safe way)."""
+        assert self._corruption is not None
+        if self._corruption.what == BTREE:
+            log.error("the degradation event is not written: the store has damaged pages")
+            return
+        try:
+            self._write(change.event_type, change.data())
+        except Exception:
+            log.exception("the degradation event could not be written; degraded all the same")
 
     def _emergency(self, data: dict[str, Any]) -> None:
         if not data.get("reason"):

@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import glob
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -69,6 +70,7 @@ from prometheus_client.registry import Collector
 from lighthouse_store import __version__, lmdb_format
 
 if TYPE_CHECKING:
+    from lighthouse_store.corruption import Finding
     from lighthouse_store.lmdb_store import LmdbEventStore
     from lighthouse_store.writer import CommitInfo, CommitListener, GroupCommitWriter
 
@@ -128,6 +130,24 @@ if os.environ.get(MULTIPROC_ENV):
     values.ValueClass = values.MultiProcessValue(lambda: _PID)
 
 
+class FindingsSeen:
+    """The corruption findings (kind, position) counted so far, to count each once."""
+
+    LIMIT = 4096  # past this many, nothing more is counted (the store is beyond saving)
+
+    def __init__(self) -> None:
+        self._seen: set[tuple[str, int | None]] = set()
+        self._lock = threading.Lock()
+
+    def first(self, finding: Finding) -> bool:
+        key = (finding.what, finding.position)
+        with self._lock:
+            if key in self._seen or len(self._seen) >= self.LIMIT:
+                return False
+            self._seen.add(key)
+            return True
+
+
 class RpcInstruments:
     """One method's request counter and duration histogram, bound once."""
 
@@ -182,6 +202,7 @@ class DaemonMetrics:
                                self.writes_blocked, self.subscriptions, self.max_lag,
                                self.busy_since)  # fmt: skip
         self.rpc: dict[str, RpcInstruments | None] = dict.fromkeys(METHODS)
+        self.counted = FindingsSeen()
         if not instruments:
             return
         requests = Counter(RPC_REQUESTS, "RPCs received", ["method"], registry=r)
@@ -205,8 +226,9 @@ class DaemonMetrics:
         )  # fmt: skip
         self._corruption = Counter(
             CORRUPTION_DETECTED,
-            "Corruption found: stored records that failed a check when read, by a client's"
-            " read, the start-up check or the scrub", registry=r,
+            "Corruption found: stored records (kind and position) that failed a check when"
+            " read, each counted once per process, by a client's read, the start-up check"
+            " or the scrub", registry=r,
         )  # fmt: skip
         self._events = Counter("lighthouse_events_appended", "Events written", registry=r)
         self._bytes = Counter(
@@ -250,9 +272,12 @@ class DaemonMetrics:
         if method == "Append":
             self._refusals.labels(reason).inc()
 
-    def corruption_found(self, finding: object) -> None:
-        """A ``corruption.add_hook`` hook: every finding counts."""
-        if self.instruments:
+    def corruption_found(self, finding: Finding) -> None:
+        """A ``corruption.add_hook`` hook: every finding (a client's read,
+        the start-up check, the scrub) of a record (kind and position) this
+        process had not counted yet: the scrub goes round again, readers
+        come back."""
+        if self.instruments and self.counted.first(finding):
             self._corruption.inc()
 
     def set_level(self, level: int) -> None:

@@ -261,6 +261,8 @@ class LocalOps(ServingOps):
             config.degradation, triggers, self._apply, corrupt=store.degraded
         )
         corruption.add_hook(self.controller.corruption_found)
+        if store.degraded is not None:  # found at start, before the hook
+            self.metrics.corruption_found(store.degraded)
         self.endpoint = Endpoint(config, registry, self._figures)
 
     def start(self) -> LocalOps:
@@ -345,6 +347,7 @@ class SupervisorOps:
             registry = _registry(store)
             self._found = 0  # corruption findings in this process (the scrub's)
             self._found_lock = threading.Lock()
+            self._seen = m.FindingsSeen()
             registry.register(_WithOwnFindings(self.directory, self._findings))
             registry.register(m.WorkerProcessCollector(workers))
             self._store = store
@@ -361,6 +364,8 @@ class SupervisorOps:
                 config.degradation, triggers, self._apply, corrupt=store.degraded
             )
             corruption.add_hook(self._corruption_found)
+            if store.degraded is not None:  # found at start, before the hook
+                self._corruption_found(store.degraded)
             self.endpoint = Endpoint(config, registry, self._figures, tell_workers)
         except BaseException:
             shutil.rmtree(self.directory, ignore_errors=True)
@@ -386,8 +391,9 @@ class SupervisorOps:
         self._tell_level(level, trigger, position)
 
     def _corruption_found(self, finding: Finding) -> None:
-        with self._found_lock:
-            self._found += 1
+        if self._seen.first(finding):
+            with self._found_lock:
+                self._found += 1
         self.controller.corruption_found(finding)
 
     def _findings(self) -> int:

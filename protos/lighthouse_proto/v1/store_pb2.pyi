@@ -274,6 +274,24 @@ class GetStatusRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class DegradeResponse(_message.Message):
+    __slots__ = ("status",)
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    status: DegradationStatus
+    def __init__(self, status: _Optional[_Union[DegradationStatus, _Mapping]] = ...) -> None: ...
+
+class RecoverResponse(_message.Message):
+    __slots__ = ("status",)
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    status: DegradationStatus
+    def __init__(self, status: _Optional[_Union[DegradationStatus, _Mapping]] = ...) -> None: ...
+
+class GetStatusResponse(_message.Message):
+    __slots__ = ("status",)
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    status: DegradationStatus
+    def __init__(self, status: _Optional[_Union[DegradationStatus, _Mapping]] = ...) -> None: ...
+
 class DegradationStatus(_message.Message):
     __slots__ = ("level", "trigger", "forced_level", "figures_json")
     LEVEL_FIELD_NUMBER: _ClassVar[int]

@@ -302,17 +302,17 @@ class AdminServiceStub:
         self.Degrade = channel.unary_unary(
                 '/lighthouse.store.v1.AdminService/Degrade',
                 request_serializer=lighthouse_dot_store_dot_v1_dot_store__pb2.DegradeRequest.SerializeToString,
-                response_deserializer=lighthouse_dot_store_dot_v1_dot_store__pb2.DegradationStatus.FromString,
+                response_deserializer=lighthouse_dot_store_dot_v1_dot_store__pb2.DegradeResponse.FromString,
                 _registered_method=True)
         self.Recover = channel.unary_unary(
                 '/lighthouse.store.v1.AdminService/Recover',
                 request_serializer=lighthouse_dot_store_dot_v1_dot_store__pb2.RecoverRequest.SerializeToString,
-                response_deserializer=lighthouse_dot_store_dot_v1_dot_store__pb2.DegradationStatus.FromString,
+                response_deserializer=lighthouse_dot_store_dot_v1_dot_store__pb2.RecoverResponse.FromString,
                 _registered_method=True)
         self.GetStatus = channel.unary_unary(
                 '/lighthouse.store.v1.AdminService/GetStatus',
                 request_serializer=lighthouse_dot_store_dot_v1_dot_store__pb2.GetStatusRequest.SerializeToString,
-                response_deserializer=lighthouse_dot_store_dot_v1_dot_store__pb2.DegradationStatus.FromString,
+                response_deserializer=lighthouse_dot_store_dot_v1_dot_store__pb2.GetStatusResponse.FromString,
                 _registered_method=True)
 
 
@@ -350,17 +350,17 @@ def add_AdminServiceServicer_to_server(servicer, server):
             'Degrade': grpc.unary_unary_rpc_method_handler(
                     servicer.Degrade,
                     request_deserializer=lighthouse_dot_store_dot_v1_dot_store__pb2.DegradeRequest.FromString,
-                    response_serializer=lighthouse_dot_store_dot_v1_dot_store__pb2.DegradationStatus.SerializeToString,
+                    response_serializer=lighthouse_dot_store_dot_v1_dot_store__pb2.DegradeResponse.SerializeToString,
             ),
             'Recover': grpc.unary_unary_rpc_method_handler(
                     servicer.Recover,
                     request_deserializer=lighthouse_dot_store_dot_v1_dot_store__pb2.RecoverRequest.FromString,
-                    response_serializer=lighthouse_dot_store_dot_v1_dot_store__pb2.DegradationStatus.SerializeToString,
+                    response_serializer=lighthouse_dot_store_dot_v1_dot_store__pb2.RecoverResponse.SerializeToString,
             ),
             'GetStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetStatus,
                     request_deserializer=lighthouse_dot_store_dot_v1_dot_store__pb2.GetStatusRequest.FromString,
-                    response_serializer=lighthouse_dot_store_dot_v1_dot_store__pb2.DegradationStatus.SerializeToString,
+                    response_serializer=lighthouse_dot_store_dot_v1_dot_store__pb2.GetStatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -392,7 +392,7 @@ class AdminService:
             target,
             '/lighthouse.store.v1.AdminService/Degrade',
             lighthouse_dot_store_dot_v1_dot_store__pb2.DegradeRequest.SerializeToString,
-            lighthouse_dot_store_dot_v1_dot_store__pb2.DegradationStatus.FromString,
+            lighthouse_dot_store_dot_v1_dot_store__pb2.DegradeResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -419,7 +419,7 @@ class AdminService:
             target,
             '/lighthouse.store.v1.AdminService/Recover',
             lighthouse_dot_store_dot_v1_dot_store__pb2.RecoverRequest.SerializeToString,
-            lighthouse_dot_store_dot_v1_dot_store__pb2.DegradationStatus.FromString,
+            lighthouse_dot_store_dot_v1_dot_store__pb2.RecoverResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -446,7 +446,7 @@ class AdminService:
             target,
             '/lighthouse.store.v1.AdminService/GetStatus',
             lighthouse_dot_store_dot_v1_dot_store__pb2.GetStatusRequest.SerializeToString,
-            lighthouse_dot_store_dot_v1_dot_store__pb2.DegradationStatus.FromString,
+            lighthouse_dot_store_dot_v1_dot_store__pb2.GetStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,
