@@ -21,6 +21,7 @@ import asyncio
 import json
 import logging
 import sys
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -68,9 +69,11 @@ class AdminServicer:
     ) -> pb.DegradationStatus:
         try:
             return status_message(await asyncio.to_thread(fn))
-        except StoreError as exc:
-            code, message, trailers = status.to_status(exc)
-            log.log(status.log_level(exc, code), "%s failed: %s: %s", name, code.name, message)
+        except Exception as exc:  # the level's event not written, most likely
+            error = exc if isinstance(exc, StoreError) else status.internal(uuid.uuid4().hex[:12])
+            code, message, trailers = status.to_status(error)
+            log.log(status.log_level(error, code), "%s failed: %s: %s", name, code.name, message,
+                    exc_info=None if error is exc else exc)  # fmt: skip
             await context.abort(code, message, trailing_metadata=trailers)
             raise AssertionError("unreachable: abort raises") from exc
 

@@ -30,10 +30,11 @@ Each trigger is a figure and two marks (``--degrade-*`` settings,
   client sees it) over the last ``--degrade-window-seconds``; a bucket's
   upper bound, ``inf`` beyond the last (1 s). 100 ms / 1 s.
 - ``append_error_ratio``: appends that failed for the server's sake over all
-  appends, in the same window. Bad input, a wrong expected revision and the
-  refusals of this controller (``DEGRADED``) or of a drain are not the
-  server's trouble and do not count (else ``degraded`` would hold itself).
-  1% / 5%.
+  appends, in the same window: storage failures, internal errors,
+  corruption. Bad input, a wrong expected revision, the refusals of this
+  controller (``DEGRADED``, else ``degraded`` would hold itself), of a drain,
+  of overload and of a full disk or map (:data:`NOT_THE_SERVERS`) do not
+  count. 1% / 5%.
 - ``disk_used_ratio`` (statvfs of the data volume) and ``map_used_ratio``
   (the LMDB map): 80% / never by default. Above 95% point 2 of issue 17
   refuses appends with ``STORAGE_FULL`` by itself; this controller says
@@ -209,11 +210,14 @@ class Hysteresis:
 
 
 Buckets = tuple[tuple[float, float], ...]  # (le, cumulative count)
-# Append refusals that are not the server's trouble (the error-rate trigger):
-# bad input, a conflict, this controller's own refusal, a drain.
+# Append refusals that are no failure of the server (the error-rate trigger):
+# bad input, a conflict, this controller's own refusal, a drain; and the
+# refusals that are themselves the answer to a limit, with signals of their
+# own (overload sheds load and clients retry; a full disk or map has its
+# triggers): counting them would turn shedding load into refusing all of it.
 NOT_THE_SERVERS = frozenset({
     "INVALID_ARGUMENT", "WRONG_EXPECTED_REVISION", "EVENT_ID_CONFLICT", "STREAM_NOT_FOUND",
-    "EVENT_NOT_FOUND", "DEGRADED", "SHUTTING_DOWN",
+    "EVENT_NOT_FOUND", "DEGRADED", "SHUTTING_DOWN", "OVERLOADED", "STORAGE_FULL",
 })  # fmt: skip
 
 

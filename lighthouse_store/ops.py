@@ -276,6 +276,8 @@ class LocalOps(ServingOps):
 
     def stopping(self) -> None:
         self._not_serving = SHUTTING_DOWN
+        # Its events go through the writer, which stops soon: no level change from now on.
+        self.controller.close()
 
     def close(self) -> None:
         corruption.remove_hook(self.controller.corruption_found)
