@@ -197,3 +197,14 @@ def test_corruption_the_scrub_finds_degrades_every_worker(daemon_factory: Daemon
     assert metric(daemon, "lighthouse_corruption_detected_total") >= 1
     http, body = http_health(daemon)
     assert (http, body["level"]) == (503, "degraded")
+
+
+def test_memory_over_the_limit_degrades(daemon_factory: DaemonFactory, workers: int) -> None:
+    # A Python daemon's resident memory is far past 16 MiB: over 95% of the limit.
+    daemon = daemon_factory(workers=workers, extra_args=["--memory-limit", "16MiB"])
+    stub = daemon.stub()
+    wait_until(lambda: info(stub).degradation_level == "degraded", "degraded", OBEYED_WITHIN_S)
+    assert refused(stub)
+    ((kind, change),) = system_events(stub)
+    assert (kind, change["trigger"]) == ("SystemDegradationDetected", "memory_used_ratio")
+    assert change["figures"]["memory_used_ratio"] > 0.95

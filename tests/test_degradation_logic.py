@@ -160,3 +160,21 @@ def test_the_gate_refuses_all_but_the_degradation_types() -> None:
     assert not allowlisted(system_event("OrderPlaced", {}))
     gate.set(WARNING)
     assert gate.refusal is None and gate.level == WARNING
+
+
+def test_only_the_servers_failures_count_as_append_errors() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from lighthouse_store.metrics import DaemonMetrics
+    from lighthouse_store.ops import _append_sample
+
+    metrics = DaemonMetrics(CollectorRegistry())
+    rpc = metrics.rpc["Append"]
+    assert rpc is not None
+    for _ in range(10):
+        rpc.requests.inc()
+    for reason in ("DEGRADED", "OVERLOADED", "WRONG_EXPECTED_REVISION", "INVALID_ARGUMENT",
+                   "STORAGE_FAILURE", "INTERNAL"):  # fmt: skip
+        metrics.rpc_error("Append", "X", "recoverable", reason)
+    sample = _append_sample(metrics.append_families())
+    assert (sample.requests, sample.errors) == (10, 2)
