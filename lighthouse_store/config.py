@@ -167,10 +167,11 @@ class DegradationSettings:
         "the append p99 and the append error rate are over this sliding window",
     )  # fmt: skip
     p99_warn_ms: int = setting(
-        DEGRADATION, Milliseconds(1, 3_600_000), 100, "append p99 of the warning level"
+        DEGRADATION, Milliseconds(0, 3_600_000), 100, "append p99 of the warning level; `0`: none"
     )  # fmt: skip
     p99_degraded_ms: int = setting(
-        DEGRADATION, Milliseconds(1, 3_600_000), 1_000, "append p99 of the degraded level"
+        DEGRADATION, Milliseconds(0, 3_600_000), 1_000,
+        "append p99 of the degraded level; `0`: none",
     )  # fmt: skip
     error_warn_ratio: float = setting(
         DEGRADATION, Ratio(0.0, 1.0), 0.01,

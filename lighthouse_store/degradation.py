@@ -156,9 +156,13 @@ class Mark:
         return NORMAL
 
 
+def _seconds(ms: int) -> float:
+    return ms / 1000 if ms else math.inf  # 0: no mark
+
+
 def marks(s: DegradationSettings) -> tuple[Mark, ...]:
     return (
-        Mark("append_p99_seconds", s.p99_warn_ms / 1000, s.p99_degraded_ms / 1000),
+        Mark("append_p99_seconds", _seconds(s.p99_warn_ms), _seconds(s.p99_degraded_ms)),
         Mark("append_error_ratio", s.error_warn_ratio, s.error_degraded_ratio),
         # A ratio is never above 1: a mark of 1 is never reached.
         Mark("disk_used_ratio", s.used_warn_ratio, s.used_degraded_ratio),

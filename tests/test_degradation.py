@@ -160,7 +160,16 @@ def test_append_p99_over_its_mark_degrades_and_clears_with_hysteresis(
     daemon = daemon_factory(
         workers=workers,
         env={**os.environ, COMMIT_PAUSE_MS: "1200"},
-        extra_args=["--degrade-window-seconds", "4", "--degrade-clear-seconds", "2"],
+        extra_args=[
+            "--degrade-window-seconds",
+            "4",
+            "--degrade-clear-seconds",
+            "2",
+            "--degrade-p99-warn-ms",
+            "100",
+            "--degrade-p99-degraded-ms",
+            "1000",
+        ],
     )
     stub = daemon.stub()
     append(stub, "s", events(1))

@@ -142,10 +142,7 @@ def test_a_stuck_writer_fails_health_within_the_stall_time_and_health_keeps_answ
 ) -> None:
     stall = 0.5
     d = daemon_factory(
-        # The 4 s commits put the Append p99 over the degradation controller's
-        # mark (test_degradation.py); without the RPC histograms it has no p99:
-        # here only the stall check.
-        extra_args=["--writer-stall-seconds", str(stall), "--metrics", "off"],
+        extra_args=["--writer-stall-seconds", str(stall)],
         env=dict(os.environ, **{COMMIT_PAUSE_MS: "4000"}),
         workers=workers,
     )
