@@ -87,6 +87,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     _tool(sub, "stats", _stats,
           "streams, events, bytes, map use, oldest and newest record time")  # fmt: skip
+    admin = _tool(
+        sub, "admin", _admin,
+        "ask a running daemon (AdminService) to degrade, recover, or say its degradation status",
+    )  # fmt: skip
+    admin.add_argument("action", choices=("degrade", "recover", "status"))
+    admin.add_argument("--reason", default="", help="why (recorded in $system); needed to"
+                       " degrade or recover")  # fmt: skip
+    admin.add_argument("--level", choices=("warning", "degraded"), default="degraded",
+                       help="the level degrade forces (default: degraded)")  # fmt: skip
+    admin.add_argument("--address", default=None,
+                       help="host:port of the daemon [its --listen setting]")  # fmt: skip
     return parser
 
 
@@ -192,6 +203,12 @@ def _restore(args: argparse.Namespace, cfg: config.Config) -> int:
     from lighthouse_store import backup
 
     return backup.restore_main(args.source, cfg.data_dir)
+
+
+def _admin(args: argparse.Namespace, cfg: config.Config) -> int:
+    from lighthouse_store import admin
+
+    return admin.main(args.address or cfg.listen, args.action, args.reason, args.level)
 
 
 def _stats(args: argparse.Namespace, cfg: config.Config) -> int:

@@ -40,6 +40,7 @@ from lighthouse_store.settings import (
     HostPort,
     HostPortOrOff,
     Milliseconds,
+    Ratio,
     Seconds,
     Size,
     declare,
@@ -55,6 +56,7 @@ __all__ = [
     "TAIL_BYTES",
     "Config",
     "ConfigError",
+    "DegradationSettings",
     "Durability",
     "Limits",
     "LogFormat",
@@ -92,6 +94,7 @@ LIMITS = "Append limits"
 READS = "Reads"
 SUBSCRIPTIONS = "Subscriptions"
 OPERATIONS = "Operations"
+DEGRADATION = "Degradation"
 
 
 class Durability(StrEnum):
@@ -150,6 +153,60 @@ class SubscriptionSettings:
         SUBSCRIPTIONS, Count(1, 1_000_000), 8_000,
         "records a filtered session visits per read at most, so a reader thread"
         " is never held long",
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class DegradationSettings:
+    """The degradation controller's triggers (degradation.py, SPEC §4): each
+    figure at or above its ``warn`` mark makes the level ``warning``, at or
+    above its ``degraded`` mark ``degraded`` (read-only)."""
+
+    window_seconds: float = setting(
+        DEGRADATION, Seconds(1, 3600), 60.0,
+        "the append p99 and the append error rate are over this sliding window",
+    )  # fmt: skip
+    p99_warn_ms: int = setting(
+        DEGRADATION, Milliseconds(0, 3_600_000), 100, "append p99 of the warning level; `0`: none"
+    )  # fmt: skip
+    p99_degraded_ms: int = setting(
+        DEGRADATION, Milliseconds(0, 3_600_000), 1_000,
+        "append p99 of the degraded level; `0`: none",
+    )  # fmt: skip
+    error_warn_ratio: float = setting(
+        DEGRADATION, Ratio(0.0, 1.0), 0.01,
+        "share of appends failing for the server's sake (not bad input, not a refusal"
+        " because degraded) that makes the level warning",
+    )  # fmt: skip
+    error_degraded_ratio: float = setting(
+        DEGRADATION, Ratio(0.0, 1.0), 0.05, "share of failing appends of the degraded level"
+    )  # fmt: skip
+    used_warn_ratio: float = setting(
+        DEGRADATION, Ratio(0.0, 1.0), 0.8,
+        "share of the data volume (statvfs) or of the LMDB map used that makes the level"
+        " warning",
+    )  # fmt: skip
+    used_degraded_ratio: float = setting(
+        DEGRADATION, Ratio(0.0, 1.0), 1.0,
+        "share of the data volume or map used that makes the level degraded; `1`: never"
+        " (a full disk or map refuses appends with `STORAGE_FULL` by itself)",
+    )  # fmt: skip
+    memory_warn_ratio: float = setting(
+        DEGRADATION, Ratio(0.0, 1.0), 0.9,
+        "resident memory, as a share of `--memory-limit`, of the warning level",
+    )  # fmt: skip
+    memory_degraded_ratio: float = setting(
+        DEGRADATION, Ratio(0.0, 1.0), 0.95,
+        "resident memory, as a share of `--memory-limit`, of the degraded level",
+    )  # fmt: skip
+    clear_ratio: float = setting(
+        DEGRADATION, Ratio(0.0, 1.0), 0.9,
+        "hysteresis: a level is left only once every figure is below this share of its"
+        " mark",
+    )  # fmt: skip
+    clear_seconds: float = setting(
+        DEGRADATION, Seconds(0, 3600), 10.0,
+        "hysteresis: ... and has stayed there this long",
     )  # fmt: skip
 
 
@@ -278,6 +335,12 @@ class Config:
         "`off`: no per-call, per-commit or per-delivery instruments (for comparing their"
         " cost); `/metrics` keeps the storage, process and health figures",
     )  # fmt: skip
+    memory_limit: int = setting(
+        DEGRADATION, Size(0, 16 * TIB), 0,
+        "memory each serving process may use (resident): the memory triggers are shares of"
+        " it; `0`: the cgroup's memory limit when there is one, else no memory trigger",
+    )  # fmt: skip
+    degradation: DegradationSettings = nested(DegradationSettings, prefix="degrade_")
     writer_stall_seconds: float = setting(
         OPERATIONS, Seconds(0.5, 3600.0), 5.0,
         "the writer check of `/health` fails (503, gRPC health `NOT_SERVING`) once appends"

@@ -11,15 +11,16 @@ same record does not flood the log), calls every hook added with
 :func:`add_hook` on every finding, and returns the :class:`Corruption` to raise.
 
 The hooks are where the rest of the daemon learns of corruption: the
-``lighthouse_corruption_detected_total`` counter, and SPEC §4's degradation
-controller (its ``degraded`` level). They run on the thread that found it
-(a reader thread, the event loop, the scrub), so they must be quick and
-thread-safe. Until the controller exists, the store itself turns read-only
-when the start-up check or the scrub finds corruption
-(``LmdbEventStore.degraded``); a client's read that reaches a corrupt
-record fails with ``DATA_LOSS`` and is reported here, but does not by
-itself stop appends (the reader proves nothing about the records it did not
-read; the scrub, which reads them all, does).
+``lighthouse_corruption_detected_total`` counter (``metrics.py``, a record
+counted once per process), and SPEC §4's degradation controller
+(``degradation.py``), whose level goes to ``degraded`` on any finding: the
+start-up check's, the scrub's, and a client's read that reached a corrupt
+record (which also fails with ``DATA_LOSS``): a store known to hold a
+damaged record takes no more appends until an operator has looked
+(``lighthouse-store admin recover``). In a worker process the hook also
+tells the supervisor, whose controller decides for all. They run on the
+thread that found it (a reader thread, the event loop, the scrub), so they
+must be quick and thread-safe.
 
 The offline tools (``verify.py``, ``repair.py``) make their own reports and
 do not go through here, except where they share the daemon's read code.

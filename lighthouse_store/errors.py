@@ -103,9 +103,8 @@ class Corruption(StoreError):
 
 class Degraded(StoreError):
     """The store takes no appends for now (read-only); reads and
-    subscriptions go on. Today: corruption was found in the store at start or
-    by the scrub (``corruption.py``); SPEC §4's degradation controller is to
-    use it for its ``degraded`` level too."""
+    subscriptions go on: the degradation level is ``degraded``
+    (``degradation.py``: a trigger, corruption found, or an operator)."""
 
     reason: str = Reason.DEGRADED
     failure_class = FailureClass.RECOVERABLE

@@ -9,7 +9,9 @@ Four components, each ``pass``, ``warn`` or ``fail``:
   because storage could not take it, a full map or a failed write, and no
   commit of events has succeeded since); ``warn`` when the LMDB map or the
   data volume is 80% used or more (SPEC §4's warning mark).
-- ``writer``: ``fail`` when appends have waited ``--writer-stall-seconds``
+- ``writer``: ``fail`` while the degradation controller's level is
+  ``degraded`` (``degradation.py``: appends refused, reads go on), ``warn``
+  while it is ``warning``; ``fail`` when appends have waited ``--writer-stall-seconds``
   with no commit finishing (in any worker); ``warn`` when the commit p99 over
   the last minute is above 100 ms.
 - ``subscriptions``: ``warn`` when a subscription is more than
@@ -46,6 +48,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+
+from lighthouse_store.degradation import DEGRADED, NORMAL, WARNING
+from lighthouse_store.degradation import p99_between as p99_between
 
 __all__ = [
     "COMPONENTS",
@@ -117,6 +122,8 @@ class Figures:
     workers_down: tuple[int, ...] = ()  # worker indexes not serving (being restarted)
     worker_usage: tuple[UsageFigures, ...] = ()
     commit_buckets: tuple[tuple[float, float], ...] = ()  # (le, cumulative count)
+    degradation: str = NORMAL  # the controller's level (degradation.py)
+    degradation_trigger: str = ""
 
 
 @dataclass(frozen=True)
@@ -187,7 +194,8 @@ def _worst(statuses: list[str]) -> str:
 
 def _storage(f: Figures, t: Thresholds) -> Check:
     s = f.storage
-    blocked = [w.worker for w in f.writers if w.writes_blocked]
+    # While degraded the writer check says why appends are refused.
+    blocked = [w.worker for w in f.writers if w.writes_blocked and f.degradation != DEGRADED]
     figures = {
         "data_bytes": s.data_bytes,
         "map_used_ratio": round(s.map_used_ratio, 6),
@@ -214,12 +222,17 @@ def _writer(f: Figures, t: Thresholds, p99: float | None) -> Check:
         "commit_p99_seconds": _bound(p99),
         "stall_seconds": t.stall_seconds,
     }
+    if f.degradation == DEGRADED:
+        return Check(FAIL, f"appends are refused: the store is degraded"
+                           f" ({f.degradation_trigger}); reads go on", figures)  # fmt: skip
     stalled = [w for w in f.writers if w.queue_depth and f.at - w.busy_since > t.stall_seconds]
     if stalled:
         w = max(stalled, key=lambda w: f.at - w.busy_since)
         where = "" if w.worker is None else f" in worker {w.worker}"
         return Check(FAIL, f"appends have waited {f.at - w.busy_since:.1f} s with no commit"
                            f" finishing{where}", figures)  # fmt: skip
+    if f.degradation == WARNING:
+        return Check(WARN, f"degradation level warning ({f.degradation_trigger})", figures)
     if p99 is not None and p99 > t.commit_p99_warn_seconds:
         return Check(WARN, f"commit p99 over the last minute is above"
                            f" {t.commit_p99_warn_seconds * 1000:g} ms", figures)  # fmt: skip
@@ -276,23 +289,6 @@ def evaluate(f: Figures, t: Thresholds, commit_p99: float | None = None) -> Repo
     else:
         level = {PASS: "normal", WARN: "warning", FAIL: "degraded"}[status]
     return Report(status, level, checks, f.durability)
-
-
-def p99_between(
-    old: tuple[tuple[float, float], ...], new: tuple[tuple[float, float], ...]
-) -> float | None:
-    """The p99 (a bucket's upper bound) of what was observed between two
-    readings of a histogram's cumulative buckets; None if nothing was."""
-    if not new or len(old) not in (0, len(new)):
-        return None
-    counts = [n - (old[i][1] if old else 0.0) for i, (_, n) in enumerate(new)]
-    total = counts[-1]
-    if total <= 0:
-        return None
-    for (le, _), count in zip(new, counts, strict=True):
-        if count >= 0.99 * total:
-            return le
-    return math.inf
 
 
 class HealthMonitor:

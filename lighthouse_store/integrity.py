@@ -27,7 +27,8 @@ store: verify, stats, backup, repair) therefore checks, in order:
    :data:`NEWEST_CHECKED` records are read back: checksums, positions one
    after another, and each readable record's entries in ``stream_idx`` and
    ``event_ids`` pointing back at it. A finding does not stop the start: the
-   daemon starts read-only (``LmdbEventStore.degraded``; appends get
+   daemon starts read-only (``LmdbEventStore.degraded``, the degradation
+   controller's ``degraded`` level, ``degradation.py``; appends get
    ``UNAVAILABLE`` / ``DEGRADED``), reads and subscriptions go on, and the log
    says which positions (``corruption.found``). Refusing to start would
    make every good record unreadable too, for the sake of one bad one.

@@ -82,9 +82,9 @@ from typing import Any
 from lighthouse_store import integrity, lmdb_format, lmdb_reads, lmdb_txn, records
 from lighthouse_store.config import TAIL_BYTES, Durability
 from lighthouse_store.corruption import Finding
+from lighthouse_store.degradation import CORRUPTION, DEGRADED, WriteGate, allowlisted
 from lighthouse_store.errors import (
     Corruption,
-    Degraded,
     EventIdConflict,
     InvalidArgument,
     StorageFailure,
@@ -107,8 +107,6 @@ from lighthouse_store.tail import Tail
 
 log = logging.getLogger("lighthouse_store.store")
 
-DEGRADED_RETRY_MS = 5_000  # the RetryInfo of an append refused by a read-only store
-
 
 class LmdbEventStore(EventStore):
     def __init__(
@@ -122,8 +120,11 @@ class LmdbEventStore(EventStore):
         tail_bytes: int = TAIL_BYTES,
         preallocate: int = 0,
         shared: bool = False,
+        gate: WriteGate | None = None,
     ) -> None:
         self._clock = clock
+        # Read by every append: the degradation level's refusal (degradation.py).
+        self.gate = gate or WriteGate()
         self._shared = shared
         self.data_dir = data_dir
         # What this process knows of the log, loaded by _catch_up in every
@@ -214,32 +215,24 @@ class LmdbEventStore(EventStore):
 
     @property
     def degraded(self) -> Finding | None:
-        """Why the store takes no appends, or None. Set (once) by the start-up
-        check of the newest records and by the scrub; the degradation
-        controller of SPEC §4 is to read it (``corruption.py``)."""
+        """The corruption the start-up check of the newest records found
+        (or :meth:`degrade` was told of), or None: the degradation controller
+        starts ``degraded`` with it (``degradation.py``)."""
         return self._degraded
 
     def degrade(self, finding: Finding) -> None:
         """Take no more appends from now on, for ``finding`` (the first one
-        stays the reason). An idempotent retry of an append already recorded
-        is still answered (it writes nothing), and checkpoints (acks) are
-        still stored."""
+        stays the reason): the gate closes until the controller opens it. An
+        idempotent retry of an append already recorded is still answered (it
+        writes nothing), and checkpoints (acks) are still stored."""
         if self._degraded is None:
             self._degraded = finding
+            self.gate.set(DEGRADED, CORRUPTION, finding.position)
             log.error(
                 "the store is read-only from now on: %s; reads and subscriptions go on. "
                 "Run lighthouse-store verify, then repair (README, Operations)",
                 finding.message,
             )
-
-    def _refusal(self, finding: Finding) -> Degraded:
-        where = {} if finding.position is None else {"position": str(finding.position)}
-        return Degraded(
-            f"the store is read-only: corruption was found ({finding.message}); reads go on, "
-            "appends wait for an operator to repair the store",
-            retry_after_ms=DEGRADED_RETRY_MS,
-            **where,
-        )
 
     def last_txnid(self) -> int:
         """LMDB's newest committed transaction id, read from its meta page
@@ -380,8 +373,11 @@ class LmdbEventStore(EventStore):
         if not staged_ids.keys().isdisjoint(ids) or txn.cursor(db=id_db).getmulti(ids):
             known = [staged_ids.get(i) or txn.get(i, db=id_db) for i in ids]
             return self._replayed(txn, group, cmd, known)
-        if self._degraded is not None:  # after the retry check: a retry writes nothing
-            raise self._refusal(self._degraded)
+        # After the retry check (a retry writes nothing): the one place an
+        # append is refused for the degradation level.
+        refusal = self.gate.refusal
+        if refusal is not None and not allowlisted(cmd):
+            raise refusal
         name = cmd.stream.encode()
         state = group.streams.get(name)
         if state is None:

@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import glob
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -69,6 +70,7 @@ from prometheus_client.registry import Collector
 from lighthouse_store import __version__, lmdb_format
 
 if TYPE_CHECKING:
+    from lighthouse_store.corruption import Finding
     from lighthouse_store.lmdb_store import LmdbEventStore
     from lighthouse_store.writer import CommitInfo, CommitListener, GroupCommitWriter
 
@@ -107,6 +109,11 @@ SUBSCRIPTIONS = "lighthouse_subscriptions_active"
 MAX_LAG = "lighthouse_subscription_max_lag_events"
 BUSY_SINCE = "lighthouse_writer_busy_since_timestamp_seconds"
 COMMIT_DURATION = "lighthouse_commit_duration_seconds"
+RPC_DURATION = "lighthouse_rpc_duration_seconds"
+RPC_REQUESTS = "lighthouse_rpc_requests"
+APPEND_REFUSALS = "lighthouse_append_refusals"
+DEGRADATION_LEVEL = "lighthouse_degradation_level"
+CORRUPTION_DETECTED = "lighthouse_corruption_detected"
 LAST_COMMIT_RESOLUTION_S = 0.01
 HIDDEN = frozenset({BUSY_SINCE})
 
@@ -121,6 +128,24 @@ if os.environ.get(MULTIPROC_ENV):
     # fast (prometheus-client documents this hook for its process identifier).
     _PID = os.getpid()
     values.ValueClass = values.MultiProcessValue(lambda: _PID)
+
+
+class FindingsSeen:
+    """The corruption findings (kind, position) counted so far, to count each once."""
+
+    LIMIT = 4096  # past this many, nothing more is counted (the store is beyond saving)
+
+    def __init__(self) -> None:
+        self._seen: set[tuple[str, int | None]] = set()
+        self._lock = threading.Lock()
+
+    def first(self, finding: Finding) -> bool:
+        key = (finding.what, finding.position)
+        with self._lock:
+            if key in self._seen or len(self._seen) >= self.LIMIT:
+                return False
+            self._seen.add(key)
+            return True
 
 
 class RpcInstruments:
@@ -151,7 +176,8 @@ class DaemonMetrics:
         self.writes_blocked = Gauge(
             WRITES_BLOCKED,
             "1 while appends are refused because storage cannot take them (map full, write"
-            " failure), from the refusal until a commit of events succeeds",
+            " failure), from the refusal until a commit of events succeeds, and while the"
+            " degradation level is degraded",
             multiprocess_mode="livemax", registry=r,
         )  # fmt: skip
         self.subscriptions = Gauge(SUBSCRIPTIONS, "Subscriptions open",
@@ -165,20 +191,27 @@ class DaemonMetrics:
             "Unix time since which the appends queued have waited with no commit finishing",
             multiprocess_mode="liveall", registry=None,
         )  # fmt: skip
+        self.degradation_level = Gauge(
+            DEGRADATION_LEVEL, "The degradation level: 0 normal, 1 warning, 2 degraded (read-only)",
+            multiprocess_mode="livemax", registry=r,
+        )  # fmt: skip
         # What the gauges hold, so that they are written only when it changes:
-        self._depth = self._queued = self._blocked = 0
+        self._depth = self._queued = self._blocked = self._level_blocked = 0
         self._last_commit = 0.0
         self._health_gauges = (self.queue_depth, self.queue_bytes, self.last_commit,
                                self.writes_blocked, self.subscriptions, self.max_lag,
                                self.busy_since)  # fmt: skip
         self.rpc: dict[str, RpcInstruments | None] = dict.fromkeys(METHODS)
+        self.counted = FindingsSeen()
         if not instruments:
             return
-        requests = Counter("lighthouse_rpc_requests", "RPCs received", ["method"], registry=r)
+        requests = Counter(RPC_REQUESTS, "RPCs received", ["method"], registry=r)
+        self._requests = requests
         duration = Histogram(
-            "lighthouse_rpc_duration_seconds", "Time to answer an RPC (a Read: its whole stream)",
+            RPC_DURATION, "Time to answer an RPC (a Read: its whole stream)",
             ["method"], buckets=TIME_BUCKETS, registry=r,
         )  # fmt: skip
+        self._duration = duration
         for m in METHODS:
             self.rpc[m] = RpcInstruments(
                 requests.labels(m), None if m in UNTIMED else duration.labels(m)
@@ -188,12 +221,14 @@ class DaemonMetrics:
             ["method", "code", "failure_class"], registry=r,
         )  # fmt: skip
         self._refusals = Counter(
-            "lighthouse_append_refusals", "Appends refused, by ErrorInfo reason", ["reason"],
+            APPEND_REFUSALS, "Appends refused, by ErrorInfo reason", ["reason"],
             registry=r,
         )  # fmt: skip
         self._corruption = Counter(
-            "lighthouse_corruption_detected",
-            "Stored records that failed their checksum or format check when read", registry=r,
+            CORRUPTION_DETECTED,
+            "Corruption found: stored records (kind and position) that failed a check when"
+            " read, each counted once per process, by a client's read, the start-up check"
+            " or the scrub", registry=r,
         )  # fmt: skip
         self._events = Counter("lighthouse_events_appended", "Events written", registry=r)
         self._bytes = Counter(
@@ -236,8 +271,20 @@ class DaemonMetrics:
         self._errors.labels(method, code, failure_class).inc()
         if method == "Append":
             self._refusals.labels(reason).inc()
-        if reason == "CORRUPTION":
+
+    def corruption_found(self, finding: Finding) -> None:
+        """A ``corruption.add_hook`` hook: every finding (a client's read,
+        the start-up check, the scrub) of a record (kind and position) this
+        process had not counted yet: the scrub goes round again, readers
+        come back."""
+        if self.instruments and self.counted.first(finding):
             self._corruption.inc()
+
+    def set_level(self, level: int) -> None:
+        """The degradation level (0, 1, 2); 2 blocks writes."""
+        self.degradation_level.set(level)
+        self._level_blocked = 1 if level >= 2 else 0
+        self.writes_blocked.set(max(self._blocked, self._level_blocked))
 
     # -- the writer (writer.py) ---------------------------------------------------
 
@@ -266,7 +313,7 @@ class DaemonMetrics:
                 self.busy_since.set(now)
             blocked = 1 if info.refused_by_storage else 0 if info.events else self._blocked
             if blocked != self._blocked:
-                self.writes_blocked.set(blocked)
+                self.writes_blocked.set(max(blocked, self._level_blocked))
                 self._blocked = blocked
             committed = info.appends > info.refused_by_storage  # its transaction committed
             if committed and now - self._last_commit >= LAST_COMMIT_RESOLUTION_S:
@@ -311,6 +358,14 @@ class DaemonMetrics:
         if self.instruments:
             yield from self.commit_duration.collect()
 
+    def append_families(self) -> Iterator[Metric]:
+        """The RPC requests, durations and append refusals (the degradation
+        triggers' figures; none with ``--metrics off``)."""
+        if self.instruments:
+            yield from self._requests.collect()
+            yield from self._duration.collect()
+            yield from self._refusals.collect()
+
 
 # -- collectors of the serving process -------------------------------------------------
 
@@ -339,6 +394,11 @@ def process_gauges(path: Path, pid: int) -> list[Metric]:
 def histogram_families(path: Path) -> list[Metric]:
     """Every worker's histograms, summed, from the multiprocess files."""
     return _merge(path, "histogram_*.db")
+
+
+def counter_families(path: Path) -> list[Metric]:
+    """Every worker's counters, summed, from the multiprocess files."""
+    return _merge(path, "counter_*.db")
 
 
 def forget_process(path: Path, pid: int) -> None:

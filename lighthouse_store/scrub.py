@@ -16,13 +16,11 @@ appends and acks of any worker count). A busy store is not scrubbed at all;
 the scrub goes on where it stopped once it is quiet.
 
 A finding is reported like any other (``corruption.found``: one log line
-per record, the hooks, so the corruption counter), and handed to
-``on_finding``. In a single process that makes the store read-only
-(``LmdbEventStore.degrade``). With worker processes the scrub runs in the
-supervisor (one per store, beside the start-up checks and the future
-degradation controller): there the finding is logged and reported, and the
-workers' appends stop only once SPEC §4's controller shares its level with
-them.
+per record, the hooks: the corruption counter, and the degradation
+controller, which makes the store read-only, ``degradation.py``), and handed
+to ``on_finding`` (the daemon's: :func:`told`, a line saying what to do).
+With worker processes the scrub runs in the supervisor, one per store,
+beside the start-up checks and the controller, which tells every worker.
 """
 
 from __future__ import annotations
@@ -38,6 +36,24 @@ from lighthouse_store.lmdb_store import LmdbEventStore
 from lighthouse_store.threads import name_os_thread
 
 log = logging.getLogger("lighthouse_store.scrub")
+
+
+_told: set[tuple[str, int | None]] = set()
+
+
+def told(finding: Finding) -> None:
+    """The daemon's ``on_finding``: what the operator is to do, once per
+    record (the scrub goes round again and again)."""
+    key = (finding.what, finding.position)
+    if key in _told or len(_told) > 4096:
+        return
+    _told.add(key)
+    log.error(
+        "the scrub found corruption (%s); the store is degraded (read-only): stop the "
+        "daemon, run lighthouse-store verify and repair",
+        finding.message,
+    )
+
 
 TICK_S = 0.1
 AFTER_ERROR_S = 60.0

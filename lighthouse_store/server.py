@@ -36,16 +36,17 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from lighthouse_store import __version__, signals, tracing
+from lighthouse_store import __version__, admin, signals, tracing
 from lighthouse_store.calls import STREAM_END_S, Calls
 from lighthouse_store.config import Config, Durability
+from lighthouse_store.degradation import WriteGate, recorded, system_event
 from lighthouse_store.faults import Faults
 from lighthouse_store.lmdb_store import LmdbEventStore
 from lighthouse_store.lock import DataDirLock
 from lighthouse_store.metrics import DaemonMetrics
 from lighthouse_store.ops import LocalOps, ServingOps
 from lighthouse_store.ports import BindError
-from lighthouse_store.scrub import Scrubber
+from lighthouse_store.scrub import Scrubber, told
 from lighthouse_store.servicer import SERVICE_NAME, EventStoreServicer, method_handlers
 from lighthouse_store.subscriptions import SubscriptionHub
 from lighthouse_store.threads import name_os_thread
@@ -58,6 +59,7 @@ log = logging.getLogger("lighthouse_store.server")
 
 HEALTH_SERVICE_NAME: str = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+RECORD_TIMEOUT_S = 30.0  # a level event not durable by then: the level stays as it was
 
 
 @dataclass(frozen=True)
@@ -136,10 +138,25 @@ async def _sample_subscriptions(hub: SubscriptionHub, metrics: DaemonMetrics) ->
         await asyncio.sleep(1.0)
 
 
+def _configure_admin(server: grpc.aio.Server, ops: ServingOps) -> None:
+    admin.add_to_server(server, admin.AdminServicer(ops.admin))
+
+
 def _configure_reflection(server: grpc.aio.Server) -> None:
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
+    names = (SERVICE_NAME, admin.ADMIN_SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME)
+    reflection.enable_server_reflection(names, server)
+
+
+def _recorder(writer: GroupCommitWriter) -> Callable[[str, dict[str, object]], None]:
+    """The degradation controller's ``record``: one ``$system`` event through
+    the writer's priority slot, durable when it returns (any thread but the
+    event loop's)."""
+
+    def record(event_type: str, data: dict[str, object]) -> None:
+        future = writer.commit_first(system_event(event_type, data))
+        recorded(future.result(RECORD_TIMEOUT_S))
+
+    return record
 
 
 def _bind(server: grpc.aio.Server, listen: str) -> str:
@@ -171,8 +188,15 @@ async def _drain(writer: GroupCommitWriter, quiet: float = 0.05, limit: float = 
             return
 
 
-def open_store(config: Config, *, shared: bool = False, preallocate: bool = True) -> LmdbEventStore:
-    """The store as ``config`` says. ``shared``: other processes commit to it too."""
+def open_store(
+    config: Config,
+    *,
+    shared: bool = False,
+    preallocate: bool = True,
+    gate: WriteGate | None = None,
+) -> LmdbEventStore:
+    """The store as ``config`` says. ``shared``: other processes commit to it
+    too; ``gate``: the degradation level's, when another process decides it."""
     return LmdbEventStore(
         config.data_dir,
         map_size=config.map_size,
@@ -180,6 +204,7 @@ def open_store(config: Config, *, shared: bool = False, preallocate: bool = True
         preallocate=config.preallocate if preallocate else 0,
         tail_bytes=config.tail_bytes,
         shared=shared,
+        gate=gate,
     )
 
 
@@ -188,7 +213,7 @@ async def serve(config: Config, reloader: signals.Reloader) -> None:
     lock = DataDirLock(config.data_dir).acquire()
     try:
         store = open_store(config)
-        scrubber = Scrubber(store, config.scrub_records_per_second, store.degrade).start()
+        scrubber = Scrubber(store, config.scrub_records_per_second, told).start()
         try:
             ops = LocalOps(config, store).start()  # the HTTP endpoint: BindError
             try:
@@ -252,9 +277,11 @@ async def run(
     hub = SubscriptionHub(store, writer, readers, config.subscriptions, metrics)
     calls = Calls()
     servicer = EventStoreServicer(
-        config, store, writer, readers, hub, metrics, traced.spans if traced else None, calls
-    )
+        config, store, writer, readers, hub, metrics, traced.spans if traced else None, calls,
+        gate=store.gate,
+    )  # fmt: skip
     _configure_store_service(server, servicer)
+    _configure_admin(server, ops)
     health_servicer = await _configure_health(server)
     _configure_reflection(server)
     address = _bind(server, config.listen)
@@ -273,7 +300,7 @@ async def run(
     writer.start()
     await server.start()
     sampler = loop.create_task(_sample_subscriptions(hub, metrics))
-    ops.serving(_following_health(loop, health_servicer))
+    ops.serving(_following_health(loop, health_servicer), _recorder(writer))
     log.info(
         "listening on %s (data dir %s, durability %s, tail %d bytes, version %s)",
         address,

@@ -42,6 +42,7 @@ from lighthouse_proto.v1 import store_pb2 as pb
 from lighthouse_store import __version__, records, status, validation
 from lighthouse_store.calls import Calls
 from lighthouse_store.config import Config, Durability
+from lighthouse_store.degradation import WriteGate
 from lighthouse_store.errors import EventNotFound, InvalidArgument, ShuttingDown, StoreError
 from lighthouse_store.metrics import DaemonMetrics, RpcInstruments
 from lighthouse_store.store import AppendCommand, EventStore
@@ -169,8 +170,11 @@ class EventStoreServicer:
         metrics: DaemonMetrics,
         spans: RpcSpans | None = None,
         calls: Calls | None = None,
+        *,
+        gate: WriteGate | None = None,
     ) -> None:
         self._calls = calls or Calls()  # shutdown ends streams through it (calls.py)
+        self._gate = gate or WriteGate()
         self._hub = hub
         self._metrics = metrics
         self._spans = spans  # None: tracing is off
@@ -257,6 +261,7 @@ class EventStoreServicer:
             ),
             subscriber_count=self._hub.count,
             worker_pid=os.getpid(),
+            degradation_level=self._gate.level,
         ).SerializeToString()
 
     @_guard_stream

@@ -94,9 +94,7 @@ class ReadQuery:
 
     @property
     def filtered(self) -> bool:
-        return bool(
-            self.stream_prefixes or self.streams or self.event_types or self.correlation_id
-        )
+        return bool(self.stream_prefixes or self.streams or self.event_types or self.correlation_id)
 
 
 @dataclass(frozen=True, slots=True)

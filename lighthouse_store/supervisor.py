@@ -98,19 +98,26 @@ worker (``PR_SET_PDEATHSIG``, ``worker.py``) and drops the lock, so a
 restart finds neither a stray worker on the port nor the data dir locked;
 its start-up reader check frees the dead workers' slots.
 
-Shared state (for issue 17; not built yet)
-==========================================
+Degradation
+===========
 
-The degradation controller will live here. State that workers read on every call (the
-degradation level) goes in one page the supervisor creates before any worker
-starts: ``<data-dir>/run/shared``, ``mmap``'d read-write here and read-only
-in workers (its path a new ``WorkerSpec`` field with a default), little-
-endian u64 slots at fixed offsets: 0 magic and layout version, 8 the
-supervisor's pid, 16 a generation bumped at each supervisor start, 24 the
-degradation level, the rest reserved. One writer (the supervisor); a worker
-reads a slot with ``struct.unpack_from``, no system call and no lock (an
-aligned 8-byte load sees the old value or the new one, never half of each).
-Numbers going the other way are the metrics, in the multiprocess files.
+The degradation controller (``degradation.py``) runs here, in
+``SupervisorOps``: one decides for every worker. It reads the workers'
+Append figures from the multiprocess files, and hears of corruption from
+the scrub (in this process) and from the workers (a ``corruption`` line on
+the control socket, which also carries the admin calls a worker was asked:
+``admin`` lines, answered with ``admin-reply``, ``worker.py``). A change of
+level is committed here, through ``LmdbEventStore.commit`` on the shared
+environment (this process already holds it for the start-up checks, the
+preallocator and the scrub; no other thread of this process commits), so
+it takes LMDB's write lock ahead of every worker's next group; then the
+workers' subscriptions are woken (``wakeups.py``, this process as one more
+peer, index N) and every worker is sent the level (a ``level`` line) on the
+control socket, which sets its store's gate: within a second, usually a
+millisecond. A worker that starts is told the level before it is counted
+as serving. A message on a socket rather than a shared memory page: a
+worker reads the level once per append as an attribute either way, and the
+socket already carries the health verdict.
 """
 
 from __future__ import annotations
@@ -130,15 +137,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import lighthouse_store
-from lighthouse_store import __version__, config, signals
+from lighthouse_store import __version__, config, scrub, signals
 from lighthouse_store.config import Config, Durability, Source
 from lighthouse_store.corruption import Finding
+from lighthouse_store.degradation import recorded, system_event
 from lighthouse_store.lmdb_store import LmdbEventStore
 from lighthouse_store.lock import DataDirLock
 from lighthouse_store.ops import SupervisorOps
 from lighthouse_store.ports import PortReservation
 from lighthouse_store.scrub import Scrubber
 from lighthouse_store.server import open_store
+from lighthouse_store.wakeups import Wakeups
 from lighthouse_store.worker import WorkerSpec
 
 __all__ = ["WorkerStartError", "supervise"]
@@ -172,21 +181,20 @@ class _Slot:
     started: float = 0.0
     quick_exits: int = 0  # exits in a row, each less than HEALTHY_AFTER_S after its start
     serving: bool = False  # it said it serves, and has not exited since
+    listener: asyncio.Task[None] | None = None  # reads what it says on the control socket
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.returncode is None
 
 
-async def supervise(
-    cfg: Config, workers: int, reloader: signals.Reloader, source: Source
-) -> int:
+async def supervise(cfg: Config, workers: int, reloader: signals.Reloader, source: Source) -> int:
     """Run the supervisor until SIGTERM/SIGINT; the exit status. Raises
     DataDirLocked, BindError, StoreError, OSError and WorkerStartError.
     ``reloader``: SIGHUP's; ``source``: where the workers reload from."""
     lock = DataDirLock(cfg.data_dir).acquire()
     try:
         store = open_store(cfg, shared=True)  # the start-up checks; the preallocator
-        scrubber = Scrubber(store, cfg.scrub_records_per_second, _scrub_found).start()
+        scrubber = Scrubber(store, cfg.scrub_records_per_second, scrub.told).start()
         try:
             reservation = PortReservation(cfg.listen)
             try:
@@ -202,17 +210,6 @@ async def supervise(
         lock.release()
 
 
-def _scrub_found(finding: Finding) -> None:
-    """The scrub's finding, in the supervisor (``scrub.py``): reported and
-    logged (``corruption.found``); until the degradation controller shares
-    its level with the workers, they go on taking appends."""
-    log.error(
-        "the scrub found corruption (%s); the workers still take appends: stop the "
-        "daemon, run lighthouse-store verify and repair",
-        finding.message,
-    )
-
-
 class Supervisor:
     def __init__(self, cfg: Config, workers: int, store: LmdbEventStore, address: str) -> None:
         self._config = dataclasses.replace(cfg, listen=address, workers=workers)
@@ -222,14 +219,24 @@ class Supervisor:
         self._stop = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._source = Source()
-        # The HTTP endpoint, bound here (BindError) before any worker starts.
-        self._ops = SupervisorOps(self._config, store, self._serving, self._tell_workers)
+        self._tasks: set[asyncio.Task[None]] = set()
+        # To wake the workers' subscriptions after a level event: one more peer.
+        self._wakeups = Wakeups(self._namespace, workers, workers)
+        try:
+            # The HTTP endpoint, bound here (BindError) before any worker starts.
+            self._ops = SupervisorOps(
+                self._config, store, self._serving, self._tell_workers, self._tell_level
+            )
+        except BaseException:
+            self._wakeups.close()
+            raise
 
     async def run(self, reloader: signals.Reloader, source: Source) -> int:
         try:
             return await self._run(reloader, source)
         finally:
             self._ops.close()
+            self._wakeups.close()
 
     async def _run(self, reloader: signals.Reloader, source: Source) -> int:
         loop = self._loop = asyncio.get_running_loop()
@@ -242,14 +249,22 @@ class Supervisor:
             self._config = signals.with_reloaded(self._config, reloader.reload())
 
         signals.install(loop, reload, self._forward)
-        self._ops.start()
+        self._ops.start(self._record)
         cfg = self._config
-        log.info("starting %d workers on %s (data dir %s, durability %s, version %s)",
-                 len(self._slots), cfg.listen, cfg.data_dir, cfg.durability.value, __version__)
+        log.info(
+            "starting %d workers on %s (data dir %s, durability %s, version %s)",
+            len(self._slots),
+            cfg.listen,
+            cfg.data_dir,
+            cfg.durability.value,
+            __version__,
+        )
         if cfg.durability is not Durability.FSYNC:
-            log.warning("durability %s: acknowledged appends are not fsynced, so a power cut "
-                        "can lose the newest of them (GetInfo reports the mode)",
-                        cfg.durability.value)
+            log.warning(
+                "durability %s: acknowledged appends are not fsynced, so a power cut "
+                "can lose the newest of them (GetInfo reports the mode)",
+                cfg.durability.value,
+            )
         watchers: list[asyncio.Task[None]] = []
         try:
             if not await self._start_all():
@@ -325,7 +340,7 @@ class Supervisor:
         slot.serving = False
         line = b""
         try:
-            line = await asyncio.wait_for(reader.readline(), READY_TIMEOUT_S)
+            line = await asyncio.wait_for(self._until_ready(slot, reader), READY_TIMEOUT_S)
         except TimeoutError:
             log.error("worker %d (pid %d) did not serve within %.0f s; killing it",
                       slot.index, slot.proc.pid, READY_TIMEOUT_S)  # fmt: skip
@@ -336,8 +351,10 @@ class Supervisor:
             self._ops.worker_exited(slot.proc.pid)
             return code
         log.info("worker %d (pid %d) serving", slot.index, slot.proc.pid)
+        self._send_level(*self._ops.level(), slot)
         slot.serving = True
         self._send_verdict(self._ops.verdict(), slot)
+        slot.listener = asyncio.get_running_loop().create_task(self._listen(slot, reader))
         return None
 
     def _serving(self) -> list[tuple[int, int]]:
@@ -360,6 +377,77 @@ class Supervisor:
         for slot in self._slots if only is None else [only]:
             if slot.serving and slot.control is not None:
                 slot.control.write(line)
+
+    def _record(self, event_type: str, data: dict[str, object]) -> None:
+        """The controller's ``record`` (its thread): one ``$system`` event,
+        committed and flushed here, then the workers' subscriptions woken."""
+        recorded(self._store.commit([system_event(event_type, data)])[0])
+        self._wakeups.announce()
+
+    def _tell_level(self, level: str, trigger: str, position: int | None) -> None:
+        """Pass the degradation level to every serving worker (any thread)."""
+        if self._loop is None:
+            return
+        with contextlib.suppress(RuntimeError):  # a closed loop: no worker left to tell
+            self._loop.call_soon_threadsafe(self._send_level, level, trigger, position, None)
+
+    def _send_level(
+        self, level: str, trigger: str, position: int | None, only: _Slot | None
+    ) -> None:
+        message = {"event": "level", "level": level, "trigger": trigger, "position": position}
+        line = json.dumps(message).encode() + b"\n"
+        for slot in self._slots if only is None else [only]:
+            if slot.control is not None and (slot.serving or slot is only):
+                slot.control.write(line)
+
+    async def _until_ready(self, slot: _Slot, reader: asyncio.StreamReader) -> bytes:
+        """The worker's ready line, or b"" if it closed the socket first; what
+        it says before (its start-up check's findings) is heard."""
+        while line := await reader.readline():
+            if _says_ready(line):
+                return line
+            self._heard(slot, line)
+        return b""
+
+    async def _listen(self, slot: _Slot, reader: asyncio.StreamReader) -> None:
+        """What a worker says after it serves: admin calls, corruption it found."""
+        while line := await reader.readline():
+            self._heard(slot, line)
+
+    def _heard(self, slot: _Slot, line: bytes) -> None:
+        try:
+            message = json.loads(line)
+        except ValueError:
+            return
+        if isinstance(message, dict):
+            if message.get("event") == "admin":
+                task = asyncio.get_running_loop().create_task(self._admin(slot, message))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            elif message.get("event") == "corruption":
+                finding = Finding(str(message["what"]), message.get("position"),
+                                  str(message["message"]))  # fmt: skip
+                self._ops.controller.corruption_found(finding)
+
+    async def _admin(self, slot: _Slot, message: dict[str, object]) -> None:
+        """Do an admin call a worker was asked (on a thread: it commits) and answer it."""
+        controller = self._ops.controller
+        op, reason, level = message.get("op"), str(message.get("reason", "")), message.get("level")
+        loop = asyncio.get_running_loop()
+        reply: dict[str, object] = {"event": "admin-reply", "id": message.get("id")}
+        try:
+            if op == "degrade":
+                status = await loop.run_in_executor(None, controller.degrade, str(level), reason)
+            elif op == "recover":
+                status = await loop.run_in_executor(None, controller.recover, reason)
+            else:
+                status = controller.status()
+            reply["status"] = status
+        except Exception as exc:  # the worker answers its caller with an error
+            log.exception("the admin call %s failed", op)
+            reply["error"] = getattr(exc, "message", type(exc).__name__)
+        if slot.control is not None:
+            slot.control.write(json.dumps(reply).encode() + b"\n")
 
     async def _watch(self, slot: _Slot) -> None:
         """Restart the worker of ``slot`` whenever it exits, until shutdown."""

@@ -223,8 +223,11 @@ def _metadata(field: str, metadata: object, limits: Limits) -> None:
 def read_query(req: pb.ReadRequest) -> ReadQuery:
     is_all = req.stream in ("", ALL)
     stream = None if is_all else stream_name(req.stream, writable=False)
-    if req.direction not in (pb.DIRECTION_UNSPECIFIED, pb.DIRECTION_FORWARDS,
-                             pb.DIRECTION_BACKWARDS):
+    if req.direction not in (
+        pb.DIRECTION_UNSPECIFIED,
+        pb.DIRECTION_FORWARDS,
+        pb.DIRECTION_BACKWARDS,
+    ):
         raise InvalidArgument(f"direction: unknown value {req.direction}")
     which = req.WhichOneof("start")
     if which == "from_revision" and is_all:

@@ -11,7 +11,13 @@ that), serves gRPC on the shared port, and answers with one JSON line once
 it serves: ``{"event": "ready", "address": ..., "pid": ..., "worker": i}``.
 It keeps the socket open while it lives, and reads from it what the
 supervisor's health verdict is (``{"event": "health", "serving": bool}``,
-``ops.py``), which its gRPC health then says. Its metrics go to the
+``ops.py``), which its gRPC health then says, and the degradation level
+(``{"event": "level", "level", "trigger", "position"}``), which its store's
+write gate then holds (``degradation.py``). The other way go the admin calls
+it is asked (``{"event": "admin", "id", "op", "level", "reason"}``, answered
+by ``{"event": "admin-reply", "id", "status"}`` or ``"error"``: the
+supervisor's controller decides) and the corruption it finds
+(``{"event": "corruption", "what", "position", "message"}``). Its metrics go to the
 supervisor through prometheus-client's multiprocess files, in the directory
 its environment names (``PROMETHEUS_MULTIPROC_DIR``, ``metrics.py``).
 
@@ -41,7 +47,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["EXIT_ORPHANED", "WorkerSpec", "die_with_parent", "main"]
+__all__ = ["EXIT_ORPHANED", "ControlChannel", "WorkerSpec", "die_with_parent", "main"]
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 EXIT_ORPHANED = 70  # the supervisor died before this worker could arrange to die with it
@@ -101,7 +107,7 @@ def _run(spec: WorkerSpec, control: socket.socket) -> int:
     # its supervisor (main).
     import asyncio
 
-    from lighthouse_store import config, signals
+    from lighthouse_store import config, corruption, signals
     from lighthouse_store.errors import StoreDamaged, StoreError
     from lighthouse_store.ops import WorkerOps
     from lighthouse_store.server import BindError, WorkerRole, open_store, run
@@ -116,17 +122,19 @@ def _run(spec: WorkerSpec, control: socket.socket) -> int:
         return EXIT_FAILED
     # Only the supervisor warns about settings that need a restart.
     reloader = signals.Reloader(config.Source(**spec.source).resolve, cfg, report=False)
-    ops = WorkerOps(cfg)
+    channel = ControlChannel(control)
+    ops = WorkerOps(cfg, channel)
+    corruption.add_hook(channel.corruption_found)
     threading.Thread(
-        target=_follow_control, args=(control, ops.verdict), name="lh-control", daemon=True
+        target=channel.follow, args=(ops.verdict, ops.level), name="lh-control", daemon=True
     ).start()
 
     def ready(address: str) -> None:
-        message = {"event": "ready", "address": address, "pid": os.getpid(), "worker": spec.index}
-        control.sendall(json.dumps(message).encode() + b"\n")
+        channel.send({"event": "ready", "address": address, "pid": os.getpid(),
+                      "worker": spec.index})  # fmt: skip
 
     async def serve() -> None:
-        store = open_store(cfg, shared=True, preallocate=False)
+        store = open_store(cfg, shared=True, preallocate=False, gate=ops.gate)
         try:
             wakeups = Wakeups(spec.namespace, spec.index, spec.workers)
             role = WorkerRole(spec.index, wakeups)
@@ -153,17 +161,78 @@ def _run(spec: WorkerSpec, control: socket.socket) -> int:
     return 0
 
 
-def _follow_control(control: socket.socket, verdict: Callable[[bool], None]) -> None:
-    """Read the supervisor's messages until it closes the socket: each
-    ``{"event": "health", "serving": bool}`` sets this worker's gRPC health."""
-    with control.makefile("rb") as lines:
-        for line in lines:
-            try:
-                message = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(message, dict) and message.get("event") == "health":
-                verdict(bool(message.get("serving")))
+class ControlChannel:
+    """The worker's end of the control socket: what it says, what it hears."""
+
+    ADMIN_TIMEOUT_S = 60.0
+
+    def __init__(self, control: socket.socket) -> None:
+        self._control = control
+        self._lock = threading.Lock()
+        self._next = 0
+        self._waiting: dict[int, tuple[threading.Event, list[dict[str, Any]]]] = {}
+
+    def send(self, message: dict[str, Any]) -> None:
+        with self._lock:
+            self._control.sendall(json.dumps(message).encode() + b"\n")
+
+    def follow(
+        self,
+        verdict: Callable[[bool], None],
+        level: Callable[[str, str, int | None], None],
+    ) -> None:
+        """Read the supervisor's messages until it closes the socket."""
+        with self._control.makefile("rb") as lines:
+            for line in lines:
+                try:
+                    message = json.loads(line)
+                except ValueError:
+                    continue
+                if not isinstance(message, dict):
+                    continue
+                event = message.get("event")
+                if event == "health":
+                    verdict(bool(message.get("serving")))
+                elif event == "level":
+                    level(str(message["level"]), str(message["trigger"]), message.get("position"))
+                elif event == "admin-reply":
+                    waiting = self._waiting.pop(int(message["id"]), None)
+                    if waiting is not None:
+                        waiting[1].append(message)
+                        waiting[0].set()
+
+    def corruption_found(self, finding: Any) -> None:
+        """A ``corruption.add_hook`` hook: the supervisor's controller decides."""
+        self.send({"event": "corruption", "what": finding.what, "position": finding.position,
+                   "message": finding.message})  # fmt: skip
+
+    def _ask(self, op: str, **fields: str) -> dict[str, Any]:
+        from lighthouse_store.errors import StorageFailure  # the slow imports are loaded by now
+
+        done: threading.Event = threading.Event()
+        answer: list[dict[str, Any]] = []
+        with self._lock:
+            self._next += 1
+            ident = self._next
+            self._waiting[ident] = (done, answer)
+        self.send({"event": "admin", "id": ident, "op": op, **fields})
+        if not done.wait(self.ADMIN_TIMEOUT_S):
+            self._waiting.pop(ident, None)
+            raise StorageFailure("the supervisor did not answer the admin call in time")
+        reply = answer[0]
+        if "status" not in reply:
+            raise StorageFailure(f"the admin call failed: {reply.get('error', 'unknown error')}")
+        status: dict[str, Any] = reply["status"]
+        return status
+
+    def degrade(self, level: str, reason: str) -> dict[str, Any]:
+        return self._ask("degrade", level=level, reason=reason)
+
+    def recover(self, reason: str) -> dict[str, Any]:
+        return self._ask("recover", reason=reason)
+
+    def status(self) -> dict[str, Any]:
+        return self._ask("status")
 
 
 if __name__ == "__main__":

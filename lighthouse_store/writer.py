@@ -30,6 +30,11 @@ loop) when an append arrives at an empty queue: with the listeners, that is
 what the health check needs to see a writer that stopped committing
 (``metrics.py``, ``health.py``).
 
+The degradation controller's events (``degradation.py``) go through
+:meth:`GroupCommitWriter.commit_first`: from any thread, one append committed
+in a transaction of its own before the next group, however many appends are
+queued, and announced and heard by the listeners like any commit.
+
 With several worker processes, ``announce`` (``wakeups.Wakeups.announce``)
 runs on the writer thread right after each commit that wrote events,
 before the answers and the listeners: the other workers' subscriptions
@@ -40,6 +45,8 @@ event loop.
 from __future__ import annotations
 
 import asyncio
+import collections
+import concurrent.futures
 import logging
 import queue
 import threading
@@ -63,6 +70,7 @@ log = logging.getLogger("lighthouse_store.writer")
 _Item = tuple[AppendCommand, "asyncio.Future[AppendResult]"]
 _FLUSH = "flush"  # queue marker: commit pending checkpoints
 _STOP = "stop"  # queue marker: drain and stop
+_FIRST = "first"  # queue marker: a commit_first is waiting
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +90,7 @@ class CommitInfo:
 
 
 CommitListener = Callable[[CommitInfo], None]
+_FirstItem = tuple[AppendCommand, "concurrent.futures.Future[AppendResult | StoreError]"]
 
 
 class GroupCommitWriter:
@@ -119,6 +128,7 @@ class GroupCommitWriter:
         # Shared with the writer thread:
         self._checkpoints: dict[str, int] = {}
         self._checkpoints_lock = threading.Lock()
+        self._first: collections.deque[_FirstItem] = collections.deque()
         self._thread = threading.Thread(target=self._run, name="lh-writer", daemon=True)
 
     def add_listener(self, listener: CommitListener) -> None:
@@ -171,6 +181,16 @@ class GroupCommitWriter:
         self._inbox.put((command, future))
         return await future
 
+    def commit_first(
+        self, command: AppendCommand
+    ) -> concurrent.futures.Future[AppendResult | StoreError]:
+        """From any thread: commit ``command`` alone, durably, before any
+        group not yet begun; the future holds its result or its error."""
+        future: concurrent.futures.Future[AppendResult | StoreError] = concurrent.futures.Future()
+        self._first.append((command, future))
+        self._inbox.put(_FIRST)
+        return future
+
     def checkpoint(self, consumer: str, position: int) -> None:
         """Store a consumer's position with the next commit (listeners hear when)."""
         with self._checkpoints_lock:
@@ -197,6 +217,8 @@ class GroupCommitWriter:
         stopping = False
         while not stopping:
             item: _Item | str | None = self._inbox.get()
+            while self._first:  # ahead of the group about to form
+                self._commit_first(*self._first.popleft())
             batch: list[_Item] = []
             size = 0
             while item is not None:
@@ -251,6 +273,31 @@ class GroupCommitWriter:
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self._finish, batch, size, results, info)
 
+    def _commit_first(
+        self,
+        command: AppendCommand,
+        future: concurrent.futures.Future[AppendResult | StoreError],
+    ) -> None:
+        started = time.perf_counter()
+        result: AppendResult | StoreError
+        try:
+            result = self._store.commit([command])[0]
+        except StoreError as exc:
+            result = exc
+        except Exception:
+            log.exception("the commit of a degradation event failed")
+            result = StorageFailure("storage write failed")
+        if isinstance(result, AppendResult) and not result.duplicate:
+            info = CommitInfo(
+                self._store.head_position(), 0, {}, time.perf_counter() - started,
+                len(command.event_ids), command.size, self._store.flush_seconds(),
+            )  # fmt: skip
+            if self._announce is not None:
+                self._announce()
+            assert self._loop is not None
+            self._loop.call_soon_threadsafe(self._notify, info)
+        future.set_result(result)
+
     def _requeue(self, checkpoints: dict[str, int]) -> dict[str, int]:
         """Put back checkpoints whose commit failed (unless newer ones came)."""
         with self._checkpoints_lock:
@@ -278,6 +325,9 @@ class GroupCommitWriter:
                 future.set_exception(result)
             else:
                 future.set_result(result)
+        self._notify(info)
+
+    def _notify(self, info: CommitInfo) -> None:
         for listener in self._listeners:
             try:
                 listener(info)

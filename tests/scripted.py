@@ -194,11 +194,17 @@ class MemoryLog:
                 return self._appended[ids]
             revision = sum(1 for e in self.events if e.stream == request.stream)
             for e in request.events:
-                self.events.append(pb.RecordedEvent(
-                    event_id=e.event_id, event_type=e.event_type, data=e.data,
-                    content_type=e.content_type, stream=request.stream, revision=revision,
-                    position=len(self.events) + 1,
-                ))
+                self.events.append(
+                    pb.RecordedEvent(
+                        event_id=e.event_id,
+                        event_type=e.event_type,
+                        data=e.data,
+                        content_type=e.content_type,
+                        stream=request.stream,
+                        revision=revision,
+                        position=len(self.events) + 1,
+                    )
+                )
                 revision += 1
             last = self.events[-1]
             response = pb.AppendResponse(
@@ -220,8 +226,11 @@ class MemoryLog:
         start_field = request.WhichOneof("start")
         if start_field is not None:
             start = getattr(request, start_field)
-            found = [e for e in found if (getattr(e, key) <= start if backwards
-                                          else getattr(e, key) >= start)]
+            found = [
+                e
+                for e in found
+                if (getattr(e, key) <= start if backwards else getattr(e, key) >= start)
+            ]
         if request.max_count:
             found = found[: request.max_count]
         for i in range(0, len(found), self.page_size):

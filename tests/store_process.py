@@ -47,10 +47,12 @@ def _serve(conn: Connection, path: Path, clock_offset_ns: int) -> None:
                 except StoreError as exc:
                     conn.send(("raised", type(exc).__name__))
                     continue
-                conn.send([
-                    r if isinstance(r, AppendResult) else (type(r).__name__, dict(r.metadata))
-                    for r in results
-                ])
+                conn.send(
+                    [
+                        r if isinstance(r, AppendResult) else (type(r).__name__, dict(r.metadata))
+                        for r in results
+                    ]
+                )
             elif name == "race":  # append to one stream at exact revisions until n succeed
                 conn.send(_race(store, *args))
             elif name == "hold_read":  # a read transaction left open (its reader slot taken)

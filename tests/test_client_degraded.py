@@ -102,8 +102,14 @@ def test_an_append_with_an_outbox_is_queued_at_once_while_the_breaker_is_open(
     outbox = Outbox(tmp_path / "outbox")
     store.on("Append", unavailable())
     try:
-        with StoreClient(grpc_addr, timeout=30.0, retry=FAST, breaker=breaker, outbox=outbox,
-                         outbox_flush_interval=3600) as c:
+        with StoreClient(
+            grpc_addr,
+            timeout=30.0,
+            retry=FAST,
+            breaker=breaker,
+            outbox=outbox,
+            outbox_flush_interval=3600,
+        ) as c:
             open_breaker(c, store)
             first = c.append("s", NewEvent("A"))  # nothing queued yet: sent, or not
             second = c.append("s", NewEvent("B"))  # queued behind it: flushed first
@@ -120,8 +126,9 @@ def test_the_outbox_is_flushed_before_a_new_append_is_sent(
     log = MemoryLog()
     store.on("Append", unavailable())
     try:
-        with StoreClient(grpc_addr, timeout=0.5, retry=FAST, outbox=outbox,
-                         outbox_flush_interval=3600) as c:
+        with StoreClient(
+            grpc_addr, timeout=0.5, retry=FAST, outbox=outbox, outbox_flush_interval=3600
+        ) as c:
             queued = [NewEvent("Q1"), NewEvent("Q2")]
             assert all(c.append("s", e).queued for e in queued)
             store.on("Append", log.append)  # the daemon is back

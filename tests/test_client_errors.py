@@ -63,8 +63,11 @@ def through_the_server_mapping(error: server_errors.StoreError) -> StoreError:
     ("server_error", "client_type", "failure_class"),
     [
         (server_errors.InvalidArgument("stream: bad"), InvalidRequest, "human_intervention"),
-        (server_errors.WrongExpectedRevision("s", "3", "5"), WrongExpectedRevision,
-         "human_intervention"),
+        (
+            server_errors.WrongExpectedRevision("s", "3", "5"),
+            WrongExpectedRevision,
+            "human_intervention",
+        ),
         (server_errors.EventIdConflict("dup"), EventIdConflict, "human_intervention"),
         (server_errors.StreamNotFound("s"), StreamNotFound, "human_intervention"),
         (server_errors.EventNotFound("e"), EventNotFound, "human_intervention"),

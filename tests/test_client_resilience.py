@@ -86,8 +86,9 @@ def test_an_append_whose_reply_was_lost_is_written_once(
             env = lmdb.open(str(daemon.data_dir / "lmdb"), max_dbs=8, readonly=True, lock=False)
             with env.begin() as txn:
                 key = uuid.UUID(event.event_id).bytes
-                durable_before_restart.append(txn.get(key, db=env.open_db(b"event_ids", txn=txn))
-                                              is not None)
+                durable_before_restart.append(
+                    txn.get(key, db=env.open_db(b"event_ids", txn=txn)) is not None
+                )
             env.close()
             daemon.env = dict(os.environ)  # back without the fault
             daemon.start()
@@ -111,8 +112,10 @@ def test_an_append_whose_reply_was_lost_is_written_once(
 @pytest.mark.slow
 def test_subscription_survives_kill9_and_restart(daemon: DaemonProcess) -> None:
     total = 10_000
-    with StoreClient(daemon.address, timeout=60.0) as writer_client, \
-            StoreClient(daemon.address) as reader_client:
+    with (
+        StoreClient(daemon.address, timeout=60.0) as writer_client,
+        StoreClient(daemon.address) as reader_client,
+    ):
         sub = reader_client.subscribe(start="start", window=500)
         errors: list[BaseException] = []
 
@@ -341,7 +344,10 @@ def test_a_stale_time_window_read_counts_only_events_in_the_window(
         live = [client.read_all(**q) for q in queries]
         assert [e.position for e in live[0]] == [5, 6, 7]  # the first 3 of the window
         assert [[e.position for e in r] for r in live[1:]] == [
-            [5, 6, 7, 8, 9, 10], [10, 9, 8, 7], [10, 9], [11]
+            [5, 6, 7, 8, 9, 10],
+            [10, 9, 8, 7],
+            [10, 9],
+            [11],
         ]
         daemon.stop()
         for query, fresh in zip(queries, live, strict=True):
@@ -382,8 +388,14 @@ def test_outbox_queues_while_down_and_flushes_in_order(
     outbox = Outbox(tmp_path / "outbox")
     dead: list[DeadLetter] = []
     breaker = CircuitBreaker(failure_threshold=2, reset_timeout=0.5)
-    with StoreClient(daemon.address, timeout=1.0, outbox=outbox, breaker=breaker,
-                     on_conflict=dead.append, outbox_flush_interval=3600) as client:
+    with StoreClient(
+        daemon.address,
+        timeout=1.0,
+        outbox=outbox,
+        breaker=breaker,
+        on_conflict=dead.append,
+        outbox_flush_interval=3600,
+    ) as client:
         client.append("taken", NewEvent("A"))
         daemon.stop()
         sent = [NewEvent("E", str(i).encode()) for i in range(1000)]
@@ -414,8 +426,14 @@ def test_async_degraded_mode_and_outbox(daemon: DaemonProcess, tmp_path: Path) -
     breaker = CircuitBreaker(failure_threshold=1, reset_timeout=0.3)
 
     async def main() -> None:
-        async with AsyncStoreClient(daemon.address, timeout=1.0, cache=cache, outbox=outbox,
-                                    breaker=breaker, outbox_flush_interval=0.1) as client:
+        async with AsyncStoreClient(
+            daemon.address,
+            timeout=1.0,
+            cache=cache,
+            outbox=outbox,
+            breaker=breaker,
+            outbox_flush_interval=0.1,
+        ) as client:
             await client.append("s", [NewEvent("A"), NewEvent("B")])
             fresh = await client.read_stream("s")
             await asyncio.to_thread(daemon.stop)

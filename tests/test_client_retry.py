@@ -56,8 +56,11 @@ EVENT = pb.RecordedEvent(event_id="e-1", event_type="E", stream="s", position=1)
 
 Op = Callable[[StoreClient], Any]
 OPS: dict[str, tuple[str, Op, Any]] = {  # RPC, the client call, a good answer
-    "append": ("Append", lambda c: c.append("s", NewEvent("E")),
-               pb.AppendResponse(first_position=1, last_position=1)),
+    "append": (
+        "Append",
+        lambda c: c.append("s", NewEvent("E")),
+        pb.AppendResponse(first_position=1, last_position=1),
+    ),
     "read": ("Read", lambda c: c.read_stream("s"), [pb.ReadResponse(events=[EVENT])]),
     "get_event": ("GetEvent", lambda c: c.get_event("e-1"), pb.GetEventResponse(event=EVENT)),
     "info": ("GetInfo", lambda c: c.info(), INFO),
@@ -81,7 +84,9 @@ def answer(rpc: str, good: Any) -> Any:
 NOT_RETRYABLE: dict[str, tuple[Any, type[StoreError]]] = {
     "invalid": (daemon_error(server_errors.InvalidArgument("stream: bad")), InvalidRequest),
     "wrong_expected_revision": (
-        daemon_error(server_errors.WrongExpectedRevision("s", "3", "5")), WrongExpectedRevision),
+        daemon_error(server_errors.WrongExpectedRevision("s", "3", "5")),
+        WrongExpectedRevision,
+    ),
     "event_id_conflict": (daemon_error(server_errors.EventIdConflict("dup")), EventIdConflict),
     "stream_not_found": (daemon_error(server_errors.StreamNotFound("s")), StreamNotFound),
     "event_not_found": (daemon_error(server_errors.EventNotFound("e")), EventNotFound),
@@ -93,7 +98,8 @@ NOT_RETRYABLE: dict[str, tuple[Any, type[StoreError]]] = {
     "unauthenticated": (fail(grpc.StatusCode.UNAUTHENTICATED, "who"), PermissionDenied),
     "message_too_large": (
         fail(grpc.StatusCode.RESOURCE_EXHAUSTED, "Received message larger than max"),
-        InvalidRequest),
+        InvalidRequest,
+    ),
 }
 
 
@@ -236,8 +242,7 @@ READS: dict[str, tuple[Op, str]] = {  # the client call, and the start field it 
     "all_forwards": (lambda c: c.read_all(), "from_position"),
     "all_backwards": (lambda c: c.read_all(backwards=True), "from_position"),
     "all_from": (lambda c: c.read_all(from_position=3), "from_position"),
-    "all_backwards_max_count": (lambda c: c.read_all(backwards=True, max_count=7),
-                                "from_position"),
+    "all_backwards_max_count": (lambda c: c.read_all(backwards=True, max_count=7), "from_position"),
 }
 
 

@@ -29,15 +29,19 @@ def test_buf_lint_catches_a_violation(tmp_path: Path) -> None:
     shutil.copy(ROOT / "buf.yaml", tmp_path / "buf.yaml")
     proto = tmp_path / "protos" / "lighthouse" / "store" / "v1" / "store.proto"
     proto.write_text(proto.read_text() + "\nmessage bad_name {}\n")
-    proc = subprocess.run([buf(), "lint"], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [buf(), "lint"], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode != 0 and "bad_name" in proc.stdout + proc.stderr
 
 
 def test_generated_code_is_up_to_date() -> None:
     proc = subprocess.run(
         [sys.executable, "scripts/generate_protos.py", "--check"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
 
@@ -45,12 +49,16 @@ def test_generated_code_is_up_to_date() -> None:
 def test_generated_code_check_catches_drift(tmp_path: Path) -> None:
     # Run the generator's --check against a copy whose generated file was edited.
     for part in ("protos", "scripts", "clients"):
-        shutil.copytree(ROOT / part, tmp_path / part,
-                        ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        shutil.copytree(
+            ROOT / part, tmp_path / part, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
+        )
     generated = tmp_path / "protos/lighthouse_proto/v1/store_pb2.py"
     generated.write_text(generated.read_text() + "\n# hand edit\n")
     proc = subprocess.run(
         [sys.executable, "scripts/generate_protos.py", "--check"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 1 and "out of date" in proc.stderr

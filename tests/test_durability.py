@@ -138,9 +138,7 @@ def test_kill9_during_writes_loses_no_acknowledged_event(
     assert d.stop() == 0
 
 
-def _sigterm_under_load(
-    daemon: DaemonProcess, sig: int = signal.SIGTERM
-) -> tuple[Load, int]:
+def _sigterm_under_load(daemon: DaemonProcess, sig: int = signal.SIGTERM) -> tuple[Load, int]:
     load = Load(daemon, max_appends=3000)
     load.start([("t1", 1), ("t2", 1), ("t3", 20)])
     deadline = time.monotonic() + 60

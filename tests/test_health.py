@@ -78,10 +78,12 @@ def test_async_durability_reported(daemon_factory: DaemonFactory) -> None:
     stub = d.stub()
     assert info(stub).durability == pb.DURABILITY_ASYNC
     assert append(stub, "s", events(2)).last_position == 2
-    warnings = [json.loads(line) for line in d.log_text().splitlines()
-                if '"level": "warning"' in line]
-    assert any("durability async" in w["message"] and "not fsynced" in w["message"]
-               for w in warnings), warnings
+    warnings = [
+        json.loads(line) for line in d.log_text().splitlines() if '"level": "warning"' in line
+    ]
+    assert any(
+        "durability async" in w["message"] and "not fsynced" in w["message"] for w in warnings
+    ), warnings
 
 
 def test_fsync_durability_logs_no_warning(daemon: DaemonProcess) -> None:

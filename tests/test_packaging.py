@@ -23,7 +23,11 @@ def loaded_after(statement: str) -> set[str]:
     """Top-level module names loaded by a fresh interpreter running ``statement``."""
     code = f"import sys, json; {statement}; print(json.dumps(sorted(sys.modules)))"
     out = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
         check=True,
     ).stdout
     return {name.split(".")[0] for name in json.loads(out)}
@@ -55,8 +59,10 @@ def test_the_client_does_not_export_generated_modules() -> None:
 
 @pytest.mark.parametrize(
     ("source", "name", "not_wanted"),
-    [(".", "lighthouse-store", "lighthouse-store-client"),
-     ("clients/python", "lighthouse-store-client", "lighthouse-store")],
+    [
+        (".", "lighthouse-store", "lighthouse-store-client"),
+        ("clients/python", "lighthouse-store-client", "lighthouse-store"),
+    ],
 )
 def test_each_distribution_installs_alone_from_a_checkout(
     tmp_path: Path, source: str, name: str, not_wanted: str
@@ -65,9 +71,24 @@ def test_each_distribution_installs_alone_from_a_checkout(
     # no index has would fail here, as the daemon's dependency on the client did.
     report = tmp_path / "report.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
-         "--report", str(report), "-c", "constraints.txt", source],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--dry-run",
+            "--ignore-installed",
+            "--quiet",
+            "--report",
+            str(report),
+            "-c",
+            "constraints.txt",
+            source,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     planned = json.loads(report.read_text())["install"]

@@ -18,8 +18,14 @@ def test_client_ab_compares_this_tree_with_a_base_revision() -> None:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = {line.split("  ")[0]: line.split() for line in proc.stdout.splitlines()}
-    for measure in ("replay", "replay + 1 field", "subscribe", "sync subscribe",
-                    "append (event loop)", "sync append"):
+    for measure in (
+        "replay",
+        "replay + 1 field",
+        "subscribe",
+        "sync subscribe",
+        "append (event loop)",
+        "sync append",
+    ):
         assert measure in rows, proc.stdout
         stubs, base, new = (float(x.replace(",", "")) for x in rows[measure][-6:-3])
         assert stubs > 0 and base > 0 and new > 0, rows[measure]

@@ -48,8 +48,12 @@ def test_both_sides_run_on_the_daemon_in_turn(daemon: DaemonProcess) -> None:
     a_b_b_a = [("stubs", ours, ours, "stubs"), (ours, "stubs", "stubs", ours)]
     assert ran == [("replay", side) for order in a_b_b_a for side in order]
     for m in (even, odd):
-        for key in ("client_append_p50_ms", "client_stubs_append_p50_ms", "client_replay_rate",
-                    "client_stubs_replay_rate"):
+        for key in (
+            "client_append_p50_ms",
+            "client_stubs_append_p50_ms",
+            "client_replay_rate",
+            "client_stubs_replay_rate",
+        ):
             assert m[key] > 0, key
         assert m["client_replay_cpu_ns"] >= 0  # (in clock ticks: 0 for so few events)
     # Each side's appends went to its own stream: 2 rounds x (2 warm-up calls + 10).

@@ -24,20 +24,47 @@ from pool import cpu_seconds, other_processes_cpu, processes_cpu_seconds  # noqa
 def test_perf_quick_runs_and_writes_results(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
     proc = subprocess.run(
-        [sys.executable, "perf/bench.py", "--quick", "--repeat", "2", "--out", str(out),
-         "--tmp-dir", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "perf/bench.py",
+            "--quick",
+            "--repeat",
+            "2",
+            "--out",
+            str(out),
+            "--tmp-dir",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = json.loads(out.read_text())
     assert results["errors"] == []
     medians = results["medians"]
-    for metric in ("append_seq_p50_ms", "append_conc_rate", "nogroup_conc_rate", "batch1_rate",
-                   "batch1_v7_rate", "batch1_v4_rate", "replay_rate", "get_p99_ms",
-                   "delivery_p50_ms", "fanout_rate", "resume_p99_ms", "echo_seq_p50_ms",
-                   "lmdb1_commits_per_s", "lmdb100_events_per_s", "client_append_p50_ms",
-                   "client_stubs_append_p50_ms", "client_replay_rate",
-                   "client_stubs_replay_rate", "client_replay_vs_stubs"):
+    for metric in (
+        "append_seq_p50_ms",
+        "append_conc_rate",
+        "nogroup_conc_rate",
+        "batch1_rate",
+        "batch1_v7_rate",
+        "batch1_v4_rate",
+        "replay_rate",
+        "get_p99_ms",
+        "delivery_p50_ms",
+        "fanout_rate",
+        "resume_p99_ms",
+        "echo_seq_p50_ms",
+        "lmdb1_commits_per_s",
+        "lmdb100_events_per_s",
+        "client_append_p50_ms",
+        "client_stubs_append_p50_ms",
+        "client_replay_rate",
+        "client_stubs_replay_rate",
+        "client_replay_vs_stubs",
+    ):
         assert medians.get(metric, 0) > 0, f"{metric} missing from the results, or not positive"
     assert len(results["runs"]) == 2
     daemons = results["daemons"]  # each round has a new daemon, and the file says which
@@ -119,7 +146,10 @@ def test_perf_refuses_a_work_dir_on_tmpfs() -> None:
 def test_daemon_cpu_reports_each_thread(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "perf/daemon_cpu.py", "--calls", "30", "--rounds", "1", "--events", "2"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     echo, daemon = proc.stdout.split("daemon, append of 2 event(s):")
@@ -134,14 +164,32 @@ def test_daemon_cpu_reports_each_thread(tmp_path: Path) -> None:
 def test_append_rounds_runs_each_source_s_daemon(tmp_path: Path) -> None:
     # Another checkout's code, told apart by its version string.
     alt = tmp_path / "alt"
-    shutil.copytree(ROOT / "lighthouse_store", alt / "lighthouse_store",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        ROOT / "lighthouse_store",
+        alt / "lighthouse_store",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
     init = alt / "lighthouse_store" / "__init__.py"
     init.write_text(init.read_text().replace(f'"{__version__}"', '"0.0.0-alt"'))
     proc = subprocess.run(
-        [sys.executable, "perf/append_rounds.py", "--source=.", f"--source={alt}",
-         "--events", "2", "--rounds", "1", "--calls", "20", "--repeat", "1"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "perf/append_rounds.py",
+            "--source=.",
+            f"--source={alt}",
+            "--events",
+            "2",
+            "--rounds",
+            "1",
+            "--calls",
+            "20",
+            "--repeat",
+            "1",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
@@ -151,7 +199,10 @@ def test_append_rounds_runs_each_source_s_daemon(tmp_path: Path) -> None:
 
     bad = subprocess.run(
         [sys.executable, "perf/append_rounds.py", f"--source={tmp_path}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert bad.returncode == 2 and "no lighthouse_store package there" in bad.stderr
 

@@ -328,10 +328,14 @@ def test_reads_across_many_pages_are_exact(daemon: DaemonProcess) -> None:
     stub = daemon.stub()
     n, every = 40_000, 50
     for k in range(n // 1000):
-        append(stub, f"many-{k % 3}", [
-            new_event("Rare" if (k * 1000 + i) % every == 7 else "Common", b"x")
-            for i in range(1000)
-        ])
+        append(
+            stub,
+            f"many-{k % 3}",
+            [
+                new_event("Rare" if (k * 1000 + i) % every == 7 else "Common", b"x")
+                for i in range(1000)
+            ],
+        )
     pages = read_pages(stub, pb.ReadRequest(stream="$all"))
     assert len(pages) >= 40
     assert [e.position for p in pages for e in p.events] == list(range(1, n + 1))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -109,7 +110,28 @@ def test_readme_links_stay_inside_the_repository() -> None:
 def readme_tool_commands() -> list[list[str]]:
     blocks = re.findall(r"```sh\n(.*?)```", README.read_text(), flags=re.S)
     lines = [line for block in blocks for line in block.splitlines()]
-    return [shlex.split(line) for line in lines if line.startswith("lighthouse-store ")]
+    return [shlex.split(line) for line in lines if line.startswith("lighthouse-store ")
+            and not line.startswith("lighthouse-store admin ")]  # fmt: skip
+
+
+def test_readme_admin_commands_run_as_written(tmp_path: Path) -> None:
+    """Operations, Degradation: degrade, status, recover, against a daemon
+    on the address ``LIGHTHOUSE_LISTEN`` names."""
+    blocks = re.findall(r"```sh\n(.*?)```", README.read_text(), flags=re.S)
+    commands = [shlex.split(line) for block in blocks for line in block.splitlines()
+                if line.startswith("lighthouse-store admin ")]  # fmt: skip
+    assert [c[2] for c in commands] == ["degrade", "status", "recover"]
+    with DaemonProcess(tmp_path / "data") as daemon:
+        env = {**os.environ, "LIGHTHOUSE_LISTEN": daemon.address}
+        levels = []
+        for argv in commands:
+            proc = subprocess.run(
+                [sys.executable, "-m", "lighthouse_store", *argv[1:]], cwd=tmp_path, env=env,
+                capture_output=True, text=True, timeout=120, check=False,
+            )  # fmt: skip
+            assert proc.returncode == 0, f"{shlex.join(argv)}\n{proc.stderr}"
+            levels.append(json.loads(proc.stdout)["level"])
+        assert levels == ["degraded", "degraded", "normal"]
 
 
 def test_readme_tool_commands_run_as_written(tmp_path: Path) -> None:

@@ -36,8 +36,22 @@ def test_a_record_parses_as_a_recorded_event_with_every_field() -> None:
 
 @pytest.mark.parametrize(
     "value",
-    [0, 1, 127, 128, 300, 2**14 - 1, 2**14, 2**21 - 1, 2**21, 2**28 - 1, 2**28, 2**32, 2**63 - 1,
-     2**64 - 1],
+    [
+        0,
+        1,
+        127,
+        128,
+        300,
+        2**14 - 1,
+        2**14,
+        2**21 - 1,
+        2**21,
+        2**28 - 1,
+        2**28,
+        2**32,
+        2**63 - 1,
+        2**64 - 1,
+    ],
 )
 def test_varint_matches_protobuf(value: int) -> None:
     encoded = pb.AppendResponse(last_position=value).SerializeToString()
@@ -138,8 +152,10 @@ def test_consecutive_varints_are_the_varints_of_a_range(first: int, n: int) -> N
 
 
 def test_encode_records_numbers_a_run_of_events() -> None:
-    events = [pb.ProposedEvent(event_id=str(uuid.uuid4()), event_type="T", data=bytes([i]))
-              for i in range(200)]
+    events = [
+        pb.ProposedEvent(event_id=str(uuid.uuid4()), event_type="T", data=bytes([i]))
+        for i in range(200)
+    ]
     proposed = [e.SerializeToString() for e in events]
     ts = records.timestamp_field(1_795_000_000_000_000_001)
     recs = records.encode_records(proposed, records.stream_field("s-1"), 120, 16_300, ts)

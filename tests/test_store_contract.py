@@ -161,9 +161,7 @@ class EventStoreContract:
         (first,) = self.commit_ok(cmd("s", e1, e2, expected=NO_STREAM))
         self.commit_ok(cmd("s", event()))
         # Same events again, even with a now-stale expected revision.
-        again, in_group = self.commit_ok(
-            cmd("s", e1, e2, expected=NO_STREAM), cmd("s", e1, e2)
-        )
+        again, in_group = self.commit_ok(cmd("s", e1, e2, expected=NO_STREAM), cmd("s", e1, e2))
         assert again == in_group
         assert again.first_position == first.first_position
         assert (again.first_position, again.last_position, again.last_revision) == (1, 2, 1)
@@ -173,9 +171,12 @@ class EventStoreContract:
     def test_event_id_reuse_is_rejected(self) -> None:
         e1 = event(data=b"one")
         self.commit_ok(cmd("s", e1))
-        other_content = NewEvent(e1.event_id, pb.ProposedEvent(
-            event_id=str(uuid.UUID(bytes=e1.event_id)), event_type="T", data=b"two"
-        ).SerializeToString())
+        other_content = NewEvent(
+            e1.event_id,
+            pb.ProposedEvent(
+                event_id=str(uuid.UUID(bytes=e1.event_id)), event_type="T", data=b"two"
+            ).SerializeToString(),
+        )
         results = self.store.commit(
             [cmd("s", other_content), cmd("other", e1), cmd("s", e1, event())]
         )
@@ -316,8 +317,12 @@ class TestLmdbEventStore(EventStoreContract):
         with pytest.raises(Corruption):
             self.store.get_event(e2.event_id)
         # Others are still readable.
-        assert records.decode(self.store.read_page(ReadQuery(max_count=1), None, 10, 1 << 20)
-                              .records[0]).position == 1
+        assert (
+            records.decode(
+                self.store.read_page(ReadQuery(max_count=1), None, 10, 1 << 20).records[0]
+            ).position
+            == 1
+        )
 
     def test_map_full_fails_the_group_and_writes_nothing(self, tmp_path: Path) -> None:
         store = LmdbEventStore(tmp_path / "small", map_size=256 * 1024, durability=Durability.FSYNC)
@@ -399,8 +404,9 @@ class TestLmdbEventStore(EventStoreContract):
             store.close()
 
     def test_a_zero_tail_budget_keeps_nothing_in_memory(self, tmp_path: Path) -> None:
-        store = LmdbEventStore(tmp_path / "tail0", map_size=64 << 20,
-                               durability=Durability.ASYNC, tail_bytes=0)
+        store = LmdbEventStore(
+            tmp_path / "tail0", map_size=64 << 20, durability=Durability.ASYNC, tail_bytes=0
+        )
         try:
             assert store.tail_bytes == 0
             store.commit([cmd("s", *[event() for _ in range(10)])])
@@ -413,8 +419,9 @@ class TestLmdbEventStore(EventStoreContract):
     def test_the_in_memory_tail_stays_bounded_and_reads_fall_back_to_disk(
         self, tmp_path: Path
     ) -> None:
-        store = LmdbEventStore(tmp_path / "tail", map_size=64 << 20,
-                               durability=Durability.ASYNC, tail_bytes=20_000)
+        store = LmdbEventStore(
+            tmp_path / "tail", map_size=64 << 20, durability=Durability.ASYNC, tail_bytes=20_000
+        )
         try:
             for _ in range(50):
                 store.commit([cmd("s", *[event(data=bytes(300)) for _ in range(10)])])

@@ -66,16 +66,18 @@ def test_catch_up_then_live_across_the_boundary(daemon: DaemonProcess) -> None:
         stop.set()
         sub.close()
     assert [e.position for e in got] == list(range(1, 2000 + live_total + 1))
-    delivered = [e.position for m in log + extra if m.WhichOneof("kind") == "events"
-                 for e in m.events.events]
+    delivered = [
+        e.position for m in log + extra if m.WhichOneof("kind") == "events" for e in m.events.events
+    ]
     assert delivered == list(range(1, 2000 + live_total + 1)), "duplicates after the end"
     all_kinds = kinds(log + extra)
     assert all_kinds.count("caught_up_position") == 1
     # caught_up sits right after the last event at or below its position.
     at = all_kinds.index("caught_up_position")
     marker = (log + extra)[at].caught_up_position
-    before = [e.position for m in log[:at] if m.WhichOneof("kind") == "events"
-              for e in m.events.events]
+    before = [
+        e.position for m in log[:at] if m.WhichOneof("kind") == "events" for e in m.events.events
+    ]
     assert marker >= 2000 and before and before[-1] == marker
 
 
@@ -120,17 +122,20 @@ def test_filters_and_checkpoints(daemon: DaemonProcess) -> None:
         append(stub, "noise", events(100, "Noise"))
         if i % 10 == 9:
             append(stub, f"match-{i}", [new_event("Wanted"), new_event("Other")])
-    by_prefix = Subscriber(stub, opts(filter=pb.EventFilter(stream_prefixes=["match-"]),
-                                      checkpoint_interval=500))
+    by_prefix = Subscriber(
+        stub, opts(filter=pb.EventFilter(stream_prefixes=["match-"]), checkpoint_interval=500)
+    )
     by_type = Subscriber(stub, opts(filter=pb.EventFilter(event_types=["Wanted"])))
-    both = Subscriber(stub, opts(filter=pb.EventFilter(stream_prefixes=["match-2"],
-                                                       event_types=["Wanted"])))
+    both = Subscriber(
+        stub, opts(filter=pb.EventFilter(stream_prefixes=["match-2"], event_types=["Wanted"]))
+    )
     try:
         got, log = by_prefix.messages_until(6)
         assert {e.stream for e in got} == {"match-9", "match-19", "match-29"}
         by_prefix.next_kind("caught_up_position")
-        checkpoints = [m.checkpoint_position for m in log if m.WhichOneof("kind") ==
-                       "checkpoint_position"]
+        checkpoints = [
+            m.checkpoint_position for m in log if m.WhichOneof("kind") == "checkpoint_position"
+        ]
         assert len(checkpoints) >= 3, kinds(log)
         assert checkpoints == sorted(checkpoints)
         got, _ = by_type.messages_until(3)
@@ -248,12 +253,19 @@ def test_named_consumer_resumes_after_kill9(daemon_factory: DaemonFactory) -> No
 
 def test_bad_subscription_requests(daemon: DaemonProcess) -> None:
     stub = daemon.stub()
-    expect_code(grpc.StatusCode.INVALID_ARGUMENT, stub.Subscribe,
-                iter([pb.SubscribeRequest(credits=5)]))
-    expect_code(grpc.StatusCode.INVALID_ARGUMENT, stub.Subscribe,
-                iter([pb.SubscribeRequest(options=opts(consumer="a/b"))]))
-    expect_code(grpc.StatusCode.INVALID_ARGUMENT, stub.Subscribe, iter([
-        pb.SubscribeRequest(options=opts(filter=pb.EventFilter(stream_prefixes=[""])))]))
+    expect_code(
+        grpc.StatusCode.INVALID_ARGUMENT, stub.Subscribe, iter([pb.SubscribeRequest(credits=5)])
+    )
+    expect_code(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        stub.Subscribe,
+        iter([pb.SubscribeRequest(options=opts(consumer="a/b"))]),
+    )
+    expect_code(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        stub.Subscribe,
+        iter([pb.SubscribeRequest(options=opts(filter=pb.EventFilter(stream_prefixes=[""])))]),
+    )
     append(stub, "s", events(3))
     sub = Subscriber(stub, opts(from_start={}))  # no consumer: acks are refused
     try:
@@ -274,8 +286,15 @@ def test_a_long_filtered_catch_up_still_sends_heartbeats(daemon: DaemonProcess) 
     stub = daemon.stub()
     for _ in range(20):
         append(stub, "noise", events(1000))
-    sub = Subscriber(stub, opts(from_start={}, filter=pb.EventFilter(event_types=["Never"]),
-                                heartbeat_interval_ms=1, checkpoint_interval=1_000_000))
+    sub = Subscriber(
+        stub,
+        opts(
+            from_start={},
+            filter=pb.EventFilter(event_types=["Never"]),
+            heartbeat_interval_ms=1,
+            checkpoint_interval=1_000_000,
+        ),
+    )
     try:
         log: list[pb.SubscribeResponse] = []
         while not log or log[-1].WhichOneof("kind") != "caught_up_position":
@@ -296,8 +315,12 @@ def test_a_start_past_the_head_is_refused(daemon: DaemonProcess) -> None:
     # a restore of an older backup) would silently skip every event written up to it.
     stub = daemon.stub()
     append(stub, "s", events(9))
-    err = expect_code(grpc.StatusCode.INVALID_ARGUMENT, stub.Subscribe,
-                      iter([pb.SubscribeRequest(options=opts(after_position=1000))]), timeout=10)
+    err = expect_code(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        stub.Subscribe,
+        iter([pb.SubscribeRequest(options=opts(after_position=1000))]),
+        timeout=10,
+    )
     assert "after_position" in (err.details() or "") and "(9)" in (err.details() or "")
     assert error_info(err).metadata["head"] == "9"
     # The head itself is a valid start: live from there.

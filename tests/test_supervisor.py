@@ -177,9 +177,7 @@ class RetryingLoad:
         self.retries = 0
         self.lock = threading.Lock()
         self.errors = ThreadErrors()
-        self.threads = [
-            threading.Thread(target=self._run, args=(i,)) for i in range(len(channels))
-        ]
+        self.threads = [threading.Thread(target=self._run, args=(i,)) for i in range(len(channels))]
 
     def start(self) -> RetryingLoad:
         for th in self.threads:

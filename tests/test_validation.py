@@ -191,8 +191,19 @@ def test_duplicate_identical_events_in_one_batch(env: Env) -> None:
 
 @pytest.mark.parametrize(
     "event_type",
-    ["", "x" * 256, "a\nb", "a\x00b", "tab\t", "\x1b[31m", "a\x7fb",
-     "a\x80b", "a\x85b", "\x9b31m", "a\x9fb"],  # C1 (U+0080-U+009F) like C0
+    [
+        "",
+        "x" * 256,
+        "a\nb",
+        "a\x00b",
+        "tab\t",
+        "\x1b[31m",
+        "a\x7fb",
+        "a\x80b",
+        "a\x85b",
+        "\x9b31m",
+        "a\x9fb",
+    ],  # C1 (U+0080-U+009F) like C0
     ids=repr,
 )
 def test_bad_event_type(env: Env, event_type: str) -> None:
@@ -368,8 +379,11 @@ def test_malformed_wire_bytes_are_invalid_argument(daemon: DaemonProcess, method
     bad = b"\x0a\x02\xff\xfe"  # field 1, a string holding invalid UTF-8
     try:
         if method == "Read":
-            list(channel.unary_stream(
-                f"/lighthouse.store.v1.EventStoreService/{method}")(bad, timeout=30))
+            list(
+                channel.unary_stream(f"/lighthouse.store.v1.EventStoreService/{method}")(
+                    bad, timeout=30
+                )
+            )
         else:
             call(bad, timeout=30)
     except grpc.RpcError as err:

@@ -177,20 +177,22 @@ class Limits(_message.Message):
     def __init__(self, max_event_data_bytes: _Optional[int] = ..., max_events_per_append: _Optional[int] = ..., max_append_bytes: _Optional[int] = ..., max_metadata_entries: _Optional[int] = ..., max_metadata_bytes: _Optional[int] = ...) -> None: ...
 
 class GetInfoResponse(_message.Message):
-    __slots__ = ("head_position", "server_version", "durability", "limits", "subscriber_count", "worker_pid")
+    __slots__ = ("head_position", "server_version", "durability", "limits", "subscriber_count", "worker_pid", "degradation_level")
     HEAD_POSITION_FIELD_NUMBER: _ClassVar[int]
     SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
     DURABILITY_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     SUBSCRIBER_COUNT_FIELD_NUMBER: _ClassVar[int]
     WORKER_PID_FIELD_NUMBER: _ClassVar[int]
+    DEGRADATION_LEVEL_FIELD_NUMBER: _ClassVar[int]
     head_position: int
     server_version: str
     durability: Durability
     limits: Limits
     subscriber_count: int
     worker_pid: int
-    def __init__(self, head_position: _Optional[int] = ..., server_version: _Optional[str] = ..., durability: _Optional[_Union[Durability, str]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., subscriber_count: _Optional[int] = ..., worker_pid: _Optional[int] = ...) -> None: ...
+    degradation_level: str
+    def __init__(self, head_position: _Optional[int] = ..., server_version: _Optional[str] = ..., durability: _Optional[_Union[Durability, str]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., subscriber_count: _Optional[int] = ..., worker_pid: _Optional[int] = ..., degradation_level: _Optional[str] = ...) -> None: ...
 
 class SubscribeOptions(_message.Message):
     __slots__ = ("from_start", "from_end", "after_position", "consumer", "filter", "initial_credits", "checkpoint_interval", "heartbeat_interval_ms")
@@ -253,3 +255,51 @@ class SubscribeResponse(_message.Message):
     fell_behind_position: int
     checkpoint_stored_position: int
     def __init__(self, confirmation: _Optional[_Union[SubscriptionConfirmation, _Mapping]] = ..., events: _Optional[_Union[EventBatch, _Mapping]] = ..., caught_up_position: _Optional[int] = ..., checkpoint_position: _Optional[int] = ..., heartbeat: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., fell_behind_position: _Optional[int] = ..., checkpoint_stored_position: _Optional[int] = ...) -> None: ...
+
+class DegradeRequest(_message.Message):
+    __slots__ = ("reason", "level")
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    LEVEL_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    level: str
+    def __init__(self, reason: _Optional[str] = ..., level: _Optional[str] = ...) -> None: ...
+
+class RecoverRequest(_message.Message):
+    __slots__ = ("reason",)
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    def __init__(self, reason: _Optional[str] = ...) -> None: ...
+
+class GetStatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class DegradeResponse(_message.Message):
+    __slots__ = ("status",)
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    status: DegradationStatus
+    def __init__(self, status: _Optional[_Union[DegradationStatus, _Mapping]] = ...) -> None: ...
+
+class RecoverResponse(_message.Message):
+    __slots__ = ("status",)
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    status: DegradationStatus
+    def __init__(self, status: _Optional[_Union[DegradationStatus, _Mapping]] = ...) -> None: ...
+
+class GetStatusResponse(_message.Message):
+    __slots__ = ("status",)
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    status: DegradationStatus
+    def __init__(self, status: _Optional[_Union[DegradationStatus, _Mapping]] = ...) -> None: ...
+
+class DegradationStatus(_message.Message):
+    __slots__ = ("level", "trigger", "forced_level", "figures_json")
+    LEVEL_FIELD_NUMBER: _ClassVar[int]
+    TRIGGER_FIELD_NUMBER: _ClassVar[int]
+    FORCED_LEVEL_FIELD_NUMBER: _ClassVar[int]
+    FIGURES_JSON_FIELD_NUMBER: _ClassVar[int]
+    level: str
+    trigger: str
+    forced_level: str
+    figures_json: str
+    def __init__(self, level: _Optional[str] = ..., trigger: _Optional[str] = ..., forced_level: _Optional[str] = ..., figures_json: _Optional[str] = ...) -> None: ...

@@ -285,3 +285,174 @@ class EventStoreService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class AdminServiceStub:
+    """AdminService is for operators: force a degradation level and clear it
+    (README, Operations: Degradation). Each call is recorded in the `$system`
+    stream as an EmergencyOperation event.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Degrade = channel.unary_unary(
+                '/lighthouse.store.v1.AdminService/Degrade',
+                request_serializer=lighthouse_dot_store_dot_v1_dot_store__pb2.DegradeRequest.SerializeToString,
+                response_deserializer=lighthouse_dot_store_dot_v1_dot_store__pb2.DegradeResponse.FromString,
+                _registered_method=True)
+        self.Recover = channel.unary_unary(
+                '/lighthouse.store.v1.AdminService/Recover',
+                request_serializer=lighthouse_dot_store_dot_v1_dot_store__pb2.RecoverRequest.SerializeToString,
+                response_deserializer=lighthouse_dot_store_dot_v1_dot_store__pb2.RecoverResponse.FromString,
+                _registered_method=True)
+        self.GetStatus = channel.unary_unary(
+                '/lighthouse.store.v1.AdminService/GetStatus',
+                request_serializer=lighthouse_dot_store_dot_v1_dot_store__pb2.GetStatusRequest.SerializeToString,
+                response_deserializer=lighthouse_dot_store_dot_v1_dot_store__pb2.GetStatusResponse.FromString,
+                _registered_method=True)
+
+
+class AdminServiceServicer:
+    """AdminService is for operators: force a degradation level and clear it
+    (README, Operations: Degradation). Each call is recorded in the `$system`
+    stream as an EmergencyOperation event.
+    """
+
+    def Degrade(self, request, context):
+        """Degrade forces a level ("warning" or "degraded") until Recover.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Recover(self, request, context):
+        """Recover clears a forced level and a corruption finding; the level is
+        then what the automatic triggers say.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetStatus(self, request, context):
+        """GetStatus reports the level and why.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_AdminServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Degrade': grpc.unary_unary_rpc_method_handler(
+                    servicer.Degrade,
+                    request_deserializer=lighthouse_dot_store_dot_v1_dot_store__pb2.DegradeRequest.FromString,
+                    response_serializer=lighthouse_dot_store_dot_v1_dot_store__pb2.DegradeResponse.SerializeToString,
+            ),
+            'Recover': grpc.unary_unary_rpc_method_handler(
+                    servicer.Recover,
+                    request_deserializer=lighthouse_dot_store_dot_v1_dot_store__pb2.RecoverRequest.FromString,
+                    response_serializer=lighthouse_dot_store_dot_v1_dot_store__pb2.RecoverResponse.SerializeToString,
+            ),
+            'GetStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStatus,
+                    request_deserializer=lighthouse_dot_store_dot_v1_dot_store__pb2.GetStatusRequest.FromString,
+                    response_serializer=lighthouse_dot_store_dot_v1_dot_store__pb2.GetStatusResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'lighthouse.store.v1.AdminService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('lighthouse.store.v1.AdminService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class AdminService:
+    """AdminService is for operators: force a degradation level and clear it
+    (README, Operations: Degradation). Each call is recorded in the `$system`
+    stream as an EmergencyOperation event.
+    """
+
+    @staticmethod
+    def Degrade(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lighthouse.store.v1.AdminService/Degrade',
+            lighthouse_dot_store_dot_v1_dot_store__pb2.DegradeRequest.SerializeToString,
+            lighthouse_dot_store_dot_v1_dot_store__pb2.DegradeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Recover(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lighthouse.store.v1.AdminService/Recover',
+            lighthouse_dot_store_dot_v1_dot_store__pb2.RecoverRequest.SerializeToString,
+            lighthouse_dot_store_dot_v1_dot_store__pb2.RecoverResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lighthouse.store.v1.AdminService/GetStatus',
+            lighthouse_dot_store_dot_v1_dot_store__pb2.GetStatusRequest.SerializeToString,
+            lighthouse_dot_store_dot_v1_dot_store__pb2.GetStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
