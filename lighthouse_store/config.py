@@ -40,6 +40,7 @@ from lighthouse_store.settings import (
     HostPort,
     HostPortOrOff,
     Milliseconds,
+    Ratio,
     Seconds,
     Size,
     declare,
@@ -198,8 +199,23 @@ class Config:
     )  # fmt: skip
     map_size: int = setting(
         STORAGE, Size(MIB, 16 * TIB), 64 * GIB,
-        "LMDB map size: the most the store can hold (address space only; the file"
-        " grows with the data, plus `--preallocate`)",
+        "LMDB map size at start (address space only; the file grows with the data, plus"
+        " `--preallocate`); the map grows online from there up to `--max-map-size`",
+    )  # fmt: skip
+    max_map_size: int = setting(
+        STORAGE, Size(0, 16 * TIB), 0,
+        "the most the LMDB map grows to (README, Disk and map pressure); `0`: what the"
+        " disk holds (the data file plus the volume's free space)",
+    )  # fmt: skip
+    disk_block_ratio: float = setting(
+        STORAGE, Ratio(0.5, 1.0), 0.95,
+        "appends are refused (`RESOURCE_EXHAUSTED`, `STORAGE_FULL`, recoverable) once the"
+        " data volume or the LMDB map is this much used",
+    )  # fmt: skip
+    disk_resume_ratio: float = setting(
+        STORAGE, Ratio(0.5, 1.0), 0.90,
+        "refused appends are taken again, by themselves, once the volume and the map are"
+        " below this; at most `--disk-block-ratio`",
     )  # fmt: skip
     preallocate: int = setting(
         STORAGE, Size(0, 16 * GIB), 64 * MIB,
@@ -333,6 +349,11 @@ class Source:
             raise ConfigError(
                 f"{where['max_queued_bytes']} ({cfg.max_queued_bytes}) must be at least"
                 f" {where['max_append_bytes']} ({cfg.limits.max_append_bytes})"
+            )
+        if cfg.disk_resume_ratio > cfg.disk_block_ratio:
+            raise ConfigError(
+                f"{where['disk_resume_ratio']} ({cfg.disk_resume_ratio}) must be at most"
+                f" {where['disk_block_ratio']} ({cfg.disk_block_ratio})"
             )
         return cfg
 

@@ -5,9 +5,11 @@ Checks and levels
 
 Four components, each ``pass``, ``warn`` or ``fail``:
 
-- ``storage``: ``fail`` while writes are blocked (an append was refused
-  because storage could not take it, a full map or a failed write, and no
-  commit of events has succeeded since); ``warn`` when the LMDB map or the
+- ``storage``: ``fail`` while writes are blocked: the data volume or the
+  LMDB map is past ``--disk-block-ratio`` (until below
+  ``--disk-resume-ratio``: ``space.py``), or an append was refused because
+  storage could not take it (a full disk or map, a failed write) and no
+  commit of events has succeeded since; ``warn`` when the LMDB map or the
   data volume is 80% used or more (SPEC §4's warning mark).
 - ``writer``: ``fail`` when appends have waited ``--writer-stall-seconds``
   with no commit finishing (in any worker); ``warn`` when the commit p99 over
@@ -196,8 +198,9 @@ def _storage(f: Figures, t: Thresholds) -> Check:
         "writes_blocked": bool(blocked),
     }
     if blocked:
-        return Check(FAIL, "appends are refused: storage cannot take them (map full or a"
-                           " failed write) and no commit has succeeded since", figures)  # fmt: skip
+        return Check(FAIL, "appends are refused: storage cannot take them (the data volume or"
+                           " the LMDB map past --disk-block-ratio, or a refused commit and"
+                           " none succeeded since)", figures)  # fmt: skip
     if s.map_used_ratio >= t.used_warn_ratio:
         return Check(WARN, f"the LMDB map is {s.map_used_ratio:.0%} used", figures)
     if 1 - s.disk_free_ratio >= t.used_warn_ratio:

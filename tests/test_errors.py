@@ -33,6 +33,7 @@ from grpc_status import rpc_status
 from subscriber import Subscriber
 from support import (
     ERROR_DOMAIN,
+    FULL_MAP_ARGS,
     DaemonFactory,
     append,
     append_request,
@@ -168,7 +169,7 @@ def _queue_full(factory: DaemonFactory, plain: DaemonProcess) -> list[grpc.RpcEr
 
 
 def _map_full(factory: DaemonFactory, plain: DaemonProcess) -> list[grpc.RpcError]:
-    d = factory(extra_args=["--map-size", "1MiB", "--preallocate", "0"])
+    d = factory(extra_args=FULL_MAP_ARGS)
     big = events(500, data=b"x" * 8000)  # 4 MB: more than the map holds
     return [rpc_error(d.stub().Append, append_request("s", big))]
 
