@@ -85,6 +85,12 @@ class StorageFull(StoreError):
         self.retry_after_ms = retry_after_ms
 
 
+class SpacePressure(StorageFull):
+    """A :class:`StorageFull` from the marks (``space.py``): the guard's own
+    state says when it ends, so it does not hold writes blocked until a
+    commit succeeds, as a refused commit does (``metrics.py``)."""
+
+
 class ShuttingDown(StoreError):
     reason: str = Reason.SHUTTING_DOWN
     failure_class = FailureClass.RECOVERABLE

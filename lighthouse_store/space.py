@@ -47,7 +47,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from lighthouse_store.errors import StorageFull
+from lighthouse_store.errors import SpacePressure, StorageFull
 
 __all__ = ["WARN_RATIO", "SpaceGuard", "Usage", "volume_usage"]
 
@@ -133,10 +133,10 @@ class SpaceGuard:
                 )
             return self._refusal
 
-    def _full(self, u: Usage) -> StorageFull:
+    def _full(self, u: Usage) -> SpacePressure:
         which = "data volume" if u.disk_ratio >= u.map_ratio else "LMDB map (--max-map-size)"
         used = max(u.disk_ratio, u.map_ratio)
-        return StorageFull(
+        return SpacePressure(
             f"the {which} is {used:.0%} used (appends are refused from"
             f" {self._block:.0%}, taken again below {self._resume:.0%}); reads go on",
             retry_after_ms=RETRY_AFTER_MS,
