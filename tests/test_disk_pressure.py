@@ -30,6 +30,7 @@ from support import (
 from test_store_contract import cmd, event
 from volumes import KINDS, MIB, fill_to, mounted, used_ratio
 
+from lighthouse_client import NewEvent, StoreClient
 from lighthouse_proto.v1 import store_pb2 as pb
 from lighthouse_store.config import Durability
 from lighthouse_store.lmdb_store import LmdbEventStore
@@ -143,6 +144,7 @@ def test_a_full_disk_during_a_commit_is_a_recoverable_refusal_that_writes_nothin
             grpc.StatusCode.RESOURCE_EXHAUSTED, append, stub, "s", events(100, data=bytes(20_000))
         )
         assert_storage_full(err)
+        assert "nothing of the append was written" in (err.details() or "")  # the commit's
         assert head(stub) == len(acked.ids)
         acked.check(stub)
 
@@ -291,3 +293,26 @@ def test_the_preallocator_never_takes_the_volume_past_the_warning_mark(tmp_path:
             assert 0.7 < used_ratio(volume) <= 0.8 + 1 / os.statvfs(volume).f_blocks
         finally:
             store.close()
+
+
+def test_the_client_library_retries_a_full_store_until_space_is_freed(
+    tmp_path: Path, daemon_factory: DaemonFactory
+) -> None:
+    """STORAGE_FULL is recoverable: the client backs off (no sooner than the
+    RetryInfo) and its append goes through once an operator frees space,
+    within the call's deadline."""
+    with mounted("tmpfs", 24, tmp_path) as volume:
+        d = daemon_factory(volume / "data", extra_args=NO_PREALLOC)
+        acked = Acked()
+        acked.append(d.stub())
+        ballast = fill_to(volume, 0.96)
+        assert_storage_full(refused_append(d.stub(), acked))
+        freed = threading.Timer(1.5, ballast.unlink)
+        freed.start()
+        try:
+            with StoreClient(d.address, timeout=60) as client:
+                result = client.append("s", NewEvent("T", b"{}"))
+        finally:
+            freed.join()
+        assert result.first_position == len(acked.ids) + 1
+        assert not ballast.exists()  # it went through after the space was freed
