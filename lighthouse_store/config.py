@@ -204,8 +204,8 @@ class Config:
     )  # fmt: skip
     max_map_size: int = setting(
         STORAGE, Size(0, 16 * TIB), 0,
-        "the most the LMDB map grows to (README, Disk and map pressure); `0`: what the"
-        " disk holds (the data file plus the volume's free space)",
+        "the most the LMDB map grows to, online (README, Disk and map pressure); `0`:"
+        " what the disk holds (the data volume's size)",
     )  # fmt: skip
     disk_block_ratio: float = setting(
         STORAGE, Ratio(0.5, 1.0), 0.95,
@@ -215,7 +215,7 @@ class Config:
     disk_resume_ratio: float = setting(
         STORAGE, Ratio(0.5, 1.0), 0.90,
         "refused appends are taken again, by themselves, once the volume and the map are"
-        " below this; at most `--disk-block-ratio`",
+        " below this (a value above `--disk-block-ratio` counts as that)",
     )  # fmt: skip
     preallocate: int = setting(
         STORAGE, Size(0, 16 * GIB), 64 * MIB,
@@ -349,11 +349,6 @@ class Source:
             raise ConfigError(
                 f"{where['max_queued_bytes']} ({cfg.max_queued_bytes}) must be at least"
                 f" {where['max_append_bytes']} ({cfg.limits.max_append_bytes})"
-            )
-        if cfg.disk_resume_ratio > cfg.disk_block_ratio:
-            raise ConfigError(
-                f"{where['disk_resume_ratio']} ({cfg.disk_resume_ratio}) must be at most"
-                f" {where['disk_block_ratio']} ({cfg.disk_block_ratio})"
             )
         return cfg
 

@@ -177,12 +177,12 @@ def _real(raw: object, percent: bool = False) -> float | None:
             return None
     elif isinstance(raw, str):
         text = raw.strip()
-        scale = 1.0
+        divisor = 1.0
         if percent and text.endswith("%"):
-            text, scale = text[:-1], 0.01
+            text, divisor = text[:-1], 100.0
         if not _DECIMAL.fullmatch(text):
             return None
-        value = float(text) * scale
+        value = float(text) / divisor  # 95% is 0.95, as 95 * 0.01 is not
     else:
         return None
     return value if math.isfinite(value) else None
