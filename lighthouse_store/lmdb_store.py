@@ -355,7 +355,9 @@ class LmdbEventStore(EventStore):
         self, commands: Sequence[AppendCommand], checkpoints: Mapping[str, int] | None = None
     ) -> list[AppendResult | StoreError]:
         self._flush_seconds = 0.0
-        if self.used_bytes() > GROW_AT * self.map_size and self.map_size < self._map_limit:
+        info = lmdb_txn.env_info(self._env, self._gate)  # one read of the meta page
+        size, used = int(info["map_size"]), (int(info["last_pgno"]) + 1) * self._page_size
+        if used > GROW_AT * size and size < self._map_limit:
             self._grow()
         try:
             return self._commit_growing(commands, checkpoints)

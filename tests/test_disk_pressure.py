@@ -33,6 +33,7 @@ from volumes import KINDS, MIB, fill_to, mounted, used_ratio
 from lighthouse_client import NewEvent, StoreClient
 from lighthouse_proto.v1 import store_pb2 as pb
 from lighthouse_store.config import Durability
+from lighthouse_store.errors import StorageFull
 from lighthouse_store.lmdb_store import LmdbEventStore
 from lighthouse_store.space import SpaceGuard
 from lighthouse_store.store import AppendResult, ReadQuery
@@ -216,7 +217,7 @@ def test_the_map_grows_under_concurrent_readers_and_stops_at_its_limit(tmp_path:
     try:
         assert not failures, failures
         assert store.map_size == 16 * MIB and written > 1000
-        assert type(result).__name__ == "StorageFull"  # at the limit, by the guard or LMDB
+        assert isinstance(result, StorageFull)  # at the limit, by the guard or by LMDB
         assert len(_read_everything(store)) == written
     finally:
         store.close()
