@@ -85,6 +85,11 @@ class StorageFull(StoreError):
         self.retry_after_ms = retry_after_ms
 
 
+class MapFull(StorageFull):
+    """LMDB found its map full in a commit (``lmdb_txn.py``): the store grows
+    the map and commits again, up to ``--max-map-size`` (``lmdb_store.py``)."""
+
+
 class SpacePressure(StorageFull):
     """A :class:`StorageFull` from the marks (``space.py``): the guard's own
     state says when it ends, so it does not hold writes blocked until a

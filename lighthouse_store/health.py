@@ -192,8 +192,8 @@ def _storage(f: Figures, t: Thresholds) -> Check:
     blocked = [w.worker for w in f.writers if w.writes_blocked]
     figures = {
         "data_bytes": s.data_bytes,
-        "map_used_ratio": round(s.map_used_ratio, 6),
-        "disk_free_ratio": round(s.disk_free_ratio, 6),
+        "map_used_ratio": _significant(s.map_used_ratio),
+        "disk_free_ratio": _significant(s.disk_free_ratio),
         "head_position": s.head_position,
         "writes_blocked": bool(blocked),
     }
@@ -206,6 +206,11 @@ def _storage(f: Figures, t: Thresholds) -> Check:
     if 1 - s.disk_free_ratio >= t.used_warn_ratio:
         return Check(WARN, f"the data volume is {1 - s.disk_free_ratio:.0%} used", figures)
     return Check(PASS, "", figures)
+
+
+def _significant(ratio: float) -> float:
+    """Six significant digits: a large volume's tiny used part is not shown as 0."""
+    return float(f"{ratio:.6g}")
 
 
 def _writer(f: Figures, t: Thresholds, p99: float | None) -> Check:

@@ -88,6 +88,7 @@ from lighthouse_store.errors import (
     Degraded,
     EventIdConflict,
     InvalidArgument,
+    MapFull,
     StorageFailure,
     StorageFull,
     StoreError,
@@ -387,7 +388,7 @@ class LmdbEventStore(EventStore):
         while True:
             try:
                 return self._commit(commands, checkpoints)
-            except lmdb_txn.MapFull:
+            except MapFull:
                 needed = sum(c.size for c in commands) + 64 * 1024
                 if not self._grow(needed):
                     raise lmdb_txn.storage_full() from None

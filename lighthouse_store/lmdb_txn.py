@@ -49,13 +49,12 @@ from typing import Any
 import lmdb
 
 from lighthouse_store import corruption, integrity, lmdb_format
-from lighthouse_store.errors import StorageFailure, StorageFull, StoreError
+from lighthouse_store.errors import MapFull, StorageFailure, StorageFull, StoreError
 
 __all__ = [
     "OPEN_FAILED",
     "READ_FAILED",
     "WRITE_FAILED",
-    "MapFull",
     "MapGate",
     "WriteLock",
     "driver_errors",
@@ -82,10 +81,6 @@ _DAMAGED = (lmdb.CorruptedError, lmdb.PageNotFoundError)
 FULL_VOLUME_BYTES = 1 << 20
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 _DISK_FULL_TEXT = tuple(os.strerror(e) for e in _DISK_FULL)
-
-
-class MapFull(StorageFull):
-    """LMDB's map is full: the store grows it (up to ``--max-map-size``)."""
 
 
 def storage_full() -> StorageFull:
