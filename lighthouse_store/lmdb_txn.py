@@ -112,25 +112,29 @@ class MapGate:
     resize waiting keeps new holders out until it is done; a thread that
     holds the gate may take it again (nested) without waiting."""
 
-    __slots__ = ("_cond", "_mine", "_open", "_resizing")
+    __slots__ = ("_cond", "_lock", "_mine", "_open", "_resizing")
 
     def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        # Held through ``with self._lock`` (C-level) on the hot path; the
+        # condition on the same lock only when someone has to wait.
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._open = 0
         self._resizing = False
         self._mine = threading.local()
 
     def enter(self) -> None:
-        held = getattr(self._mine, "held", 0)
-        with self._cond:
+        mine = self._mine
+        held = getattr(mine, "held", 0)
+        with self._lock:
             while self._resizing and not held:
                 self._cond.wait()
             self._open += 1
-        self._mine.held = held + 1
+        mine.held = held + 1
 
     def leave(self) -> None:
         self._mine.held -= 1
-        with self._cond:
+        with self._lock:
             self._open -= 1
             if self._resizing and not self._open:
                 self._cond.notify_all()
@@ -139,7 +143,7 @@ class MapGate:
     def alone(self) -> Iterator[None]:
         if getattr(self._mine, "held", 0):
             raise StorageFailure("cannot grow the LMDB map: this thread has a transaction open")
-        with self._cond:
+        with self._lock:
             while self._resizing:
                 self._cond.wait()
             self._resizing = True
@@ -148,7 +152,7 @@ class MapGate:
         try:
             yield
         finally:
-            with self._cond:
+            with self._lock:
                 self._resizing = False
                 self._cond.notify_all()
 
