@@ -27,9 +27,9 @@ Cost and place
 ==============
 
 :meth:`SpaceGuard.refusal` is asked once per group commit, in one place
-(``LmdbEventStore._commit``); it calls ``statvfs`` at most every
-``interval`` seconds (0.1 s) and otherwise answers from the last reading.
-The map's use is read from LMDB's meta page (no system call). Between two
+(``LmdbEventStore._commit``); it reads the figures (a ``statvfs``, and the
+map's use from LMDB's meta page) at most every ``interval`` seconds (0.1 s)
+and otherwise answers from the last reading: a lock and a clock read. Between two
 readings a burst of appends can still fill the disk: the commit then meets
 ENOSPC, which is the same recoverable refusal (``lmdb_txn.py``), with
 nothing of the group written. The serving process also asks every second
@@ -97,7 +97,7 @@ class SpaceGuard:
         self._clock = clock
         self._lock = threading.Lock()
         self._read_at = -float("inf")
-        self._disk = (0.0, 1 << 62)
+        self._last = Usage(0.0, 0.0, 1 << 62)
         self._refusal: StorageFull | None = None
 
     def usage(self) -> Usage:
@@ -109,12 +109,12 @@ class SpaceGuard:
         now = self._clock()
         if now - self._read_at >= self._interval:
             try:
-                self._disk = volume_usage(self._path)
+                ratio, free = volume_usage(self._path)
             except OSError:  # cannot tell: judge by the map alone
-                self._disk = (0.0, 1 << 62)
+                ratio, free = 0.0, 1 << 62
+            self._last = Usage(ratio, self._map_ratio(free), free)
             self._read_at = now
-        ratio, free = self._disk
-        return Usage(ratio, self._map_ratio(free), free)
+        return self._last
 
     def refusal(self) -> StorageFull | None:
         """The error to refuse appends with now, or None to take them."""
