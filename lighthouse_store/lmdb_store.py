@@ -68,6 +68,22 @@ disk. The in-memory tail holds only this process's commits: a reader finds
 other workers' records in LMDB. ``shared`` says other processes write the
 environment: the preallocator then takes LMDB's write lock, not an
 in-process one (``prealloc.py``).
+
+Space
+=====
+
+``--map-size`` is the map's size at start. Before a commit, once 75% of the
+map is used (``GROW_AT``), and whenever a commit finds it full
+(``MDB_MAP_FULL``, :class:`MapFull`: the transaction was aborted, nothing of
+it written), the writer grows the map (doubled, or enough for the group
+twice over) up to :attr:`max_map_size` and commits again; only a map at that
+limit refuses, with a recoverable :class:`StorageFull`. The remap waits for
+this process's open transactions (``lmdb_txn.MapGate``); other processes
+adopt the larger size at their next transaction (``MDB_MAP_RESIZED``,
+``lmdb_txn.py``). Each commit first asks the space guard (``space.py``)
+whether appends are refused for disk or map pressure: one check per group,
+and the refusal applies to each append as the read-only one does (after the
+idempotent-retry check, so a retry of a recorded append is still answered).
 """
 
 from __future__ import annotations
