@@ -89,14 +89,13 @@ idempotent-retry check, so a retry of a recorded append is still answered).
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from lighthouse_store import integrity, lmdb_format, lmdb_reads, lmdb_txn, records
+from lighthouse_store import integrity, lmdb_format, lmdb_reads, lmdb_txn, records, space
 from lighthouse_store.config import TAIL_BYTES, Durability
 from lighthouse_store.corruption import Finding
 from lighthouse_store.errors import (
@@ -112,7 +111,7 @@ from lighthouse_store.errors import (
 )
 from lighthouse_store.lmdb_format import INDEX_KEY, STREAM_STATE, U64
 from lighthouse_store.prealloc import Preallocator
-from lighthouse_store.space import WARN_RATIO, SpaceGuard
+from lighthouse_store.space import SpaceGuard
 from lighthouse_store.store import (
     AppendCommand,
     AppendResult,
@@ -129,21 +128,6 @@ log = logging.getLogger("lighthouse_store.store")
 DEGRADED_RETRY_MS = 5_000  # the RetryInfo of an append refused by a read-only store
 GROW_AT = 0.75  # the map grows before a commit once this much of it is used
 GROW_ALIGN = 1 << 20
-
-
-def _round_up(n: int, step: int) -> int:
-    return -(-n // step) * step
-
-
-def _map_limit(path: Path, max_map_size: int) -> int:
-    """``max_map_size``, or with 0 the size of the data volume (what the disk holds)."""
-    if max_map_size:
-        return max_map_size
-    try:
-        vfs = os.statvfs(path)
-    except OSError:
-        return 16 << 40
-    return max(vfs.f_blocks * vfs.f_frsize, GROW_ALIGN)
 
 
 class LmdbEventStore(EventStore):
@@ -184,7 +168,7 @@ class LmdbEventStore(EventStore):
             path, map_size=map_size, durable=durable, max_readers=max_readers
         )
         self._gate = lmdb_txn.MapGate()  # every transaction of this process holds it
-        self._map_limit = _map_limit(path, max(max_map_size, map_size) if max_map_size else 0)
+        self._map_limit = space.map_limit(path, max(max_map_size, map_size) if max_map_size else 0)
         self._space = SpaceGuard(
             path, self.map_ratio, block_ratio=block_ratio, resume_ratio=resume_ratio
         )
@@ -337,21 +321,16 @@ class LmdbEventStore(EventStore):
         return self._space.refusal()
 
     def _fill_limit(self, end: int) -> int:
-        """The longest the preallocator may make the file, now ``end`` bytes:
-        within the map, and never past the volume's warning mark."""
-        try:
-            vfs = os.statvfs(self._data_dir)
-        except OSError:
-            return end
-        room = vfs.f_bavail - (1 - WARN_RATIO) * vfs.f_blocks
-        return min(self.map_size, end + max(0, int(room)) * vfs.f_frsize)
+        """The longest the preallocator may make the file (``space.fill_limit``)."""
+        return space.fill_limit(self._data_dir, end, self.map_size)
 
     def _grow(self, needed: int = 0) -> bool:
         """Grow the map (doubled, or enough for ``needed`` more bytes twice
         over) up to :attr:`max_map_size`; False if it cannot grow. Writer
         thread only, with no transaction of its own open."""
         size, used = self.map_size, self.used_bytes()
-        target = min(self._map_limit, _round_up(max(2 * size, used + 2 * needed), GROW_ALIGN))
+        wanted = -(-max(2 * size, used + 2 * needed) // GROW_ALIGN) * GROW_ALIGN  # rounded up
+        target = min(self._map_limit, wanted)
         if target <= size:  # at the limit; another process may have grown it further
             return lmdb_txn.resize(self._env, self._gate) > size
         grown = lmdb_txn.resize(self._env, self._gate, target)

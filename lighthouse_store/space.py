@@ -49,7 +49,7 @@ from pathlib import Path
 
 from lighthouse_store.errors import SpacePressure, StorageFull
 
-__all__ = ["WARN_RATIO", "SpaceGuard", "Usage", "volume_usage"]
+__all__ = ["WARN_RATIO", "SpaceGuard", "Usage", "fill_limit", "map_limit", "volume_usage"]
 
 log = logging.getLogger("lighthouse_store.space")
 
@@ -73,6 +73,29 @@ def volume_usage(path: Path) -> tuple[float, int]:
     if not vfs.f_blocks:
         return 0.0, 0
     return 1.0 - vfs.f_bavail / vfs.f_blocks, vfs.f_bavail * vfs.f_frsize
+
+
+def map_limit(path: Path, max_map_size: int) -> int:
+    """The most the map grows to: ``max_map_size``, or with 0 the size of the
+    data volume (what the disk holds)."""
+    if max_map_size:
+        return max_map_size
+    try:
+        vfs = os.statvfs(path)
+    except OSError:
+        return 16 << 40
+    return max(vfs.f_blocks * vfs.f_frsize, 1 << 20)
+
+
+def fill_limit(path: Path, end: int, map_size: int) -> int:
+    """The longest the preallocator may make a data file now ``end`` bytes
+    long: within the map, and never past the volume's warning mark."""
+    try:
+        vfs = os.statvfs(path)
+    except OSError:
+        return end
+    room = vfs.f_bavail - (1 - WARN_RATIO) * vfs.f_blocks
+    return min(map_size, end + max(0, int(room)) * vfs.f_frsize)
 
 
 class SpaceGuard:
