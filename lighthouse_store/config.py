@@ -255,8 +255,23 @@ class Config:
     )  # fmt: skip
     map_size: int = setting(
         STORAGE, Size(MIB, 16 * TIB), 64 * GIB,
-        "LMDB map size: the most the store can hold (address space only; the file"
-        " grows with the data, plus `--preallocate`)",
+        "LMDB map size at start (address space only; the file grows with the data, plus"
+        " `--preallocate`); the map grows online from there up to `--max-map-size`",
+    )  # fmt: skip
+    max_map_size: int = setting(
+        STORAGE, Size(0, 16 * TIB), 0,
+        "the most the LMDB map grows to, online (README, Disk and map pressure); `0`:"
+        " what the disk holds (the data volume's size)",
+    )  # fmt: skip
+    disk_block_ratio: float = setting(
+        STORAGE, Ratio(0.5, 1.0), 0.95,
+        "appends are refused (`RESOURCE_EXHAUSTED`, `STORAGE_FULL`, recoverable) once the"
+        " data volume or the LMDB map is this much used",
+    )  # fmt: skip
+    disk_resume_ratio: float = setting(
+        STORAGE, Ratio(0.5, 1.0), 0.90,
+        "refused appends are taken again, by themselves, once the volume and the map are"
+        " below this (a value above `--disk-block-ratio` counts as that)",
     )  # fmt: skip
     preallocate: int = setting(
         STORAGE, Size(0, 16 * GIB), 64 * MIB,

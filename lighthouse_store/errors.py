@@ -69,13 +69,31 @@ class Overloaded(StoreError):
 
 
 class StorageFull(StoreError):
-    """The LMDB map is full; nothing of the request was written. Nothing in
-    an append-only store frees map space, so retrying cannot help: the
-    operator restarts the daemon with a larger ``--map-size`` (SPEC §4:
-    resource exhaustion the process cannot undo). Reads go on meanwhile."""
+    """Storage cannot take the append now; nothing of it was written: the
+    data volume or the LMDB map is past ``--disk-block-ratio`` (until it is
+    below ``--disk-resume-ratio`` again), a commit met a full disk (ENOSPC,
+    EDQUOT), or the map is at ``--max-map-size`` (``space.py``). Recoverable
+    (SPEC §4, "disk filling"): appends are taken again by themselves once an
+    operator frees space or raises the limit; clients retry after
+    ``retry_after_ms``. Reads go on meanwhile."""
 
     reason: str = Reason.STORAGE_FULL
-    failure_class = FailureClass.RESTART_REQUIRED
+    failure_class = FailureClass.RECOVERABLE
+
+    def __init__(self, message: str, retry_after_ms: int = 1_000, **metadata: str) -> None:
+        super().__init__(message, retry_after_ms=str(retry_after_ms), **metadata)
+        self.retry_after_ms = retry_after_ms
+
+
+class MapFull(StorageFull):
+    """LMDB found its map full in a commit (``lmdb_txn.py``): the store grows
+    the map and commits again, up to ``--max-map-size`` (``lmdb_store.py``)."""
+
+
+class SpacePressure(StorageFull):
+    """A :class:`StorageFull` from the marks (``space.py``): the guard's own
+    state says when it ends, so it does not hold writes blocked until a
+    commit succeeds, as a refused commit does (``metrics.py``)."""
 
 
 class ShuttingDown(StoreError):

@@ -5,9 +5,11 @@ Checks and levels
 
 Four components, each ``pass``, ``warn`` or ``fail``:
 
-- ``storage``: ``fail`` while writes are blocked (an append was refused
-  because storage could not take it, a full map or a failed write, and no
-  commit of events has succeeded since); ``warn`` when the LMDB map or the
+- ``storage``: ``fail`` while writes are blocked: the data volume or the
+  LMDB map is past ``--disk-block-ratio`` (until below
+  ``--disk-resume-ratio``: ``space.py``), or an append was refused because
+  storage could not take it (a full disk or map, a failed write) and no
+  commit of events has succeeded since; ``warn`` when the LMDB map or the
   data volume is 80% used or more (SPEC §4's warning mark).
 - ``writer``: ``fail`` while the degradation controller's level is
   ``degraded`` (``degradation.py``: appends refused, reads go on), ``warn``
@@ -198,19 +200,25 @@ def _storage(f: Figures, t: Thresholds) -> Check:
     blocked = [w.worker for w in f.writers if w.writes_blocked and f.degradation != DEGRADED]
     figures = {
         "data_bytes": s.data_bytes,
-        "map_used_ratio": round(s.map_used_ratio, 6),
-        "disk_free_ratio": round(s.disk_free_ratio, 6),
+        "map_used_ratio": _significant(s.map_used_ratio),
+        "disk_free_ratio": _significant(s.disk_free_ratio),
         "head_position": s.head_position,
         "writes_blocked": bool(blocked),
     }
     if blocked:
-        return Check(FAIL, "appends are refused: storage cannot take them (map full or a"
-                           " failed write) and no commit has succeeded since", figures)  # fmt: skip
+        return Check(FAIL, "appends are refused: storage cannot take them (the data volume or"
+                           " the LMDB map past --disk-block-ratio, or a refused commit and"
+                           " none succeeded since)", figures)  # fmt: skip
     if s.map_used_ratio >= t.used_warn_ratio:
         return Check(WARN, f"the LMDB map is {s.map_used_ratio:.0%} used", figures)
     if 1 - s.disk_free_ratio >= t.used_warn_ratio:
         return Check(WARN, f"the data volume is {1 - s.disk_free_ratio:.0%} used", figures)
     return Check(PASS, "", figures)
+
+
+def _significant(ratio: float) -> float:
+    """Six significant digits: a large volume's tiny used part is not shown as 0."""
+    return float(f"{ratio:.6g}")
 
 
 def _writer(f: Figures, t: Thresholds, p99: float | None) -> Check:

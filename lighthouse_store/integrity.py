@@ -135,8 +135,9 @@ def read_marker(data_dir: Path) -> str | None:
 
 def write_marker(data_dir: Path, store_id: str) -> None:
     """Write the marker durably: a new file, flushed, renamed into place,
-    and the directory flushed. The temporary name is this process's own: two
-    processes opening a new store at once each write the same id."""
+    and the directory flushed. The new file's name is this process's own:
+    worker processes opening a new store at once each write the same id
+    (claimed in LMDB), and neither may rename the other's file away."""
     path = Path(data_dir) / lmdb_format.MARKER
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     write_flushed(tmp, (store_id + "\n").encode())

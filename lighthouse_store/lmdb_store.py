@@ -68,6 +68,22 @@ disk. The in-memory tail holds only this process's commits: a reader finds
 other workers' records in LMDB. ``shared`` says other processes write the
 environment: the preallocator then takes LMDB's write lock, not an
 in-process one (``prealloc.py``).
+
+Space
+=====
+
+``--map-size`` is the map's size at start. Before a commit, once 75% of the
+map is used (``GROW_AT``), and whenever a commit finds it full
+(``MDB_MAP_FULL``, :class:`MapFull`: the transaction was aborted, nothing of
+it written), the writer grows the map (doubled, or enough for the group
+twice over) up to :attr:`max_map_size` and commits again; only a map at that
+limit refuses, with a recoverable :class:`StorageFull`. The remap waits for
+this process's open transactions (``lmdb_txn.MapGate``); other processes
+adopt the larger size at their next transaction (``MDB_MAP_RESIZED``,
+``lmdb_txn.py``). Each commit first asks the space guard (``space.py``)
+whether appends are refused for disk or map pressure: one check per group,
+and the refusal applies to each append as the read-only one does (after the
+idempotent-retry check, so a retry of a recorded append is still answered).
 """
 
 from __future__ import annotations
@@ -79,7 +95,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from lighthouse_store import integrity, lmdb_format, lmdb_reads, lmdb_txn, records
+from lighthouse_store import integrity, lmdb_format, lmdb_reads, lmdb_txn, records, space
 from lighthouse_store.config import TAIL_BYTES, Durability
 from lighthouse_store.corruption import Finding
 from lighthouse_store.degradation import CORRUPTION, DEGRADED, WriteGate, allowlisted
@@ -87,6 +103,7 @@ from lighthouse_store.errors import (
     Corruption,
     EventIdConflict,
     InvalidArgument,
+    MapFull,
     StorageFailure,
     StorageFull,
     StoreError,
@@ -94,6 +111,7 @@ from lighthouse_store.errors import (
 )
 from lighthouse_store.lmdb_format import INDEX_KEY, STREAM_STATE, U64
 from lighthouse_store.prealloc import Preallocator
+from lighthouse_store.space import SpaceGuard
 from lighthouse_store.store import (
     AppendCommand,
     AppendResult,
@@ -106,6 +124,9 @@ from lighthouse_store.store import (
 from lighthouse_store.tail import Tail
 
 log = logging.getLogger("lighthouse_store.store")
+
+GROW_AT = 0.75  # the map grows before a commit once this much of it is used
+GROW_ALIGN = 1 << 20
 
 
 class LmdbEventStore(EventStore):
@@ -121,6 +142,9 @@ class LmdbEventStore(EventStore):
         preallocate: int = 0,
         shared: bool = False,
         gate: WriteGate | None = None,
+        max_map_size: int = 0,
+        block_ratio: float = 0.95,
+        resume_ratio: float = 0.90,
     ) -> None:
         self._clock = clock
         # Read by every append: the degradation level's refusal (degradation.py).
@@ -145,6 +169,11 @@ class LmdbEventStore(EventStore):
         self._env = lmdb_txn.open_env(
             path, map_size=map_size, durable=durable, max_readers=max_readers
         )
+        self._gate = lmdb_txn.MapGate()  # every transaction of this process holds it
+        self._map_limit = space.map_limit(path, max(max_map_size, map_size) if max_map_size else 0)
+        self._space = SpaceGuard(
+            path, self.map_ratio, block_ratio=block_ratio, resume_ratio=resume_ratio
+        )
         # Held through every write transaction (the only times LMDB writes the
         # file) and by the preallocator around each write of zeros past its end.
         self._file_lock = threading.Lock()
@@ -162,7 +191,9 @@ class LmdbEventStore(EventStore):
         read-only (:attr:`degraded`); it does not stop the start."""
         self._env.reader_check()  # drop reader slots left by a killed process
         self._dbs = lmdb_format.open_databases(self._env)
-        with lmdb_txn.write_transaction(self._env, self._file_lock, flush=durable) as txn:
+        with lmdb_txn.write_transaction(
+            self._env, self._file_lock, gate=self._gate, flush=durable
+        ) as txn:
             lmdb_format.check_format(txn, self._dbs)
             self.store_id = integrity.claim_store_id(txn, self._dbs, marker)
             self._head = -1  # unknown: _catch_up reads (and checks) the newest record
@@ -175,7 +206,7 @@ class LmdbEventStore(EventStore):
                 self._next_stream_id = U64.unpack(raw)[0] if raw else 1
         if marker is None:
             integrity.write_marker(self._data_dir, self.store_id)
-        with lmdb_txn.read_transaction(self._env) as txn:
+        with lmdb_txn.read_transaction(self._env, self._gate) as txn:
             findings = integrity.check_newest(txn, self._dbs)
         if findings:
             self.degrade(findings[0])
@@ -186,8 +217,11 @@ class LmdbEventStore(EventStore):
                 path / "data.mdb",
                 ahead=preallocate,
                 used_bytes=self.used_bytes,
-                file_lock=lmdb_txn.WriteLock(self._env) if self._shared else self._file_lock,
+                file_lock=(
+                    lmdb_txn.WriteLock(self._env, self._gate) if self._shared else self._file_lock
+                ),
                 sync=durable,
+                limit=self._fill_limit,
             ).start()
 
     # -- writes ------------------------------------------------------------
@@ -198,7 +232,7 @@ class LmdbEventStore(EventStore):
         return max(self._head, self._observed)
 
     def last_position(self) -> int:
-        with lmdb_txn.read_transaction(self._env) as txn:
+        with lmdb_txn.read_transaction(self._env, self._gate) as txn:
             return lmdb_reads.last_position(txn, self._dbs)
 
     def observe_head(self) -> int:
@@ -237,14 +271,14 @@ class LmdbEventStore(EventStore):
     def last_txnid(self) -> int:
         """LMDB's newest committed transaction id, read from its meta page
         without a transaction: it moves with every commit of any process."""
-        return int(self._env.info()["last_txnid"])
+        return int(lmdb_txn.env_info(self._env, self._gate)["last_txnid"])
 
     def scrub(self, after: int, limit: int) -> tuple[int, list[Finding]]:
         """Check up to ``limit`` records from position ``after + 1`` on, as
         the start-up check does (``integrity.check_run``: reported); the last
         position checked (0 past the end of the log, to start again) and the
         findings (``scrub.py``)."""
-        with lmdb_txn.read_transaction(self._env) as txn:
+        with lmdb_txn.read_transaction(self._env, self._gate) as txn:
             cur = txn.cursor(db=self._dbs.log)
             if not cur.set_range(U64.pack(after + 1)):
                 return 0, []
@@ -265,11 +299,41 @@ class LmdbEventStore(EventStore):
     @property
     def map_size(self) -> int:
         """The LMDB map size: the most the store can hold."""
-        return int(self._env.info()["map_size"])
+        return int(lmdb_txn.env_info(self._env, self._gate)["map_size"])
+
+    @property
+    def max_map_size(self) -> int:
+        """The most the map grows to: ``--max-map-size``, or the data volume's size."""
+        return self._map_limit
+
+    def map_ratio(self, free: int = 0) -> float:
+        """The used part of what the map can become (``space.py``)."""
+        return self.used_bytes() / max(self._map_limit, 1)
+
+    def space_refusal(self) -> StorageFull | None:
+        """Whether appends are refused for disk or map pressure now (``space.py``)."""
+        return self._space.refusal()
+
+    def _fill_limit(self, end: int) -> int:
+        """The longest the preallocator may make the file (``space.fill_limit``)."""
+        return space.fill_limit(self._data_dir, end, self.map_size)
+
+    def _grow(self, needed: int = 0) -> bool:
+        """Grow the map (doubled, or enough for ``needed`` more bytes twice
+        over) up to :attr:`max_map_size`; False if it cannot grow. Writer
+        thread only, with no transaction of its own open."""
+        size, used = self.map_size, self.used_bytes()
+        wanted = -(-max(2 * size, used + 2 * needed) // GROW_ALIGN) * GROW_ALIGN  # rounded up
+        target = min(self._map_limit, wanted)
+        if target <= size:  # at the limit; another process may have grown it further
+            return lmdb_txn.resize(self._env, self._gate) > size
+        grown = lmdb_txn.resize(self._env, self._gate, target)
+        log.info("LMDB map grown from %d to %d bytes (at most %d)", size, grown, self._map_limit)
+        return grown > size
 
     def used_bytes(self) -> int:
         """Bytes of ``data.mdb`` that LMDB uses (the file may be longer: ``prealloc.py``)."""
-        return (int(self._env.info()["last_pgno"]) + 1) * self._page_size
+        return (int(lmdb_txn.env_info(self._env, self._gate)["last_pgno"]) + 1) * self._page_size
 
     def flush_seconds(self) -> float:
         return self._flush_seconds
@@ -281,8 +345,12 @@ class LmdbEventStore(EventStore):
         self, commands: Sequence[AppendCommand], checkpoints: Mapping[str, int] | None = None
     ) -> list[AppendResult | StoreError]:
         self._flush_seconds = 0.0
+        info = lmdb_txn.env_info(self._env, self._gate)  # one read of the meta page
+        size, used = int(info["map_size"]), (int(info["last_pgno"]) + 1) * self._page_size
+        if used > GROW_AT * size and size < self._map_limit:
+            self._grow()
         try:
-            return self._commit(commands, checkpoints)
+            return self._commit_growing(commands, checkpoints)
         except StorageFull:
             if len(commands) < 2:
                 raise
@@ -294,7 +362,7 @@ class LmdbEventStore(EventStore):
         pending = checkpoints
         for command in commands:
             try:
-                results += self._commit([command], pending)
+                results += self._commit_growing([command], pending)
                 pending = None
             except StorageFull as exc:
                 results.append(exc)
@@ -302,16 +370,31 @@ class LmdbEventStore(EventStore):
             raise lmdb_txn.storage_full()
         return results
 
+    def _commit_growing(
+        self, commands: Sequence[AppendCommand], checkpoints: Mapping[str, int] | None
+    ) -> list[AppendResult | StoreError]:
+        """:meth:`_commit`, again after growing the map while LMDB finds it full."""
+        while True:
+            try:
+                return self._commit(commands, checkpoints)
+            except MapFull:
+                needed = sum(c.size for c in commands) + 64 * 1024
+                if not self._grow(needed):
+                    raise lmdb_txn.storage_full() from None
+
     def _commit(
         self, commands: Sequence[AppendCommand], checkpoints: Mapping[str, int] | None
     ) -> list[AppendResult | StoreError]:
         results: list[AppendResult | StoreError] = []
+        refusal = self._space.refusal()  # the one check of disk and map pressure
         with lmdb_txn.write_transaction(
-            self._env, self._file_lock, flush=self._durable, timed=self._timed_flush
-        ) as txn:
+            self._env, self._file_lock, gate=self._gate, flush=self._durable,
+            timed=self._timed_flush,
+        ) as txn:  # fmt: skip
             self._catch_up(txn)
             stamp = max(self._clock(), self._last_ts)
             group = _Group(self._head, self._next_stream_id, records.timestamp_field(stamp))
+            group.refusal = refusal
             for cmd in commands:
                 try:
                     results.append(self._apply(txn, group, cmd))
@@ -378,6 +461,8 @@ class LmdbEventStore(EventStore):
         refusal = self.gate.refusal
         if refusal is not None and not allowlisted(cmd):
             raise refusal
+        if group.refusal is not None and not allowlisted(cmd):  # disk or map pressure (space.py)
+            raise group.refusal
         name = cmd.stream.encode()
         state = group.streams.get(name)
         if state is None:
@@ -443,11 +528,11 @@ class LmdbEventStore(EventStore):
     # -- reads (lmdb_reads.py), each in a short read transaction of its own ----
 
     def get_checkpoint(self, consumer: str) -> int | None:
-        with lmdb_txn.read_transaction(self._env) as txn:
+        with lmdb_txn.read_transaction(self._env, self._gate) as txn:
             return lmdb_reads.checkpoint(txn, self._dbs, consumer)
 
     def get_event(self, event_id: bytes) -> bytes | None:
-        with lmdb_txn.read_transaction(self._env) as txn:
+        with lmdb_txn.read_transaction(self._env, self._gate) as txn:
             return lmdb_reads.event_by_id(txn, self._dbs, event_id)
 
     def read_page(
@@ -458,7 +543,7 @@ class LmdbEventStore(EventStore):
         max_bytes: int,
         max_scan: int = 0,
     ) -> Page:
-        with lmdb_txn.read_transaction(self._env) as txn:
+        with lmdb_txn.read_transaction(self._env, self._gate) as txn:
             return lmdb_reads.page(
                 txn, self._dbs, self._tail.get, query, cursor, max_events, max_bytes, max_scan
             )
@@ -480,6 +565,7 @@ class _Group:
         "next_stream_id",
         "recorded_at_field",
         "records",
+        "refusal",
         "stream_index",
         "streams",
     )
@@ -494,3 +580,4 @@ class _Group:
         self.event_ids: dict[bytes, bytes] = {}
         self.streams: dict[bytes, tuple[int, int, int]] = {}  # name -> unpacked stream state
         self.records: dict[int, bytes] = {}  # position -> record, for in-group retries
+        self.refusal: StorageFull | None = None  # appends refused for space (space.py)

@@ -175,9 +175,10 @@ class DaemonMetrics:
                                  multiprocess_mode="max", registry=r)  # fmt: skip
         self.writes_blocked = Gauge(
             WRITES_BLOCKED,
-            "1 while appends are refused because storage cannot take them (map full, write"
-            " failure), from the refusal until a commit of events succeeds, and while the"
-            " degradation level is degraded",
+            "1 while appends are refused because storage cannot take them: the data volume or"
+            " the LMDB map past --disk-block-ratio (until below --disk-resume-ratio), or a"
+            " commit refused (a full disk or map, a write failure) until one of events succeeds,"
+            " and while the degradation level is degraded",
             multiprocess_mode="livemax", registry=r,
         )  # fmt: skip
         self.subscriptions = Gauge(SUBSCRIPTIONS, "Subscriptions open",
@@ -196,7 +197,8 @@ class DaemonMetrics:
             multiprocess_mode="livemax", registry=r,
         )  # fmt: skip
         # What the gauges hold, so that they are written only when it changes:
-        self._depth = self._queued = self._blocked = self._level_blocked = 0
+        self._depth = self._queued = self._blocked = self._refused = self._level_blocked = 0
+        self._space_full = False
         self._last_commit = 0.0
         self._health_gauges = (self.queue_depth, self.queue_bytes, self.last_commit,
                                self.writes_blocked, self.subscriptions, self.max_lag,
@@ -284,7 +286,7 @@ class DaemonMetrics:
         """The degradation level (0, 1, 2); 2 blocks writes."""
         self.degradation_level.set(level)
         self._level_blocked = 1 if level >= 2 else 0
-        self.writes_blocked.set(max(self._blocked, self._level_blocked))
+        self._set_blocked()
 
     # -- the writer (writer.py) ---------------------------------------------------
 
@@ -311,10 +313,8 @@ class DaemonMetrics:
             now = time.time()
             if pending:  # those left wait for the next commit from now on
                 self.busy_since.set(now)
-            blocked = 1 if info.refused_by_storage else 0 if info.events else self._blocked
-            if blocked != self._blocked:
-                self.writes_blocked.set(max(blocked, self._level_blocked))
-                self._blocked = blocked
+            self._refused = 1 if info.refused_by_storage else 0 if info.events else self._refused
+            self._set_blocked()
             committed = info.appends > info.refused_by_storage  # its transaction committed
             if committed and now - self._last_commit >= LAST_COMMIT_RESOLUTION_S:
                 self.last_commit.set(now)
@@ -330,6 +330,18 @@ class DaemonMetrics:
                 self._bytes.inc(info.bytes)
 
         return committed
+
+    def space_full(self, full: bool) -> None:
+        """Whether appends are refused for disk or map pressure now (``space.py``;
+        asked every second, so the gauge recovers with no append to try)."""
+        self._space_full = full
+        self._set_blocked()
+
+    def _set_blocked(self) -> None:
+        blocked = 1 if self._refused or self._space_full or self._level_blocked else 0
+        if blocked != self._blocked:
+            self.writes_blocked.set(blocked)
+            self._blocked = blocked
 
     # -- subscriptions (subscriptions.py) -------------------------------------------
 
@@ -408,7 +420,8 @@ def forget_process(path: Path, pid: int) -> None:
 
 def storage_figures(store: LmdbEventStore) -> dict[str, float]:
     """The data file's size, the map's and the volume's use, the head: a
-    stat, a statvfs and one read transaction."""
+    stat, a statvfs and one read transaction. The map's use is of what it can
+    grow to (``--max-map-size``: ``LmdbEventStore.map_ratio``)."""
     data = lmdb_format.env_path(store.data_dir) / "data.mdb"
     try:
         size = data.stat().st_size
@@ -421,7 +434,7 @@ def storage_figures(store: LmdbEventStore) -> dict[str, float]:
         free = 0.0
     return {
         "data_bytes": float(size),
-        "map_used_ratio": store.used_bytes() / store.map_size,
+        "map_used_ratio": store.map_ratio(),
         "disk_free_ratio": free,
         "head_position": float(store.last_position()),
     }
@@ -432,7 +445,10 @@ class StorageCollector(Collector):
 
     _HELP: ClassVar[dict[str, tuple[str, str]]] = {
         "data_bytes": ("lighthouse_storage_data_bytes", "Size of data.mdb on disk"),
-        "map_used_ratio": ("lighthouse_storage_map_used_ratio", "Used part of the LMDB map, 0..1"),
+        "map_used_ratio": (
+            "lighthouse_storage_map_used_ratio",
+            "Used part of what the LMDB map can grow to (--max-map-size), 0..1",
+        ),
         "disk_free_ratio": (
             "lighthouse_storage_disk_free_ratio",
             "Free part of the data directory's volume (for unprivileged users), 0..1",

@@ -51,6 +51,17 @@ stops at the last page. After a crash it may hold a few more zero pages, or
 pages of a transaction that never committed: equally invisible, and
 overwritten as the store grows.
 
+Limits
+======
+
+The filler never makes the file longer than ``limit(end)`` says: the
+store's limit (``LmdbEventStore._fill_limit``) is the LMDB map size (LMDB
+never writes past it, so zeros there are waste) and the point where the
+data volume would be 80% used (``space.WARN_RATIO``, SPEC §4's warning
+mark): preallocated zeros never push a volume into warning, nor towards the
+95% where appends are refused. A 20 MiB volume with a 64 MiB
+``--preallocate`` gets zeros up to 80% of it, and no further.
+
 The filler never fails a commit: if a write fails (a full disk, say), it logs
 it once and tries again later, and meanwhile LMDB grows the file itself, as
 it would without a filler.
@@ -95,8 +106,10 @@ class Preallocator:
         interval_s: float = INTERVAL_S,
         retry_after_s: float = RETRY_AFTER_ERROR_S,
         clock: Callable[[], float] = time.perf_counter,
+        limit: Callable[[int], int] | None = None,
     ) -> None:
         self._ahead = ahead
+        self._limit = limit
         self._used_bytes = used_bytes
         self._lock = file_lock
         self._sync = sync
@@ -130,10 +143,14 @@ class Preallocator:
         while not self._stop.is_set():
             with self._lock:  # no write transaction is open, in any process
                 end = os.fstat(self._fd).st_size
-                if end - self._used_bytes() >= self._ahead:
+                target = self._used_bytes() + self._ahead
+                if self._limit is not None:
+                    target = min(target, self._limit(end))
+                if end >= target:
                     return added
                 started = self._clock()
-                written = os.pwrite(self._fd, self._zeros[: self._step], end)
+                size = min(self._step, target - end)
+                written = os.pwrite(self._fd, self._zeros[:size], end)
                 held = self._clock() - started
             if held > SLOW_STEP_S:
                 self._step = max(MIN_STEP, self._step // 2)

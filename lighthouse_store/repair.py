@@ -140,9 +140,9 @@ def repair(data_dir: Path, quarantine: list[int]) -> dict[str, Any]:
         raise
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
     previous = data_dir / f"lmdb.before-repair-{stamp}"
-    n = 1
-    while previous.exists():  # two repairs within one second keep both copies
-        n += 1
+    for n in range(1, 1000):  # two repairs within one second keep both copies
+        if not previous.exists():
+            break
         previous = data_dir / f"lmdb.before-repair-{stamp}-{n}"
     old_dir.rename(previous)
     new_dir.rename(old_dir)

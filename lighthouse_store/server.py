@@ -131,10 +131,13 @@ def _following_health(
     return set_serving
 
 
-async def _sample_subscriptions(hub: SubscriptionHub, metrics: DaemonMetrics) -> None:
-    """The largest subscription lag, once a second (cheap: a pass over the sessions)."""
+async def _sample(hub: SubscriptionHub, metrics: DaemonMetrics, store: LmdbEventStore) -> None:
+    """Once a second: the largest subscription lag (a pass over the sessions),
+    and whether appends are refused for space (a statvfs: ``space.py``), so
+    that the gauge goes back to 0 with no append to try."""
     while True:
         metrics.max_lag.set(hub.max_lag())
+        metrics.space_full(store.space_refusal() is not None)
         await asyncio.sleep(1.0)
 
 
@@ -205,6 +208,9 @@ def open_store(
         tail_bytes=config.tail_bytes,
         shared=shared,
         gate=gate,
+        max_map_size=config.max_map_size,
+        block_ratio=config.disk_block_ratio,
+        resume_ratio=config.disk_resume_ratio,
     )
 
 
@@ -299,7 +305,7 @@ async def run(
         worker.wakeups.listen(other_worker_committed)
     writer.start()
     await server.start()
-    sampler = loop.create_task(_sample_subscriptions(hub, metrics))
+    sampler = loop.create_task(_sample(hub, metrics, store))
     ops.serving(_following_health(loop, health_servicer), _recorder(writer))
     log.info(
         "listening on %s (data dir %s, durability %s, tail %d bytes, version %s)",

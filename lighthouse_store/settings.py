@@ -178,11 +178,11 @@ def _real(raw: object, percent: bool = False) -> float | None:
     elif isinstance(raw, str):
         text = raw.strip()
         divisor = 1.0
-        if percent and text.endswith("%"):  # divided: 95 * 0.01 is not 0.95 in floats
+        if percent and text.endswith("%"):
             text, divisor = text[:-1], 100.0
         if not _DECIMAL.fullmatch(text):
             return None
-        value = float(text) / divisor
+        value = float(text) / divisor  # 95% is 0.95, as 95 * 0.01 is not
     else:
         return None
     return value if math.isfinite(value) else None

@@ -5,17 +5,18 @@ Every error carries a ``google.rpc.Status`` in the trailing metadata
 stable code), ``domain`` ``lighthouse.store`` and metadata that always holds
 ``failure_class`` (recoverable / human_intervention / restart_required,
 SPEC §4) plus the error's own fields (``expected``, ``actual``, ...).
-Overload and a read-only (degraded) store add a ``google.rpc.RetryInfo``.
+Overload, a read-only (degraded) store and full storage add a
+``google.rpc.RetryInfo``.
 Messages never carry stack traces or file paths: unexpected exceptions
 become INTERNAL with an incident id that is also in the server log.
 
 Each failed request is logged once (``servicer._abort``), at the level
 :func:`log_level` gives: ``error`` for the server's own failures (INTERNAL,
-DATA_LOSS, and anything that needs a restart: a full map, a storage
-failure), ``info`` for UNAVAILABLE while the store drains or is read-only
+DATA_LOSS, and anything that needs a restart: a storage failure), ``info``
+for UNAVAILABLE while the store drains or is read-only
 (expected, and said once in the log already; clients retry), ``warning``
 for the rest, which the client caused or can retry (bad input, a wrong
-expected revision, not found, overload).
+expected revision, not found, overload, full storage).
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def to_status(error: StoreError) -> tuple[grpc.StatusCode, str, Trailers]:
     )
     status = status_pb2.Status(code=code.value[0], message=error.message)
     status.details.add().Pack(info)
-    if isinstance(error, errors.Overloaded | errors.Degraded):
+    if isinstance(error, errors.Overloaded | errors.Degraded | errors.StorageFull):
         delay = Duration()
         delay.FromMilliseconds(error.retry_after_ms)
         status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))

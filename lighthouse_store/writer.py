@@ -57,6 +57,7 @@ from dataclasses import dataclass
 from lighthouse_store.errors import (
     Overloaded,
     ShuttingDown,
+    SpacePressure,
     StorageFailure,
     StorageFull,
     StoreError,
@@ -84,8 +85,10 @@ class CommitInfo:
     events: int = 0  # events written (an idempotent retry writes none)
     bytes: int = 0  # of the events written (AppendCommand.size)
     flush_seconds: float = 0.0  # of ``seconds``, writing to disk and flushing
-    # Appends refused because storage could not take them (a full map, a
-    # failed write): while the newest commit refused any, writes are blocked.
+    # Appends refused because storage could not take them (a full map or
+    # disk, a failed write): while the newest commit refused any, writes are
+    # blocked. Refusals by the marks (SpacePressure) are not counted: the
+    # space guard's own state says when they end (DaemonMetrics.space_full).
     refused_by_storage: int = 0
 
 
@@ -257,7 +260,9 @@ class GroupCommitWriter:
                 if not result.duplicate:
                     events += len(command.event_ids)
                     size_written += command.size
-            elif isinstance(result, StorageFull | StorageFailure):
+            elif isinstance(result, StorageFull | StorageFailure) and not isinstance(
+                result, SpacePressure
+            ):
                 refused += 1
         info = CommitInfo(
             self._store.head_position(), len(batch), checkpoints, seconds,

@@ -38,6 +38,8 @@ class DaemonFactory(Protocol):
     ) -> DaemonProcess: ...
 
 
+# A daemon whose LMDB map is 1 MiB and may not grow: a 4 MB append cannot fit.
+FULL_MAP_ARGS = ["--map-size", "1MiB", "--max-map-size", "1MiB", "--preallocate", "0"]
 FAILURE_CLASSES = frozenset({"recoverable", "human_intervention", "restart_required"})
 ERROR_DOMAIN = "lighthouse.store"
 

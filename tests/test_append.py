@@ -8,6 +8,7 @@ from typing import Any
 import grpc
 import pytest
 from support import (
+    FULL_MAP_ARGS,
     DaemonFactory,
     Expected,
     append,
@@ -346,15 +347,15 @@ def test_unknown_fields_in_an_event_are_dropped_not_stored(daemon: DaemonProcess
 def test_a_full_store_refuses_the_append_that_does_not_fit_and_stays_up(
     daemon_factory: DaemonFactory,
 ) -> None:
-    d = daemon_factory(extra_args=["--map-size", "1MiB", "--preallocate", "0"])
+    d = daemon_factory(extra_args=FULL_MAP_ARGS)
     stub = d.stub()
     append(stub, "s", events(3))
     big = events(500, data=b"x" * 8000)  # 4 MB: more than the map holds
     err = expect_code(grpc.StatusCode.RESOURCE_EXHAUSTED, append, stub, "s", big)
     meta = error_info(err).metadata
     assert error_info(err).reason == "STORAGE_FULL"
-    assert meta["failure_class"] == "restart_required"  # nothing frees map space
-    assert "--map-size" in (err.details() or "")
+    assert meta["failure_class"] == "recoverable"  # once the limit is raised
+    assert "--max-map-size" in (err.details() or "")
     # Nothing of it was written; smaller appends and reads go on.
     assert head(stub) == 3
     assert append(stub, "s", events(1)).first_position == 4

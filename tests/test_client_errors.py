@@ -72,7 +72,7 @@ def through_the_server_mapping(error: server_errors.StoreError) -> StoreError:
         (server_errors.StreamNotFound("s"), StreamNotFound, "human_intervention"),
         (server_errors.EventNotFound("e"), EventNotFound, "human_intervention"),
         (server_errors.Overloaded("busy", retry_after_ms=250), Overloaded, "recoverable"),
-        (server_errors.StorageFull("full"), StorageFull, "restart_required"),
+        (server_errors.StorageFull("full"), StorageFull, "recoverable"),
         (server_errors.ShuttingDown("bye"), Unavailable, "recoverable"),
         (server_errors.Corruption("bad crc", 42), Corruption, "restart_required"),
         (server_errors.StorageFailure("io"), Internal, "restart_required"),
@@ -95,6 +95,8 @@ def test_structured_details_survive() -> None:
     assert (wrong.stream, wrong.expected, wrong.actual) == ("s", "3", None)
     busy = through_the_server_mapping(server_errors.Overloaded("busy", retry_after_ms=250))
     assert isinstance(busy, Overloaded) and busy.retry_after == pytest.approx(0.25)
+    full = through_the_server_mapping(server_errors.StorageFull("full", retry_after_ms=1500))
+    assert isinstance(full, StorageFull) and full.retry_after == pytest.approx(1.5)
     bad = through_the_server_mapping(server_errors.Corruption("crc", 42))
     assert isinstance(bad, Corruption) and bad.position == 42
 

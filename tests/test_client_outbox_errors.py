@@ -54,7 +54,7 @@ BY_CLASS: dict[type[StoreError], FlushAction] = {
     Overloaded: WAIT,
     DeadlineExceeded: WAIT,
     Corruption: FAIL,
-    StorageFull: FAIL,
+    StorageFull: WAIT,
 }
 
 

@@ -37,7 +37,6 @@ from lighthouse_client import (
     PermissionDenied,
     RecordedEvent,
     RetryPolicy,
-    StorageFull,
     StoreClient,
     StoreError,
     StreamNotFound,
@@ -91,7 +90,6 @@ NOT_RETRYABLE: dict[str, tuple[Any, type[StoreError]]] = {
     "stream_not_found": (daemon_error(server_errors.StreamNotFound("s")), StreamNotFound),
     "event_not_found": (daemon_error(server_errors.EventNotFound("e")), EventNotFound),
     "corruption": (daemon_error(server_errors.Corruption("bad crc", 1)), Corruption),
-    "storage_full": (daemon_error(server_errors.StorageFull("full")), StorageFull),
     "storage_failure": (daemon_error(server_errors.StorageFailure("io")), Internal),
     "internal": (daemon_error(server_errors.Internal("bug")), Internal),
     "permission_denied": (fail(grpc.StatusCode.PERMISSION_DENIED, "no"), PermissionDenied),
@@ -123,6 +121,7 @@ RECOVERABLE: dict[str, Any] = {
     "unavailable": unavailable(),
     "shutting_down": daemon_error(server_errors.ShuttingDown("bye")),
     "overloaded": daemon_error(server_errors.Overloaded("busy", retry_after_ms=1)),
+    "storage_full": daemon_error(server_errors.StorageFull("disk filling", retry_after_ms=1)),
     "deadline_exceeded": fail(grpc.StatusCode.DEADLINE_EXCEEDED, "upstream too slow"),
     "aborted": fail(grpc.StatusCode.ABORTED, "try again"),
     "transport_internal": fail(grpc.StatusCode.INTERNAL, "stream reset"),  # no ErrorInfo
@@ -141,8 +140,17 @@ def test_a_recoverable_error_is_retried_until_the_call_succeeds(
     assert len(store.requests(rpc)) == 4
 
 
-def test_retry_info_is_a_floor_for_the_wait(store: ScriptedStore, grpc_addr: str) -> None:
-    busy = daemon_error(server_errors.Overloaded("busy", retry_after_ms=300))
+@pytest.mark.parametrize(
+    "busy",
+    [
+        daemon_error(server_errors.Overloaded("busy", retry_after_ms=300)),
+        daemon_error(server_errors.StorageFull("disk filling", retry_after_ms=300)),
+    ],
+    ids=["overloaded", "storage_full"],
+)
+def test_retry_info_is_a_floor_for_the_wait(
+    store: ScriptedStore, grpc_addr: str, busy: Any
+) -> None:
     store.on("GetInfo", busy, busy, reply(INFO))
     with client(grpc_addr) as c:
         assert c.info().head_position == 7

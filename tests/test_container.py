@@ -285,6 +285,7 @@ def test_the_healthcheck_follows_http_health_and_fails_once_the_store_cannot_wri
         "LIGHTHOUSE_HTTP_LISTEN": http,
         "LIGHTHOUSE_DATA_DIR": "/data/full",
         "LIGHTHOUSE_MAP_SIZE": "1MiB",
+        "LIGHTHOUSE_MAX_MAP_SIZE": "1MiB",
         "LIGHTHOUSE_PREALLOCATE": "0",
     }
     daemon = ContainerDaemon(buildah, image, container, env, tmp_path / "daemon.log")

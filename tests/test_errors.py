@@ -33,6 +33,7 @@ from grpc_status import rpc_status
 from subscriber import Subscriber
 from support import (
     ERROR_DOMAIN,
+    FULL_MAP_ARGS,
     DaemonFactory,
     append,
     append_request,
@@ -168,7 +169,7 @@ def _queue_full(factory: DaemonFactory, plain: DaemonProcess) -> list[grpc.RpcEr
 
 
 def _map_full(factory: DaemonFactory, plain: DaemonProcess) -> list[grpc.RpcError]:
-    d = factory(extra_args=["--map-size", "1MiB", "--preallocate", "0"])
+    d = factory(extra_args=FULL_MAP_ARGS)
     big = events(500, data=b"x" * 8000)  # 4 MB: more than the map holds
     return [rpc_error(d.stub().Append, append_request("s", big))]
 
@@ -280,7 +281,9 @@ DOMAIN_ERRORS: list[errors.StoreError] = [
     errors.StreamNotFound("s"),
     errors.EventNotFound("0f8fad5b-d9cb-469f-a165-70867728950e"),
     errors.Overloaded("too many appends queued", retry_after_ms=50),
-    errors.StorageFull("the store is full"),
+    errors.StorageFull("the data volume is full"),
+    errors.SpacePressure("the data volume is 96% used"),
+    errors.MapFull("the LMDB map is at --max-map-size"),
     errors.ShuttingDown("the store is shutting down"),
     errors.Corruption("checksum mismatch", 2),
     errors.Degraded("the store is read-only", retry_after_ms=5000, position="2"),

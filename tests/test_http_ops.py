@@ -14,7 +14,15 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from scrape import get, get_json, samples, value, wait_for
-from support import DaemonFactory, append, error_info, events, expect_code, head
+from support import (
+    FULL_MAP_ARGS,
+    DaemonFactory,
+    append,
+    error_info,
+    events,
+    expect_code,
+    head,
+)
 
 from lighthouse_proto.v1 import store_pb2_grpc as pb_grpc
 from lighthouse_store.faults import COMMIT_PAUSE_MS
@@ -101,7 +109,7 @@ def test_metrics_are_prometheus_text(daemon: DaemonProcess) -> None:
 def test_writes_blocked_fail_health_and_grpc_health_until_a_commit_succeeds(
     daemon_factory: DaemonFactory, workers: int
 ) -> None:
-    d = daemon_factory(extra_args=["--map-size", "1MiB", "--preallocate", "0"], workers=workers)
+    d = daemon_factory(extra_args=FULL_MAP_ARGS, workers=workers)
     channel = d.channel()  # one connection: one worker, whose writer refuses and recovers
     stub = pb_grpc.EventStoreServiceStub(channel)
     append(stub, "s", events(3))

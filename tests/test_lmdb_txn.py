@@ -23,7 +23,9 @@ TOO_LONG = "k" * 600  # over LMDB's 511-byte key limit: BadValsizeError
 
 
 def _small_store(path: Path) -> LmdbEventStore:
-    return LmdbEventStore(path, map_size=256 * 1024, durability=Durability.FSYNC)
+    return LmdbEventStore(
+        path, map_size=256 * 1024, max_map_size=256 * 1024, durability=Durability.FSYNC
+    )
 
 
 def test_a_full_map_fails_an_append_with_storage_full_and_the_store_goes_on(
@@ -31,7 +33,7 @@ def test_a_full_map_fails_an_append_with_storage_full_and_the_store_goes_on(
 ) -> None:
     store = _small_store(tmp_path)
     try:
-        with pytest.raises(StorageFull, match="restart the daemon with a larger --map-size"):
+        with pytest.raises(StorageFull, match="restart with a larger --max-map-size"):
             store.commit([cmd("s", *[event(data=bytes(8000)) for _ in range(100)])])
         assert store.head_position() == 0 and not store._file_lock.locked()
         (ok,) = store.commit([cmd("s")])  # the failed transaction was aborted

@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from scrape import get_json, metrics_text, promtool, samples, value, wait_for
 from subscriber import Subscriber
 from support import (
+    FULL_MAP_ARGS,
     DaemonFactory,
     append,
     events,
@@ -92,7 +93,7 @@ def test_errors_are_counted_by_method_code_failure_class_and_reason(
 
 
 def test_a_full_store_counts_its_refusals_and_blocks_writes(daemon_factory: DaemonFactory) -> None:
-    d = daemon_factory(extra_args=["--map-size", "1MiB", "--preallocate", "0"])
+    d = daemon_factory(extra_args=FULL_MAP_ARGS)
     stub = d.stub()
     expect_code(
         grpc.StatusCode.RESOURCE_EXHAUSTED, append, stub, "s", events(500, data=b"x" * 8000)
@@ -100,7 +101,7 @@ def test_a_full_store_counts_its_refusals_and_blocks_writes(daemon_factory: Daem
     got = samples(d)
     assert value(got, "lighthouse_append_refusals_total", reason="STORAGE_FULL") == 1
     assert value(got, "lighthouse_rpc_errors_total", method="Append", code="RESOURCE_EXHAUSTED",
-                 failure_class="restart_required") == 1  # fmt: skip
+                 failure_class="recoverable") == 1  # fmt: skip
     assert value(got, "lighthouse_writes_blocked") == 1
     assert value(got, "lighthouse_storage_map_used_ratio") > 0
 

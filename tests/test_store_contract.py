@@ -325,7 +325,10 @@ class TestLmdbEventStore(EventStoreContract):
         )
 
     def test_map_full_fails_the_group_and_writes_nothing(self, tmp_path: Path) -> None:
-        store = LmdbEventStore(tmp_path / "small", map_size=256 * 1024, durability=Durability.FSYNC)
+        store = LmdbEventStore(
+            tmp_path / "small", map_size=256 * 1024, max_map_size=256 * 1024,
+            durability=Durability.FSYNC,
+        )  # fmt: skip
         try:
             store.commit([cmd("s")])
             big = [event(data=bytes(8000)) for _ in range(100)]
@@ -385,7 +388,10 @@ class TestLmdbEventStore(EventStoreContract):
             store.close()
 
     def test_an_append_too_big_for_the_map_fails_alone(self, tmp_path: Path) -> None:
-        store = LmdbEventStore(tmp_path / "small", map_size=256 * 1024, durability=Durability.FSYNC)
+        store = LmdbEventStore(
+            tmp_path / "small", map_size=256 * 1024, max_map_size=256 * 1024,
+            durability=Durability.FSYNC,
+        )  # fmt: skip
         try:
             big = [event(data=bytes(8000)) for _ in range(100)]
             small, after = cmd("s"), cmd("t")

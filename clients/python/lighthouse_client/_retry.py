@@ -8,7 +8,8 @@ Unavailable, or DeadlineExceeded when the daemon did not answer in time)
 rather than a synthetic timeout. The deadline is the bound; ``max_attempts``
 (0: none) can tighten it.
 
-Waits have floors: a server's ``RetryInfo`` hint (``Overloaded.retry_after``),
+Waits have floors: a server's ``RetryInfo`` hint (``Overloaded.retry_after``,
+``StorageFull.retry_after``: a daemon whose disk is filling),
 and for an open circuit breaker the time until it lets a probe through
 (``CircuitOpen.retry_after``). A wait that would end after the deadline is
 not taken: the call fails at once with the error in hand. So a call that
@@ -49,6 +50,7 @@ from lighthouse_client.exceptions import (
     CircuitOpen,
     DeadlineExceeded,
     Overloaded,
+    StorageFull,
     StoreError,
     Unavailable,
 )
@@ -71,7 +73,7 @@ class RetryPolicy:
         def wait(state: RetryCallState) -> float:
             delay = float(jittered(state))
             exc = state.outcome.exception() if state.outcome else None
-            if isinstance(exc, Overloaded | CircuitOpen) and exc.retry_after:
+            if isinstance(exc, Overloaded | StorageFull | CircuitOpen) and exc.retry_after:
                 delay = max(delay, exc.retry_after)
             return delay
 

@@ -126,10 +126,18 @@ class Overloaded(StoreError):
 
 
 class StorageFull(StoreError):
-    """The daemon's store is full (its LMDB map): retrying cannot help until
-    an operator restarts it with a larger map. Reads still work."""
+    """The daemon's storage cannot take appends now: its data volume or LMDB
+    map is nearly full. Recoverable: appends are taken again by themselves
+    once an operator frees space, so the client retries with back-off, no
+    sooner than ``retry_after`` (the server's RetryInfo). Reads still work.
+    (A daemon from before disk-pressure handling marks it restart-required
+    in its details, which then decides.)"""
 
-    failure_class = FailureClass.RESTART_REQUIRED
+    failure_class = FailureClass.RECOVERABLE
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.retry_after = retry_after  # seconds, from the server's RetryInfo
 
 
 class DeadlineExceeded(StoreError):
@@ -203,6 +211,6 @@ def handle_rpc_error(error: grpc.RpcError) -> StoreError:
     ):
         cls = StoreError  # some other precondition; keep the code, not the meaning
     kw: dict[str, Any] = {"reason": details.reason, "metadata": details.metadata, "code": code}
-    if cls is Overloaded:
-        return Overloaded(message, retry_after=details.retry_after, **kw)
+    if cls is Overloaded or cls is StorageFull:
+        return cls(message, retry_after=details.retry_after, **kw)
     return cls(message, **kw)
