@@ -192,18 +192,25 @@ def test_a_killed_daemon_pages_store_down(daemon_factory: DaemonFactory, tmp_pat
         assert stack.receivers_of("LighthouseStoreDown") == {"pagerduty-critical"}
 
 
-def fill(daemon: DaemonProcess, attempts: int = 200) -> int:
-    """Append 64 KiB at a time until the store refuses with STORAGE_FULL;
-    the number of appends acknowledged before."""
+def fill(daemon: DaemonProcess, attempts: int = 400) -> int:
+    """Append until the store refuses even a small event with STORAGE_FULL,
+    halving the size at each refusal from 64 KiB (a map that cannot take a
+    large batch may still take small ones, and the daemon's own ``$system``
+    events are small: writes are blocked only when small ones are refused
+    too); the number of appends acknowledged before."""
     stub = daemon.stub()
-    for n in range(attempts):
+    size, acked = 8192, 0
+    for _ in range(attempts):
         try:
-            append(stub, "fill", events(8, data=b"x" * 8192))
+            append(stub, "fill", events(8 if size == 8192 else 1, data=b"x" * size))
+            acked += 1
         except grpc.RpcError as err:
             assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err
             assert error_info(err).reason == "STORAGE_FULL"
-            return n
-    raise AssertionError(f"the map took {attempts} appends of 64 KiB and is not full")
+            if size <= 256:
+                return acked
+            size //= 2
+    raise AssertionError(f"the map took {attempts} appends and is not full")
 
 
 # A map that a few appends fill, and that stays that size where the daemon
