@@ -83,6 +83,7 @@ __all__ = [
     "RpcInstruments",
     "StorageCollector",
     "WorkerProcessCollector",
+    "disk_free_ratio",
     "process_usage",
     "storage_figures",
 ]
@@ -418,6 +419,16 @@ def forget_process(path: Path, pid: int) -> None:
     mark_process_dead(pid, str(path))
 
 
+def disk_free_ratio(vfs: os.statvfs_result) -> float:
+    """The free part of a volume as ``df`` counts it: of the space an
+    unprivileged writer can have (what is used, plus what it may still
+    take), the part it may still take. Blocks reserved for root count
+    neither way, so ``1 -`` this is ``df``'s Use% (what the runbooks say to
+    check), and it reaches 0 when such a writer can write no more."""
+    usable = vfs.f_blocks - vfs.f_bfree + vfs.f_bavail
+    return vfs.f_bavail / usable if usable > 0 else 0.0
+
+
 def storage_figures(store: LmdbEventStore) -> dict[str, float]:
     """The data file's size, the map's and the volume's use, the head: a
     stat, a statvfs and one read transaction. The map's use is of what it can
@@ -428,8 +439,7 @@ def storage_figures(store: LmdbEventStore) -> dict[str, float]:
     except OSError:
         size = 0
     try:
-        vfs = os.statvfs(data.parent)
-        free = vfs.f_bavail / vfs.f_blocks if vfs.f_blocks else 0.0
+        free = disk_free_ratio(os.statvfs(data.parent))
     except OSError:
         free = 0.0
     return {
@@ -451,7 +461,7 @@ class StorageCollector(Collector):
         ),
         "disk_free_ratio": (
             "lighthouse_storage_disk_free_ratio",
-            "Free part of the data directory's volume (for unprivileged users), 0..1",
+            "Free part of the data directory's volume for unprivileged users, 0..1 (1 - df's Use%)",
         ),
         "head_position": ("lighthouse_head_position", "Position of the newest committed event"),
     }

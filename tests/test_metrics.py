@@ -30,6 +30,7 @@ from support import (
 from lighthouse_proto.v1 import store_pb2 as pb
 from lighthouse_store import __version__
 from lighthouse_store.faults import COMMIT_PAUSE_MS
+from lighthouse_store.metrics import disk_free_ratio
 from lighthouse_store.testing import DaemonProcess
 
 # Every label the daemon may put on a series (metrics.py says why these only).
@@ -104,6 +105,30 @@ def test_a_full_store_counts_its_refusals_and_blocks_writes(daemon_factory: Daem
                  failure_class="recoverable") == 1  # fmt: skip
     assert value(got, "lighthouse_writes_blocked") == 1
     assert value(got, "lighthouse_storage_map_used_ratio") > 0
+
+
+def _statvfs(blocks: int, bfree: int, bavail: int) -> os.statvfs_result:
+    return os.statvfs_result((4096, 4096, blocks, bfree, bavail, 0, 0, 0, 0, 255))
+
+
+def test_the_disk_free_ratio_leaves_out_the_blocks_reserved_for_root() -> None:
+    # 100 blocks: 40 used, 50 reserved for root, 10 free for others: df says
+    # 80% used (40 of 40 + 10), and a daemon not run as root has 10 left.
+    assert disk_free_ratio(_statvfs(100, 60, 10)) == 0.2
+    assert disk_free_ratio(_statvfs(100, 50, 0)) == 0.0  # full for unprivileged writers
+    assert disk_free_ratio(_statvfs(100, 100, 95)) == 1.0  # empty
+    assert disk_free_ratio(_statvfs(0, 0, 0)) == 0.0
+
+
+def test_the_disk_free_ratio_agrees_with_df(daemon: DaemonProcess) -> None:
+    """``1 -`` the scraped ratio is the Use% that ``df`` prints for the data
+    directory (which df rounds up; the volume is shared, so allow a point)."""
+    ratio = value(samples(daemon), "lighthouse_storage_disk_free_ratio")
+    df = subprocess.run(
+        ["df", "--output=pcent", str(daemon.data_dir)], capture_output=True, text=True, check=True
+    )
+    used_percent = int(df.stdout.split()[-1].rstrip("%"))
+    assert abs(100 * (1 - ratio) - used_percent) <= 1.5, (ratio, df.stdout)
 
 
 def test_corruption_found_on_read_is_counted(daemon_factory: DaemonFactory) -> None:
