@@ -67,7 +67,7 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 
-from lighthouse_store import __version__, lmdb_format
+from lighthouse_store import __version__, lmdb_format, space
 
 if TYPE_CHECKING:
     from lighthouse_store.corruption import Finding
@@ -83,7 +83,6 @@ __all__ = [
     "RpcInstruments",
     "StorageCollector",
     "WorkerProcessCollector",
-    "disk_free_ratio",
     "process_usage",
     "storage_figures",
 ]
@@ -419,16 +418,6 @@ def forget_process(path: Path, pid: int) -> None:
     mark_process_dead(pid, str(path))
 
 
-def disk_free_ratio(vfs: os.statvfs_result) -> float:
-    """The free part of a volume as ``df`` counts it: of the space an
-    unprivileged writer can have (what is used, plus what it may still
-    take), the part it may still take. Blocks reserved for root count
-    neither way, so ``1 -`` this is ``df``'s Use% (what the runbooks say to
-    check), and it reaches 0 when such a writer can write no more."""
-    usable = vfs.f_blocks - vfs.f_bfree + vfs.f_bavail
-    return vfs.f_bavail / usable if usable > 0 else 0.0
-
-
 def storage_figures(store: LmdbEventStore) -> dict[str, float]:
     """The data file's size, the map's and the volume's use, the head: a
     stat, a statvfs and one read transaction. The map's use is of what it can
@@ -439,7 +428,7 @@ def storage_figures(store: LmdbEventStore) -> dict[str, float]:
     except OSError:
         size = 0
     try:
-        free = disk_free_ratio(os.statvfs(data.parent))
+        free = space.free_ratio(os.statvfs(data.parent))
     except OSError:
         free = 0.0
     return {

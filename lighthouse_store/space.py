@@ -5,7 +5,7 @@ The marks (SPEC §4)
 
 Two figures, each a used ratio:
 
-- the data volume: ``1 - f_bavail / f_blocks`` from ``statvfs`` of the data
+- the data volume: :func:`used_ratio` (``df``'s Use%) from ``statvfs`` of the data
   directory (the space an unprivileged process can still use, as ``df``
   shows it; a volume's root-reserved blocks count as used);
 - the LMDB map: the pages the store uses against what the map can become,
@@ -67,12 +67,27 @@ class Usage:
     free_bytes: int
 
 
+def free_ratio(vfs: os.statvfs_result) -> float:
+    """The free part of a volume as ``df`` counts it: of the space an
+    unprivileged writer can have (what is used, plus what it may still
+    take), the part it may still take. Blocks reserved for root count
+    neither way, so ``1 -`` this is ``df``'s Use% (what the runbooks say to
+    check), and it reaches 0 when such a writer can write no more."""
+    usable = vfs.f_blocks - vfs.f_bfree + vfs.f_bavail
+    return vfs.f_bavail / usable if usable > 0 else 0.0
+
+
+def used_ratio(vfs: os.statvfs_result) -> float:
+    """``df``'s Use% of a volume, 0..1 (:func:`free_ratio`)."""
+    return 1.0 - free_ratio(vfs)
+
+
 def volume_usage(path: Path) -> tuple[float, int]:
     """The data volume's used ratio and the bytes free for unprivileged users."""
     vfs = os.statvfs(path)
     if not vfs.f_blocks:
         return 0.0, 0
-    return 1.0 - vfs.f_bavail / vfs.f_blocks, vfs.f_bavail * vfs.f_frsize
+    return used_ratio(vfs), vfs.f_bavail * vfs.f_frsize
 
 
 def map_limit(path: Path, max_map_size: int) -> int:
@@ -94,7 +109,10 @@ def fill_limit(path: Path, end: int, map_size: int) -> int:
         vfs = os.statvfs(path)
     except OSError:
         return end
-    room = vfs.f_bavail - (1 - WARN_RATIO) * vfs.f_blocks
+    # Blocks the filler may take with the volume's used_ratio staying at
+    # most WARN_RATIO: used + x <= WARN_RATIO * (used + available).
+    used = vfs.f_blocks - vfs.f_bfree
+    room = WARN_RATIO * (used + vfs.f_bavail) - used
     return min(map_size, end + max(0, int(room)) * vfs.f_frsize)
 
 

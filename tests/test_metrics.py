@@ -30,7 +30,7 @@ from support import (
 from lighthouse_proto.v1 import store_pb2 as pb
 from lighthouse_store import __version__
 from lighthouse_store.faults import COMMIT_PAUSE_MS
-from lighthouse_store.metrics import disk_free_ratio
+from lighthouse_store.space import free_ratio as disk_free_ratio
 from lighthouse_store.testing import DaemonProcess
 
 # Every label the daemon may put on a series (metrics.py says why these only).
