@@ -12,6 +12,7 @@ import grpc
 from support import DaemonFactory, append, append_request, error_info, events, rpc_error
 from test_store_contract import cmd, event
 
+from lighthouse_proto.v1 import store_pb2 as pb
 from lighthouse_store.config import Durability
 from lighthouse_store.corruption import Finding
 from lighthouse_store.integrity import NEWEST_CHECKED
@@ -64,6 +65,10 @@ def test_a_daemon_scrubs_an_old_corrupt_record_and_turns_read_only(
     while "stored event at position 3 failed its checksum" not in daemon.log_text():
         assert time.monotonic() < deadline, "the scrub found nothing"
         time.sleep(0.1)
+    # The level takes effect once its $system event is committed, just after the finding.
+    while stub.GetInfo(pb.GetInfoRequest()).degradation_level != "degraded":
+        assert time.monotonic() < deadline, "the finding never made the store read-only"
+        time.sleep(0.05)
     err = rpc_error(stub.Append, append_request("t", events(1)))
     assert err.code() == grpc.StatusCode.UNAVAILABLE, err.details()
     info = error_info(err)
