@@ -68,6 +68,32 @@ class Overloaded(StoreError):
         self.retry_after_ms = retry_after_ms
 
 
+class RateLimited(Overloaded):
+    """A principal's token bucket is empty (``ratelimit``); retry after
+    ``retry_after_ms``, when the bucket holds enough again."""
+
+    reason: str = Reason.RATE_LIMITED
+
+
+class ResourceCap(Overloaded):
+    """A cap on what one client may hold at once (streaming calls, bytes held
+    for them) is reached; retry when one of its calls has ended."""
+
+    reason: str = Reason.RESOURCE_CAP
+
+
+class Unauthenticated(StoreError):
+    """No credentials, or credentials the daemon does not know."""
+
+    reason: str = Reason.UNAUTHENTICATED
+
+
+class PermissionDenied(StoreError):
+    """The principal is known but holds no role that allows this call."""
+
+    reason: str = Reason.PERMISSION_DENIED
+
+
 class StorageFull(StoreError):
     """Storage cannot take the append now; nothing of it was written: the
     data volume or the LMDB map is past ``--disk-block-ratio`` (until it is

@@ -45,6 +45,7 @@ from lighthouse_store.config import Config, Durability
 from lighthouse_store.degradation import WriteGate
 from lighthouse_store.errors import EventNotFound, InvalidArgument, ShuttingDown, StoreError
 from lighthouse_store.metrics import DaemonMetrics, RpcInstruments
+from lighthouse_store.principals import Authenticator, Principal, anonymous
 from lighthouse_store.store import AppendCommand, EventStore
 from lighthouse_store.subscriptions import SubscriptionHub
 from lighthouse_store.writer import GroupCommitWriter
@@ -102,7 +103,7 @@ def _method(fn: Callable[..., object]) -> str:
 
 
 def _guard(
-    fn: Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[_R]],
+    fn: Callable[[Any, Any, grpc.aio.ServicerContext, Principal], Awaitable[_R]],
 ) -> Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[_R]]:
     method = _method(fn)
 
@@ -112,7 +113,7 @@ def _guard(
         started = _started(rpc)
         try:
             with self._calls.track(stream=False):
-                return await fn(self, request, context)
+                return await fn(self, request, context, self._authenticate(context))
         except grpc.aio.AbortError:
             raise
         except Exception as exc:
@@ -126,7 +127,7 @@ def _guard(
 
 
 def _guard_stream(
-    fn: Callable[[Any, Any, grpc.aio.ServicerContext], AsyncIterator[_R]],
+    fn: Callable[[Any, Any, grpc.aio.ServicerContext, Principal], AsyncIterator[_R]],
 ) -> Callable[[Any, Any, grpc.aio.ServicerContext], AsyncIterator[_R]]:
     method = _method(fn)
 
@@ -138,7 +139,7 @@ def _guard_stream(
         started = _started(rpc)
         try:
             with self._calls.track(stream=True):
-                async for item in fn(self, request, context):
+                async for item in fn(self, request, context, self._authenticate(context)):
                     yield item
         except grpc.aio.AbortError:
             raise
@@ -172,7 +173,9 @@ class EventStoreServicer:
         calls: Calls | None = None,
         *,
         gate: WriteGate | None = None,
+        authenticate: Authenticator = anonymous,
     ) -> None:
+        self._authenticate = authenticate  # once per call, in the guard (principals.py)
         self._calls = calls or Calls()  # shutdown ends streams through it (calls.py)
         self._gate = gate or WriteGate()
         self._hub = hub
@@ -184,7 +187,9 @@ class EventStoreServicer:
         self._readers = readers
 
     @_guard
-    async def append(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    async def append(
+        self, raw: bytes, context: grpc.aio.ServicerContext, principal: Principal
+    ) -> bytes:
         # The parsed request (a copy of ``raw``) is gone before the append
         # waits in the writer's queue; the command holds the events' bytes.
         command = self._append_command(raw)
@@ -205,7 +210,9 @@ class EventStoreServicer:
         return validation.append_command(request, self._config.limits, len(raw))
 
     @_guard_stream
-    async def read(self, raw: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+    async def read(
+        self, raw: bytes, context: grpc.aio.ServicerContext, principal: Principal
+    ) -> AsyncIterator[bytes]:
         query = validation.read_query(_parse(pb.ReadRequest, raw))
         spans = self._spans
         if spans is not None:
@@ -230,7 +237,9 @@ class EventStoreServicer:
             cursor = page.cursor
 
     @_guard
-    async def get_event(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    async def get_event(
+        self, raw: bytes, context: grpc.aio.ServicerContext, principal: Principal
+    ) -> bytes:
         raw_id, canonical = validation.event_id(_parse(pb.GetEventRequest, raw).event_id)
         record = self._store.get_event(raw_id)  # one B-tree lookup: cheaper than a thread hop
         if record is None:
@@ -240,7 +249,9 @@ class EventStoreServicer:
         return records.repeated_events([record])  # GetEventResponse.event is field 1
 
     @_guard
-    async def get_info(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    async def get_info(
+        self, raw: bytes, context: grpc.aio.ServicerContext, principal: Principal
+    ) -> bytes:
         _parse(pb.GetInfoRequest, raw)
         limits = self._config.limits
         # From storage: with several workers, this one may not have heard of
@@ -266,7 +277,10 @@ class EventStoreServicer:
 
     @_guard_stream
     async def subscribe(
-        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+        self,
+        requests: AsyncIterator[bytes],
+        context: grpc.aio.ServicerContext,
+        principal: Principal,
     ) -> AsyncIterator[bytes]:
         parsed = _parsed(requests)
         if self._spans is not None:

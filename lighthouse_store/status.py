@@ -44,6 +44,8 @@ _CODES: dict[type[StoreError], grpc.StatusCode] = {
     errors.Corruption: grpc.StatusCode.DATA_LOSS,
     errors.StorageFailure: grpc.StatusCode.INTERNAL,
     errors.DataDirLocked: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     errors.Internal: grpc.StatusCode.INTERNAL,
 }
 
