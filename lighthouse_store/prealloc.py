@@ -28,7 +28,8 @@ A daemon thread keeps the file at least ``ahead`` bytes longer than LMDB's
 used size (``(last_pgno + 1) * page size``), appending zeros ``step`` bytes
 at a time and, in fsync durability, syncing each step, so a commit's own
 ``fdatasync`` never has more than one step of zeros to flush besides its
-pages.
+pages. It checks every 20 ms while there is
+filling to do, and backs off to every 0.32 s while there is none.
 
 Why it is safe
 ==============
@@ -88,6 +89,11 @@ MIN_STEP = 64 * 1024
 # commit may be waiting); a fast one doubles it again, up to ``step``.
 SLOW_STEP_S = 0.001
 INTERVAL_S = 0.02
+# With nothing to fill, each check waits twice as long as the last, up to
+# this: an idle daemon checks (an fstat, a statvfs, LMDB's info) 3 times a
+# second, not 50, and a busy one as often as it fills. ``ahead`` covers the
+# writes of that wait many times over.
+IDLE_INTERVAL_S = 0.32
 RETRY_AFTER_ERROR_S = 5.0
 
 
@@ -104,6 +110,7 @@ class Preallocator:
         sync: bool,
         step: int = STEP,
         interval_s: float = INTERVAL_S,
+        idle_interval_s: float = IDLE_INTERVAL_S,
         retry_after_s: float = RETRY_AFTER_ERROR_S,
         clock: Callable[[], float] = time.perf_counter,
         limit: Callable[[int], int] | None = None,
@@ -117,6 +124,7 @@ class Preallocator:
         self._step = step
         self._clock = clock
         self._interval = interval_s
+        self._idle_interval = max(interval_s, idle_interval_s)
         self._retry_after = retry_after_s
         self._stop = threading.Event()
         self._fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
@@ -166,7 +174,7 @@ class Preallocator:
         wait = self._interval
         while not self._stop.wait(wait):
             try:
-                self.fill()
+                added = self.fill()
             except (OSError, StoreError) as exc:  # StoreError: LMDB's write lock (WriteLock)
                 if not self.failed:
                     errno = 0 if isinstance(exc, StoreError) else exc.errno or 0
@@ -181,4 +189,4 @@ class Preallocator:
             if self.failed:
                 log.info("preallocating the data file again")
             self.failed = False
-            wait = self._interval
+            wait = self._interval if added else min(2 * wait, self._idle_interval)

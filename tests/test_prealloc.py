@@ -290,3 +290,27 @@ def test_the_fill_step_shrinks_when_writes_hold_the_lock_long_and_grows_back(
         assert path.read_bytes().count(0) == path.stat().st_size
     finally:
         filler.close()
+
+
+def test_an_idle_filler_checks_less_and_less_often(tmp_path: Path) -> None:
+    """With nothing to fill, each check waits twice as long as the last (up to
+    ``idle_interval_s``): an idle daemon's filler does not poll 50 times a
+    second. Counted in checks, which a loaded machine can only make fewer."""
+    path = tmp_path / "data.mdb"
+    path.write_bytes(bytes(4096))
+    checks = 0
+
+    def used_bytes() -> int:
+        nonlocal checks
+        checks += 1
+        return 0  # the file is always far enough ahead: nothing to fill
+
+    filler = Preallocator(
+        path, ahead=4096, used_bytes=used_bytes, file_lock=threading.Lock(), sync=False,
+        interval_s=0.001, idle_interval_s=0.064,
+    ).start()  # fmt: skip
+    try:
+        time.sleep(0.5)  # 500 checks at the busy interval; about 13 backing off
+    finally:
+        filler.close()
+    assert 1 <= checks < 60
