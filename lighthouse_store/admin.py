@@ -23,6 +23,7 @@ import logging
 import sys
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -30,8 +31,9 @@ import grpc
 from lighthouse_proto.v1 import store_pb2 as pb
 from lighthouse_proto.v1 import store_pb2_grpc
 from lighthouse_store import status
+from lighthouse_store.access import Access
 from lighthouse_store.degradation import DEGRADED, WARNING
-from lighthouse_store.errors import InvalidArgument, StoreError
+from lighthouse_store.errors import InvalidArgument, PermissionDenied, StoreError, Unauthenticated
 from lighthouse_store.ops import Admin
 
 __all__ = ["ADMIN_SERVICE_NAME", "AdminServicer", "add_to_server", "main", "status_message"]
@@ -61,19 +63,22 @@ def _reason(reason: str) -> str:
 
 
 class AdminServicer:
-    def __init__(self, admin: Admin) -> None:
+    def __init__(self, admin: Admin, access: Access | None = None) -> None:
         self._admin = admin
+        self._access = access or Access.open()  # admins only, with a tokens file
 
     async def _call(
         self, context: grpc.aio.ServicerContext, name: str, fn: Callable[[], dict[str, Any]]
     ) -> pb.DegradationStatus:
         try:
+            self._access.check_admin(self._access.authenticate(context, name), name)
             return status_message(await asyncio.to_thread(fn))
         except Exception as exc:  # the level's event not written, most likely
             error = exc if isinstance(exc, StoreError) else status.internal(uuid.uuid4().hex[:12])
             code, message, trailers = status.to_status(error)
-            log.log(status.log_level(error, code), "%s failed: %s: %s", name, code.name, message,
-                    exc_info=None if error is exc else exc)  # fmt: skip
+            if not isinstance(error, Unauthenticated | PermissionDenied):  # audited
+                log.log(status.log_level(error, code), "%s failed: %s: %s", name, code.name,
+                        message, exc_info=None if error is exc else exc)  # fmt: skip
             await context.abort(code, message, trailing_metadata=trailers)
             raise AssertionError("unreachable: abort raises") from exc
 
@@ -131,19 +136,35 @@ def add_to_server(server: grpc.aio.Server, servicer: AdminServicer) -> None:
 CALL_TIMEOUT_S = 90.0
 
 
-def main(address: str, action: str, reason: str, level: str) -> int:
+def _channel(address: str, tls: tuple[str, str, str] | None) -> grpc.Channel:
+    if tls is None:
+        return grpc.insecure_channel(address)
+    ca, cert, key = (Path(f).read_bytes() if f else None for f in tls)
+    return grpc.secure_channel(address, grpc.ssl_channel_credentials(ca, key, cert))
+
+
+def main(
+    address: str,
+    action: str,
+    reason: str,
+    level: str,
+    *,
+    token: str = "",
+    tls: tuple[str, str, str] | None = None,
+) -> int:
     """``lighthouse-store admin ACTION``: print the status as JSON; exit 0,
-    or 1 with the daemon's error."""
-    with grpc.insecure_channel(address) as channel:
+    or 1 with the daemon's error. ``tls``: CA, client cert, client key files."""
+    metadata = (("authorization", f"Bearer {token}"),) if token else ()
+    call = {"timeout": CALL_TIMEOUT_S, "metadata": metadata}
+    with _channel(address, tls) as channel:
         stub = store_pb2_grpc.AdminServiceStub(channel)
         try:
             if action == "degrade":
-                reply = stub.Degrade(pb.DegradeRequest(reason=reason, level=level),
-                                     timeout=CALL_TIMEOUT_S)  # fmt: skip
+                reply = stub.Degrade(pb.DegradeRequest(reason=reason, level=level), **call)
             elif action == "recover":
-                reply = stub.Recover(pb.RecoverRequest(reason=reason), timeout=CALL_TIMEOUT_S)
+                reply = stub.Recover(pb.RecoverRequest(reason=reason), **call)
             else:
-                reply = stub.GetStatus(pb.GetStatusRequest(), timeout=CALL_TIMEOUT_S)
+                reply = stub.GetStatus(pb.GetStatusRequest(), **call)
             status = reply.status
         except grpc.RpcError as exc:
             print(f"lighthouse-store: admin {action}: {exc.code().name}: {exc.details()}",

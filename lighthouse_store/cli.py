@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from lighthouse_store import __version__, config, cpus, logs, signals
+from lighthouse_store import __version__, config, cpus, logs, signals, transport
 from lighthouse_store.errors import DataDirLocked, StoreDamaged, StoreError
 
 EXIT_FAILED = 1
@@ -98,6 +100,20 @@ def _parser() -> argparse.ArgumentParser:
                        help="the level degrade forces (default: degraded)")  # fmt: skip
     admin.add_argument("--address", default=None,
                        help="host:port of the daemon [its --listen setting]")  # fmt: skip
+    admin.add_argument("--token", default=os.environ.get("LIGHTHOUSE_TOKEN", ""),
+                       help="bearer token of an admin principal [LIGHTHOUSE_TOKEN]")  # fmt: skip
+    admin.add_argument("--tls-ca", default="", metavar="PEM",
+                       help="CA of the daemon's certificate: connect with TLS")  # fmt: skip
+    admin.add_argument("--tls-cert", default="", metavar="PEM",
+                       help="client certificate (mTLS), with --tls-key")  # fmt: skip
+    admin.add_argument("--tls-key", default="", metavar="PEM", help="its private key")
+    token = sub.add_parser(
+        "token", help="make a new bearer token and the line for --tokens-file",
+        description="Print a new random bearer token (give it to the client, once) and its"
+        " SHA-256, the only thing the tokens file keeps.",
+    )  # fmt: skip
+    token.add_argument("principal", help="the principal's name in the tokens file")
+    token.set_defaults(run=_token)
     return parser
 
 
@@ -131,6 +147,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         logs.configure("WARNING")
     try:
         if args.command == "serve":
+            try:
+                transport.check_serving(cfg)
+            except config.ConfigError as exc:
+                print(f"lighthouse-store: bad configuration: {exc}", file=sys.stderr)
+                return EXIT_USAGE
             return _serve(source, cfg)
         tool: Command = args.run
         return tool(args, cfg)
@@ -208,7 +229,21 @@ def _restore(args: argparse.Namespace, cfg: config.Config) -> int:
 def _admin(args: argparse.Namespace, cfg: config.Config) -> int:
     from lighthouse_store import admin
 
-    return admin.main(args.address or cfg.listen, args.action, args.reason, args.level)
+    tls = (args.tls_ca, args.tls_cert, args.tls_key) if args.tls_ca else None
+    return admin.main(args.address or cfg.listen, args.action, args.reason, args.level,
+                      token=args.token, tls=tls)  # fmt: skip
+
+
+def _token(args: argparse.Namespace, cfg: config.Config) -> int:
+    from lighthouse_store import access
+
+    token, digest = access.new_token()
+    print(f"token (give it to the client; it is not stored): {token}")
+    print("tokens file:")
+    print(f"[principals.{json.dumps(args.principal)}]")
+    print(f'token_sha256 = "{digest}"')
+    print('grants = [{ prefix = "", roles = ["read"] }]')
+    return 0
 
 
 def _stats(args: argparse.Namespace, cfg: config.Config) -> int:

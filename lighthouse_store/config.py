@@ -32,6 +32,7 @@ from lighthouse_store.settings import (
     KIB,
     MIB,
     TIB,
+    Bool,
     Choice,
     ConfigError,
     Count,
@@ -40,6 +41,7 @@ from lighthouse_store.settings import (
     HostPort,
     HostPortOrOff,
     Milliseconds,
+    OptionalFile,
     Ratio,
     Seconds,
     Size,
@@ -95,6 +97,7 @@ READS = "Reads"
 SUBSCRIPTIONS = "Subscriptions"
 OPERATIONS = "Operations"
 DEGRADATION = "Degradation"
+SECURITY = "Security"
 
 
 class Durability(StrEnum):
@@ -339,6 +342,27 @@ class Config:
         " on its own this long after, so acks never cost an fsync each",
     )  # fmt: skip
     subscriptions: SubscriptionSettings = nested(SubscriptionSettings, prefix="subscribe_")
+    tls_cert: str = setting(
+        SECURITY, OptionalFile(), "",
+        "PEM certificate chain the gRPC port presents (with `--tls-key`): TLS; SIGHUP"
+        " reads the files again, for new connections",
+    )  # fmt: skip
+    tls_key: str = setting(SECURITY, OptionalFile(), "", "PEM private key of `--tls-cert`")
+    tls_client_ca: str = setting(
+        SECURITY, OptionalFile(), "",
+        "PEM CA certificates: clients must present a certificate they signed (mTLS); its"
+        " CN can name a principal of `--tokens-file`",
+    )  # fmt: skip
+    tokens_file: str = setting(
+        SECURITY, OptionalFile(), "",
+        "TOML file of principals (token hashes, certificate CNs) and their roles per"
+        " stream prefix; every call must then authenticate (README, Security); SIGHUP"
+        " reloads it",
+    )  # fmt: skip
+    insecure: bool = setting(
+        SECURITY, Bool(), False,
+        "allow serving on an address other than loopback without TLS and tokens",
+    )  # fmt: skip
     http_listen: str = setting(
         OPERATIONS, HostPortOrOff(), "127.0.0.1:9464",
         "`host:port` of the HTTP operations endpoint: `/metrics` (Prometheus),"

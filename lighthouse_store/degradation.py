@@ -215,13 +215,14 @@ class Hysteresis:
 
 Buckets = tuple[tuple[float, float], ...]  # (le, cumulative count)
 # Append refusals that are no failure of the server (the error-rate trigger):
-# bad input, a conflict, this controller's own refusal, a drain; and the
+# bad input, a conflict, a refused caller, this controller's own refusal, a drain; and the
 # refusals that are themselves the answer to a limit, with signals of their
 # own (overload sheds load and clients retry; a full disk or map has its
 # triggers): counting them would turn shedding load into refusing all of it.
 NOT_THE_SERVERS = frozenset({
     "INVALID_ARGUMENT", "WRONG_EXPECTED_REVISION", "EVENT_ID_CONFLICT", "STREAM_NOT_FOUND",
     "EVENT_NOT_FOUND", "DEGRADED", "SHUTTING_DOWN", "OVERLOADED", "STORAGE_FULL",
+    "RATE_LIMITED", "RESOURCE_CAP", "UNAUTHENTICATED", "PERMISSION_DENIED",
 })  # fmt: skip
 
 

@@ -1,20 +1,18 @@
 """Who is calling: the :class:`Principal` every request is served for.
 
 Every RPC handler is given the principal of its call by the servicer's guard
-(``servicer._guard``), which asks an :data:`Authenticator` for it once per
-call, before the handler runs. Permissions (who may do what) and quotas (how
+(``servicer._guard``), which asks ``access.Access.authenticate`` for it once
+per call, before the handler runs. Permissions (who may do what) and quotas (how
 much of the daemon one caller may use) are both keyed by the principal, so
 that one flooding or misbehaving client is limited by itself alone.
 
 Without authentication configured, every caller is :func:`anonymous`: its
 name is ``anonymous`` and its :attr:`Principal.key` is the peer's host, so
-quotas still apply per client host. An authenticator raises
-``errors.Unauthenticated`` when credentials are missing or wrong.
+quotas still apply per client host.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
@@ -36,8 +34,6 @@ class Principal:
             return self.name
         return "peer:" + peer_host(self.peer)
 
-
-Authenticator = Callable[[grpc.aio.ServicerContext], Principal]
 
 
 def peer_host(peer: str) -> str:

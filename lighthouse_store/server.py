@@ -36,7 +36,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from lighthouse_store import __version__, admin, signals, tracing
+from lighthouse_store import __version__, admin, signals, tracing, transport
+from lighthouse_store.access import Access
 from lighthouse_store.calls import STREAM_END_S, Calls
 from lighthouse_store.config import Config, Durability
 from lighthouse_store.degradation import WriteGate, recorded, system_event
@@ -50,6 +51,7 @@ from lighthouse_store.scrub import Scrubber, told
 from lighthouse_store.servicer import SERVICE_NAME, EventStoreServicer, method_handlers
 from lighthouse_store.subscriptions import SubscriptionHub
 from lighthouse_store.threads import name_os_thread
+from lighthouse_store.transport import ServerTls
 from lighthouse_store.wakeups import Wakeups
 from lighthouse_store.writer import GroupCommitWriter
 
@@ -141,8 +143,8 @@ async def _sample(hub: SubscriptionHub, metrics: DaemonMetrics, store: LmdbEvent
         await asyncio.sleep(1.0)
 
 
-def _configure_admin(server: grpc.aio.Server, ops: ServingOps) -> None:
-    admin.add_to_server(server, admin.AdminServicer(ops.admin))
+def _configure_admin(server: grpc.aio.Server, ops: ServingOps, access: Access) -> None:
+    admin.add_to_server(server, admin.AdminServicer(ops.admin, access))
 
 
 def _configure_reflection(server: grpc.aio.Server) -> None:
@@ -162,9 +164,12 @@ def _recorder(writer: GroupCommitWriter) -> Callable[[str, dict[str, object]], N
     return record
 
 
-def _bind(server: grpc.aio.Server, listen: str) -> str:
+def _bind(server: grpc.aio.Server, listen: str, tls: ServerTls | None) -> str:
     try:
-        port = server.add_insecure_port(listen)
+        if tls is None:
+            port = server.add_insecure_port(listen)
+        else:
+            port = server.add_secure_port(listen, tls.credentials)
     except RuntimeError:
         port = 0
     if not port:
@@ -234,6 +239,18 @@ async def serve(config: Config, reloader: signals.Reloader) -> None:
         lock.release()
 
 
+def _security_line(config: Config, access: Access) -> str:
+    """What protects the port, said once at start."""
+    tls = "mTLS" if config.tls_client_ca else "TLS" if config.tls_cert else "no TLS"
+    if access.enabled:
+        who = "every call authenticated (--tokens-file), default deny"
+    else:
+        who = "no authentication: every caller may do everything"
+    where = "loopback only" if transport.is_loopback(config.listen) else "NOT loopback"
+    insecure = config.insecure and not (config.tls_cert and access.enabled)
+    return f"security: {tls}; {who}; {where}" + (" (--insecure)" if insecure else "")
+
+
 def _ready_line(http: str | None) -> Callable[[str], None]:
     def ready(address: str) -> None:
         message = {"event": "ready", "address": address, "pid": os.getpid()}
@@ -282,20 +299,29 @@ async def run(
     )
     hub = SubscriptionHub(store, writer, readers, config.subscriptions, metrics)
     calls = Calls()
+    access = Access.from_file(config.tokens_file)
+    tls = transport.server_tls(config.tls_cert, config.tls_key, config.tls_client_ca)
     servicer = EventStoreServicer(
         config, store, writer, readers, hub, metrics, traced.spans if traced else None, calls,
-        gate=store.gate,
+        gate=store.gate, access=access,
     )  # fmt: skip
     _configure_store_service(server, servicer)
-    _configure_admin(server, ops)
+    _configure_admin(server, ops, access)
     health_servicer = await _configure_health(server)
     _configure_reflection(server)
-    address = _bind(server, config.listen)
+    address = _bind(server, config.listen, tls)
 
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    signals.install(loop, reloader.reload)
+
+    def reload() -> None:
+        reloader.reload()
+        access.reload()
+        if tls is not None:
+            tls.reload()
+
+    signals.install(loop, reload)
     if worker is not None:
 
         def other_worker_committed() -> None:
@@ -315,6 +341,8 @@ async def run(
         store.tail_bytes,
         __version__,
     )
+    if worker is None or worker.index == 0:
+        log.info(_security_line(config, access))
     if config.durability is not Durability.FSYNC and worker is None:  # else the supervisor
         log.warning(
             "durability %s: acknowledged appends are not fsynced, so a power cut "

@@ -40,12 +40,20 @@ from google.protobuf.message import DecodeError, Message
 
 from lighthouse_proto.v1 import store_pb2 as pb
 from lighthouse_store import __version__, records, status, validation
+from lighthouse_store.access import Access
 from lighthouse_store.calls import Calls
 from lighthouse_store.config import Config, Durability
 from lighthouse_store.degradation import WriteGate
-from lighthouse_store.errors import EventNotFound, InvalidArgument, ShuttingDown, StoreError
+from lighthouse_store.errors import (
+    EventNotFound,
+    InvalidArgument,
+    PermissionDenied,
+    ShuttingDown,
+    StoreError,
+    Unauthenticated,
+)
 from lighthouse_store.metrics import DaemonMetrics, RpcInstruments
-from lighthouse_store.principals import Authenticator, Principal, anonymous
+from lighthouse_store.principals import Principal
 from lighthouse_store.store import AppendCommand, EventStore
 from lighthouse_store.subscriptions import SubscriptionHub
 from lighthouse_store.writer import GroupCommitWriter
@@ -90,8 +98,9 @@ async def _abort(
         failure_class=error.failure_class.value,
         peer=context.peer(),
     )
-    log.log(status.log_level(error, code), "%s failed: %s: %s", method, code.name, message,
-            exc_info=cause, extra={"fields": fields})  # fmt: skip
+    if not isinstance(error, Unauthenticated | PermissionDenied):  # the audit line said it
+        log.log(status.log_level(error, code), "%s failed: %s: %s", method, code.name, message,
+                exc_info=cause, extra={"fields": fields})  # fmt: skip
     if spans is not None:
         spans.failed(error, code)
     await context.abort(code, message, trailing_metadata=trailers)
@@ -113,7 +122,7 @@ def _guard(
         started = _started(rpc)
         try:
             with self._calls.track(stream=False):
-                return await fn(self, request, context, self._authenticate(context))
+                return await fn(self, request, context, self._access.authenticate(context, method))
         except grpc.aio.AbortError:
             raise
         except Exception as exc:
@@ -139,7 +148,9 @@ def _guard_stream(
         started = _started(rpc)
         try:
             with self._calls.track(stream=True):
-                async for item in fn(self, request, context, self._authenticate(context)):
+                async for item in fn(
+                    self, request, context, self._access.authenticate(context, method)
+                ):
                     yield item
         except grpc.aio.AbortError:
             raise
@@ -173,9 +184,9 @@ class EventStoreServicer:
         calls: Calls | None = None,
         *,
         gate: WriteGate | None = None,
-        authenticate: Authenticator = anonymous,
+        access: Access | None = None,
     ) -> None:
-        self._authenticate = authenticate  # once per call, in the guard (principals.py)
+        self._access = access or Access.open()  # who each call is, what it may do
         self._calls = calls or Calls()  # shutdown ends streams through it (calls.py)
         self._gate = gate or WriteGate()
         self._hub = hub
@@ -193,6 +204,7 @@ class EventStoreServicer:
         # The parsed request (a copy of ``raw``) is gone before the append
         # waits in the writer's queue; the command holds the events' bytes.
         command = self._append_command(raw)
+        self._access.check_append(principal, "Append", command.stream)
         spans = self._spans
         if spans is not None:
             command = spans.append(command)  # after validation: limits are on what was sent
@@ -214,6 +226,10 @@ class EventStoreServicer:
         self, raw: bytes, context: grpc.aio.ServicerContext, principal: Principal
     ) -> AsyncIterator[bytes]:
         query = validation.read_query(_parse(pb.ReadRequest, raw))
+        if query.stream is None:
+            self._access.check_read_all(principal, "Read", query.stream_prefixes, query.streams)
+        else:
+            self._access.check_read(principal, "Read", query.stream)
         spans = self._spans
         if spans is not None:
             spans.read(query)
@@ -242,7 +258,7 @@ class EventStoreServicer:
     ) -> bytes:
         raw_id, canonical = validation.event_id(_parse(pb.GetEventRequest, raw).event_id)
         record = self._store.get_event(raw_id)  # one B-tree lookup: cheaper than a thread hop
-        if record is None:
+        if record is None or not self._access.may_see(principal, "GetEvent", record):
             raise EventNotFound(canonical)
         if self._spans is not None:
             self._spans.got_event(record)
@@ -282,11 +298,31 @@ class EventStoreServicer:
         context: grpc.aio.ServicerContext,
         principal: Principal,
     ) -> AsyncIterator[bytes]:
-        parsed = _parsed(requests)
+        parsed = self._authorized(_parsed(requests), principal)
         if self._spans is not None:
             parsed = self._spans.subscription(parsed)
         async for message in self._hub.serve(parsed):
             yield message
+
+
+    async def _authorized(
+        self, requests: AsyncIterator[pb.SubscribeRequest], principal: Principal
+    ) -> AsyncIterator[pb.SubscribeRequest]:
+        """A subscription's requests, once its options are allowed: it reads
+        ``$all`` through its filter, and a named consumer's acks move that
+        consumer's checkpoint (``access.py``)."""
+        async for request in requests:
+            if request.WhichOneof("kind") == "options":
+                options = request.options
+                f = options.filter
+                self._access.check_read_all(
+                    principal, "Subscribe", f.stream_prefixes, f.streams
+                )
+                if options.consumer:
+                    self._access.check_consumer(
+                        principal, "Subscribe", options.consumer, [*f.stream_prefixes, *f.streams]
+                    )
+            yield request
 
 
 def _correlation_id(method: str, request: object) -> str:

@@ -281,6 +281,23 @@ class FilePath(Kind[Path]):
         return "not empty"
 
 
+class OptionalFile(Kind[str]):
+    """A file path, or ``""`` for none (the feature it names is off)."""
+
+    metavar = "PATH"
+
+    def parse(self, raw: object) -> str:
+        if isinstance(raw, str) and raw.strip() in ("", '""'):  # as --help shows none
+            return ""
+        return str(FilePath().parse(raw))
+
+    def show(self, value: str) -> str:
+        return value or '""'
+
+    def bounds(self) -> str:
+        return 'a path, or `""` (none)'
+
+
 class FileOrStream(Kind[str]):
     """A file path, or ``-`` for a standard stream (``stream`` names it)."""
 

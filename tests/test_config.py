@@ -64,6 +64,10 @@ def other_value(s: Setting) -> tuple[str, Any]:
         value = "127.0.0.1:7"
     elif isinstance(kind, settings.FileOrStream):
         value = "elsewhere/store.log"
+    elif isinstance(kind, settings.OptionalFile):
+        value = "elsewhere/file.pem"
+    elif isinstance(kind, settings.Bool):
+        value = not s.default
     else:
         raise AssertionError(f"no sample for {type(kind).__name__}: add one here")
     return kind.show(value), value
@@ -129,7 +133,9 @@ def test_each_setting_is_read_from_its_flag_its_variable_and_the_file(
 ) -> None:
     text, value = other_value(s)
     assert value != s.default
-    assert value_at(load([f"{s.flag}={text}"]), s) == value
+    is_switch = isinstance(s.kind, settings.Bool)  # --name / --no-name
+    flag = (s.flag if value else "--no-" + s.flag[2:]) if is_switch else f"{s.flag}={text}"
+    assert value_at(load([flag]), s) == value
     assert value_at(load(env={s.env: text}), s) == value
     assert value_at(load(file=f"{s.name} = {toml_string(text)}\n", tmp_path=tmp_path), s) == value
 

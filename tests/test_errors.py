@@ -45,7 +45,7 @@ from support import (
 
 from lighthouse_proto.errors import FAILURE_CLASS_KEY
 from lighthouse_proto.v1 import store_pb2 as pb
-from lighthouse_store import errors, status
+from lighthouse_store import access, errors, status
 from lighthouse_store.faults import COMMIT_PAUSE_MS
 from lighthouse_store.testing import DaemonProcess
 
@@ -232,6 +232,34 @@ def _storage_failure(factory: DaemonFactory, plain: DaemonProcess) -> list[grpc.
     return [rpc_error(d.stub().Append, append_request("s", events(1)))]
 
 
+def _with_tokens(factory: DaemonFactory) -> tuple[DaemonProcess, str]:
+    """A daemon with a tokens file: principal ``p`` may append to ``p-`` streams."""
+    token, digest = access.new_token()
+    d = factory(start=False)
+    tokens = d.data_dir.parent / f"{d.data_dir.name}-tokens.toml"
+    tokens.write_text(f'[principals.p]\ntoken_sha256 = "{digest}"\n'
+                      'grants = [{ prefix = "p-", roles = ["read", "append"] }]\n')  # fmt: skip
+    d.extra_args += ["--tokens-file", str(tokens)]
+    return d.start(), token
+
+
+def _unauthenticated(factory: DaemonFactory, plain: DaemonProcess) -> list[grpc.RpcError]:
+    d, _ = _with_tokens(factory)
+    stub = d.stub()
+    return [
+        rpc_error(stub.Append, append_request("p-1", events(1))),
+        rpc_error(lambda r: stub.Append(r, metadata=(("authorization", "Bearer x"),)),
+                  append_request("p-1", events(1))),
+    ]  # fmt: skip
+
+
+def _permission_denied(factory: DaemonFactory, plain: DaemonProcess) -> list[grpc.RpcError]:
+    d, token = _with_tokens(factory)
+    stub, md = d.stub(), (("authorization", f"Bearer {token}"),)
+    return [rpc_error(lambda r: stub.Append(r, metadata=md),
+                      append_request("q-1", events(1)))]  # fmt: skip
+
+
 Provoke = Callable[[DaemonFactory, DaemonProcess], list[grpc.RpcError]]
 PROVOKE: dict[str, Provoke] = {
     "INVALID_ARGUMENT": _invalid,
@@ -245,10 +273,12 @@ PROVOKE: dict[str, Provoke] = {
     "CORRUPTION": _corruption,
     "DEGRADED": _degraded,
     "STORAGE_FAILURE": _storage_failure,
+    "UNAUTHENTICATED": _unauthenticated,
+    "PERMISSION_DENIED": _permission_denied,
 }
 MAPPING_ONLY = {"INTERNAL"}  # see the module docstring
 # Provoked end to end where they are built (issue 18); each moves to PROVOKE with its test.
-MAPPING_ONLY |= {"RATE_LIMITED", "RESOURCE_CAP", "UNAUTHENTICATED", "PERMISSION_DENIED"}
+MAPPING_ONLY |= {"RATE_LIMITED", "RESOURCE_CAP"}
 
 
 @pytest.fixture(scope="module")

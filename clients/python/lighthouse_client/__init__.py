@@ -13,6 +13,7 @@ from lighthouse_client._breaker import BreakerState, CircuitBreaker
 from lighthouse_client._cache import ReadCache
 from lighthouse_client._outbox import DeadLetter, Outbox, OutboxEntry
 from lighthouse_client._retry import RetryPolicy
+from lighthouse_client._security import Tls
 from lighthouse_client._subscription import AsyncSubscription
 from lighthouse_client._types import (
     ANY,
@@ -47,6 +48,7 @@ from lighthouse_client.exceptions import (
     StorageFull,
     StoreError,
     StreamNotFound,
+    Unauthenticated,
     Unavailable,
     WrongExpectedRevision,
     handle_rpc_error,
@@ -91,6 +93,8 @@ __all__ = [
     "StreamNotFound",
     "StreamState",
     "Subscription",
+    "Tls",
+    "Unauthenticated",
     "Unavailable",
     "WrongExpectedRevision",
     "handle_rpc_error",

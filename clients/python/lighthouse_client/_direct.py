@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from lighthouse_client._security import Metadata
 from lighthouse_client.aio import AsyncStoreClient
 from lighthouse_proto.v1 import store_pb2_grpc as pb_grpc
 
@@ -41,18 +42,18 @@ class SyncStub:
     def __init__(self, channel: grpc.Channel) -> None:
         self._stub = pb_grpc.EventStoreServiceStub(channel)
 
-    async def Append(self, request: Any, timeout: float) -> Any:
-        return self._stub.Append(request, timeout=timeout)
+    async def Append(self, request: Any, timeout: float, metadata: Metadata | None) -> Any:
+        return self._stub.Append(request, timeout=timeout, metadata=metadata)
 
-    async def GetEvent(self, request: Any, timeout: float) -> Any:
-        return self._stub.GetEvent(request, timeout=timeout)
+    async def GetEvent(self, request: Any, timeout: float, metadata: Metadata | None) -> Any:
+        return self._stub.GetEvent(request, timeout=timeout, metadata=metadata)
 
-    async def GetInfo(self, request: Any, timeout: float) -> Any:
-        return self._stub.GetInfo(request, timeout=timeout)
+    async def GetInfo(self, request: Any, timeout: float, metadata: Metadata | None) -> Any:
+        return self._stub.GetInfo(request, timeout=timeout, metadata=metadata)
 
-    def Read(self, request: Any, timeout: float) -> AsyncIterator[Any]:
+    def Read(self, request: Any, timeout: float, metadata: Metadata | None) -> AsyncIterator[Any]:
         async def pages() -> AsyncIterator[Any]:
-            for page in self._stub.Read(request, timeout=timeout):
+            for page in self._stub.Read(request, timeout=timeout, metadata=metadata):
                 yield page
 
         return pages()
@@ -71,9 +72,15 @@ class DirectClient(AsyncStoreClient):
             breaker=on_loop.breaker,
             cache=on_loop.cache,
             channel_options=channel_options,
+            tls=on_loop.tls,
+            token=on_loop._token,
         )
         self._caller.sleep = _sleep_here
-        self._sync_channel = grpc.insecure_channel(self.target, options=self._options)
+        if self.tls is None:
+            self._sync_channel = grpc.insecure_channel(self.target, options=self._options)
+        else:
+            credentials = self.tls.credentials()
+            self._sync_channel = grpc.secure_channel(self.target, credentials, self._options)
         self._stub = SyncStub(self._sync_channel)
 
     def close_channel(self) -> None:

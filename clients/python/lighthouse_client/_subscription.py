@@ -210,7 +210,7 @@ class AsyncSubscription:
             options.after_position = int(self._start)
         self._consumed = 0
         self._told = self._ack_written = 0
-        self._call = self._client.stub.Subscribe()
+        self._call = self._client.stub.Subscribe(metadata=self._client.auth_metadata())
         await self._call.write(pb.SubscribeRequest(options=options))
 
     async def _receive(self) -> None:

@@ -36,6 +36,7 @@ from lighthouse_client._calls import Caller, Rpc
 from lighthouse_client._degraded import CachedAnswer, DegradedMode
 from lighthouse_client._outbox import DeadLetter, Outbox
 from lighthouse_client._retry import RetryPolicy
+from lighthouse_client._security import Metadata, Tls, Token, auth_metadata
 from lighthouse_client._subscription import AsyncSubscription, Start
 from lighthouse_client._types import (
     ANY,
@@ -87,8 +88,12 @@ class AsyncStoreClient:
         outbox_flush_interval: float = 1.0,
         tracing: bool = False,
         channel_options: Sequence[tuple[str, Any]] = (),
+        tls: Tls | None = None,
+        token: Token | None = None,
     ) -> None:
         self.target = target
+        self.tls = tls  # None: a plaintext channel
+        self._token = token  # sent with every call (_security.py); never logged
         self.timeout = timeout
         self._caller = Caller(retry or RetryPolicy(), breaker or CircuitBreaker())
         self._degraded = DegradedMode(
@@ -127,15 +132,24 @@ class AsyncStoreClient:
                 from lighthouse_client.tracing import client_interceptors
 
                 interceptors = client_interceptors()
-            self._channel = grpc.aio.insecure_channel(
-                self.target, options=self._options, interceptors=interceptors
-            )
+            if self.tls is None:
+                self._channel = grpc.aio.insecure_channel(
+                    self.target, options=self._options, interceptors=interceptors
+                )
+            else:
+                self._channel = grpc.aio.secure_channel(
+                    self.target, self.tls.credentials(), self._options, interceptors=interceptors
+                )
             self._stub = pb_grpc.EventStoreServiceStub(self._channel)
             if self.outbox is not None:
                 self._flusher = asyncio.get_running_loop().create_task(
                     self._degraded.flush_forever(self._flush_interval, self.timeout)
                 )
         return self._stub
+
+    def auth_metadata(self) -> Metadata | None:
+        """The metadata each call sends: the token's, or None."""
+        return auth_metadata(self._token)
 
     async def close(self) -> None:
         if self._flusher is not None:
@@ -190,7 +204,9 @@ class AsyncStoreClient:
         request = _convert.append_request(stream, events, expected)
 
         async def append_once(timeout: float) -> AppendResult:
-            r: pb.AppendResponse = await self.stub.Append(request, timeout=timeout)
+            r: pb.AppendResponse = await self.stub.Append(
+                request, timeout=timeout, metadata=self.auth_metadata()
+            )
             return AppendResult(r.first_position, r.last_position, r.last_revision)
 
         return append_once
@@ -291,7 +307,9 @@ class AsyncStoreClient:
                 setattr(req, start_field, nxt)
                 if request.max_count:
                     req.max_count = request.max_count - len(got)
-            async for page in self.stub.Read(req, timeout=remaining):
+            async for page in self.stub.Read(
+                req, timeout=remaining, metadata=self.auth_metadata()
+            ):
                 got.extend(recorded_events(page.events))
             return got
 
@@ -301,7 +319,9 @@ class AsyncStoreClient:
         request = pb.GetEventRequest(event_id=event_id)
 
         async def get_once(remaining: float) -> RecordedEvent:
-            resp = await self.stub.GetEvent(request, timeout=remaining)
+            resp = await self.stub.GetEvent(
+                request, timeout=remaining, metadata=self.auth_metadata()
+            )
             return recorded_events((resp.event,))[0]
 
         return await self._degraded.get_event(get_once, self._timeout(timeout), event_id)
@@ -309,7 +329,10 @@ class AsyncStoreClient:
     async def info(self, *, timeout: float | None = None) -> StoreInfo:
         request = pb.GetInfoRequest()
         deadline = time.monotonic() + self._timeout(timeout)
-        resp = await self._caller(lambda t: self.stub.GetInfo(request, timeout=t), deadline)
+        resp = await self._caller(
+            lambda t: self.stub.GetInfo(request, timeout=t, metadata=self.auth_metadata()),
+            deadline,
+        )
         if self.cache is not None:
             self.cache.note_head(resp.head_position)
         return _convert.store_info(resp)

@@ -32,6 +32,7 @@ __all__ = [
     "StorageFull",
     "StoreError",
     "StreamNotFound",
+    "Unauthenticated",
     "Unavailable",
     "WrongExpectedRevision",
     "handle_rpc_error",
@@ -100,7 +101,11 @@ class EventNotFound(NotFound):
 
 
 class PermissionDenied(StoreError):
-    pass
+    """The daemon knows the caller, and no role of its allows the call."""
+
+
+class Unauthenticated(PermissionDenied):
+    """No credentials, or a token or certificate the daemon does not know."""
 
 
 class Unavailable(StoreError):
@@ -177,7 +182,7 @@ _BY_CODE: dict[grpc.StatusCode, type[StoreError]] = {
     grpc.StatusCode.ALREADY_EXISTS: EventIdConflict,
     grpc.StatusCode.NOT_FOUND: NotFound,
     grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
-    grpc.StatusCode.UNAUTHENTICATED: PermissionDenied,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
     grpc.StatusCode.RESOURCE_EXHAUSTED: Overloaded,
     grpc.StatusCode.ABORTED: Unavailable,
