@@ -152,6 +152,16 @@ class SubscriptionSettings:
         "with a filter, a `checkpoint` after this many positions without a match,"
         " for clients that ask for no interval",
     )  # fmt: skip
+    min_heartbeat_ms: int = setting(
+        SUBSCRIPTIONS, Milliseconds(1, 600_000), 100,
+        "shortest `heartbeat_interval_ms` a subscription may ask for (shorter is"
+        " `INVALID_ARGUMENT`): each heartbeat costs the daemon a message",
+    )  # fmt: skip
+    min_checkpoint_interval: int = setting(
+        SUBSCRIPTIONS, Count(1, 1_000_000), 100,
+        "smallest `checkpoint_interval` a subscription may ask for (smaller is"
+        " `INVALID_ARGUMENT`)",
+    )  # fmt: skip
     max_scan: int = setting(
         SUBSCRIPTIONS, Count(1, 1_000_000), 8_000,
         "records a filtered session visits per read at most, so a reader thread"

@@ -158,9 +158,14 @@ class Session:
         )
         self.query = _query(options)
         self.credits: int | None = options.initial_credits or None
-        self.heartbeat = (options.heartbeat_interval_ms or self.settings.default_heartbeat_ms) / 1e3
+        settings = self.settings
+        validation.at_least("options.heartbeat_interval_ms", options.heartbeat_interval_ms,
+                            settings.min_heartbeat_ms)  # fmt: skip
+        validation.at_least("options.checkpoint_interval", options.checkpoint_interval,
+                            settings.min_checkpoint_interval)  # fmt: skip
+        self.heartbeat = (options.heartbeat_interval_ms or settings.default_heartbeat_ms) / 1e3
         self.checkpoint_interval = (
-            options.checkpoint_interval or self.settings.default_checkpoint_interval
+            options.checkpoint_interval or settings.default_checkpoint_interval
         )
         self.resumed = False  # from a consumer's stored position, or a given one
         self.cursor = self._start_after(options)

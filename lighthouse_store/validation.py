@@ -255,7 +255,23 @@ def read_query(req: pb.ReadRequest) -> ReadQuery:
     )
 
 
+# Each entry of a filter is tried against every event a read or subscription
+# passes over: 10,000 prefixes made a read of 10,000 events take 21 s of CPU.
+MAX_FILTER_ENTRIES = 100
+
+
+def at_least(field: str, value: int, bound: int) -> None:
+    """An option that is 0 (the default) or at least ``bound``."""
+    if 0 < value < bound:
+        raise InvalidArgument(f"{field}: must be 0 (the default) or at least {bound}, got {value}")
+
+
 def check_filter(f: pb.EventFilter, field: str = "filter") -> None:
+    for name, entries in (("stream_prefixes", f.stream_prefixes), ("streams", f.streams),
+                          ("event_types", f.event_types)):  # fmt: skip
+        if len(entries) > MAX_FILTER_ENTRIES:
+            raise InvalidArgument(f"{field}.{name}: at most {MAX_FILTER_ENTRIES} entries,"
+                                  f" got {len(entries)}")  # fmt: skip
     for i, prefix in enumerate(f.stream_prefixes):
         if not prefix:
             raise InvalidArgument(f"{field}.stream_prefixes[{i}]: must not be empty")

@@ -13,11 +13,13 @@ from subscriber import Subscriber
 from support import (
     DaemonFactory,
     append,
+    assert_invalid,
     error_info,
     events,
     expect_code,
     info,
     new_event,
+    rpc_error,
     rss_anon_kib,
 )
 
@@ -280,7 +282,8 @@ def test_bad_subscription_requests(daemon: DaemonProcess) -> None:
         sub.close()
 
 
-def test_a_long_filtered_catch_up_still_sends_heartbeats(daemon: DaemonProcess) -> None:
+def test_a_long_filtered_catch_up_still_sends_heartbeats(daemon_factory: DaemonFactory) -> None:
+    daemon = daemon_factory(extra_args=["--subscribe-min-heartbeat-ms", "1"])  # a short test
     # Pages that find nothing to send must not make the stream go silent for
     # longer than the heartbeat (a client would take it for dead).
     stub = daemon.stub()
@@ -376,3 +379,42 @@ def test_disconnects_release_subscriptions(daemon: DaemonProcess) -> None:
     while info(stub).subscriber_count and time.monotonic() < deadline:
         time.sleep(0.05)
     assert info(stub).subscriber_count == 0
+
+
+@pytest.mark.parametrize(
+    ("options", "field", "bound"),
+    [
+        (opts(heartbeat_interval_ms=1), "options.heartbeat_interval_ms", "at least 100"),
+        (opts(heartbeat_interval_ms=99), "options.heartbeat_interval_ms", "at least 100"),
+        (opts(checkpoint_interval=1), "options.checkpoint_interval", "at least 100"),
+        (opts(filter=pb.EventFilter(stream_prefixes=[f"p{i}" for i in range(10_000)])),
+         "options.filter.stream_prefixes", "at most 100"),
+        (opts(filter=pb.EventFilter(event_types=[f"T{i}" for i in range(101)])),
+         "options.filter.event_types", "at most 100"),
+        (opts(filter=pb.EventFilter(streams=[f"s{i}" for i in range(101)])),
+         "options.filter.streams", "at most 100"),
+    ],
+)
+def test_options_that_cost_cpu_have_bounds(
+    daemon: DaemonProcess, options: pb.SubscribeOptions, field: str, bound: str
+) -> None:
+    """The issue's cheap attacks: a heartbeat a millisecond (976 messages a
+    second per subscriber), a checkpoint per position, 10,000 prefixes."""
+    sub = Subscriber(daemon.stub(), options)
+    try:
+        while sub.next(timeout=30) is not None:
+            pass
+        assert sub.error is not None
+        assert_invalid(sub.error, field, daemon.data_dir)
+        assert bound in (sub.error.details() or "")
+    finally:
+        sub.close()
+
+
+def test_read_filters_have_the_same_bound(daemon: DaemonProcess) -> None:
+    prefixes = [f"p{i}" for i in range(101)]
+    request = pb.ReadRequest(stream="$all", filter=pb.EventFilter(stream_prefixes=prefixes))
+    err = rpc_error(daemon.stub().Read, request)
+    assert_invalid(err, "filter.stream_prefixes", daemon.data_dir)
+    ok = pb.ReadRequest(stream="$all", filter=pb.EventFilter(stream_prefixes=prefixes[:100]))
+    assert list(daemon.stub().Read(ok, timeout=30)) == []

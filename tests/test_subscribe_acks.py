@@ -13,7 +13,7 @@ from typing import Any
 
 import grpc
 from subscriber import Subscriber
-from support import append, assert_invalid, error_info, events
+from support import DaemonFactory, append, assert_invalid, error_info, events
 
 from lighthouse_proto.v1 import store_pb2 as pb
 from lighthouse_store.testing import DaemonProcess
@@ -65,13 +65,18 @@ def test_an_ack_beyond_what_was_delivered_is_refused(daemon: DaemonProcess) -> N
     assert starts_after(stub, "c") == 10  # the refused ack moved nothing
 
 
-def test_filter_checkpoints_are_ackable_and_nothing_above_them(daemon: DaemonProcess) -> None:
+def test_filter_checkpoints_are_ackable_and_nothing_above_them(
+    daemon_factory: DaemonFactory,
+) -> None:
+    daemon = daemon_factory(extra_args=["--subscribe-min-checkpoint-interval", "1"])
     stub = daemon.stub()
     append(stub, "s", events(5, "Noise"))
     options = pb.SubscribeOptions(
-        consumer="f", from_start={}, checkpoint_interval=10,
+        consumer="f",
+        from_start={},
+        checkpoint_interval=10,
         filter=pb.EventFilter(event_types=["Wanted"]),
-    )  # fmt: skip
+    )
     sub = Subscriber(stub, options)
     try:
         assert sub.next_kind("caught_up_position").caught_up_position == 5
@@ -89,7 +94,8 @@ def test_filter_checkpoints_are_ackable_and_nothing_above_them(daemon: DaemonPro
     assert starts_after(stub, "f") == 15
 
 
-def test_the_start_and_caught_up_positions_are_ackable(daemon: DaemonProcess) -> None:
+def test_the_start_and_caught_up_positions_are_ackable(daemon_factory: DaemonFactory) -> None:
+    daemon = daemon_factory(extra_args=["--subscribe-min-checkpoint-interval", "1"])
     stub = daemon.stub()
     append(stub, "s", events(10))
     # From the end: no event sent, but the client was told 10 (confirmation, caught up).
@@ -97,10 +103,15 @@ def test_the_start_and_caught_up_positions_are_ackable(daemon: DaemonProcess) ->
     # Filtered, 25 positions and a checkpoint every 10: checkpoints 10 and 20, then
     # caught up at 25 (above the last checkpoint).
     append(stub, "s", events(15))
-    filtered = Subscriber(stub, pb.SubscribeOptions(
-        consumer="filtered", from_start={}, checkpoint_interval=10,
-        filter=pb.EventFilter(event_types=["Never"]),
-    ))  # fmt: skip
+    filtered = Subscriber(
+        stub,
+        pb.SubscribeOptions(
+            consumer="filtered",
+            from_start={},
+            checkpoint_interval=10,
+            filter=pb.EventFilter(event_types=["Never"]),
+        ),
+    )
     try:
         assert live.next_kind("confirmation").confirmation.start_after_position == 10
         live.ack(10)
@@ -116,11 +127,15 @@ def test_the_start_and_caught_up_positions_are_ackable(daemon: DaemonProcess) ->
 def test_what_follows_the_options_is_named_when_refused(daemon: DaemonProcess) -> None:
     stub = daemon.stub()
     cases = [
-        (pb.SubscribeRequest(),
-         "kind: a message after the options must set credits or ack_position"),
-        (pb.SubscribeRequest(options=pb.SubscribeOptions()),
-         "options: only credits and acks may follow the options"),
-    ]  # fmt: skip
+        (
+            pb.SubscribeRequest(),
+            "kind: a message after the options must set credits or ack_position",
+        ),
+        (
+            pb.SubscribeRequest(options=pb.SubscribeOptions()),
+            "options: only credits and acks may follow the options",
+        ),
+    ]
     for message, text in cases:
         sub = Subscriber(stub, pb.SubscribeOptions(from_start={}))
         try:
