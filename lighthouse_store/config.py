@@ -352,6 +352,19 @@ class Config:
         " on its own this long after, so acks never cost an fsync each",
     )  # fmt: skip
     subscriptions: SubscriptionSettings = nested(SubscriptionSettings, prefix="subscribe_")
+    max_streams: int = setting(
+        SECURITY, Count(1, 1_000_000), 4_096,
+        "streaming calls in flight in each process; more: `RESOURCE_EXHAUSTED`",
+    )  # fmt: skip
+    max_streams_per_client: int = setting(
+        SECURITY, Count(1, 1_000_000), 1_024,
+        "streaming calls in flight per principal (per client host when anonymous), in"
+        " each process; more: `RESOURCE_EXHAUSTED`",
+    )  # fmt: skip
+    max_streams_per_connection: int = setting(
+        SECURITY, Count(1, 1_000_000), 1_000,
+        "HTTP/2 streams one connection may have open (MAX_CONCURRENT_STREAMS); more wait",
+    )  # fmt: skip
     tls_cert: str = setting(
         SECURITY, OptionalFile(), "",
         "PEM certificate chain the gRPC port presents (with `--tls-key`): TLS; SIGHUP"

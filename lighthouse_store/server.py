@@ -85,6 +85,13 @@ def _server_options(config: Config, reuse_port: bool = False) -> list[tuple[str,
         ("grpc.keepalive_timeout_ms", 10_000),
         ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
         ("grpc.keepalive_permit_without_calls", 1),
+        # A client may ping at most every 5 s with no call open; the third
+        # early ping closes its connection (GOAWAY "too_many_pings").
+        ("grpc.http2.max_ping_strikes", 2),
+        ("grpc.max_concurrent_streams", config.max_streams_per_connection),
+        # A connection with no call for this long is closed (GOAWAY); clients
+        # reconnect when they next call.
+        ("grpc.max_connection_idle_ms", 30 * 60 * 1000),
     ]
 
 

@@ -55,6 +55,7 @@ from lighthouse_store.errors import (
 from lighthouse_store.metrics import DaemonMetrics, RpcInstruments
 from lighthouse_store.principals import Principal
 from lighthouse_store.store import AppendCommand, EventStore
+from lighthouse_store.stream_caps import StreamCaps
 from lighthouse_store.subscriptions import SubscriptionHub
 from lighthouse_store.writer import GroupCommitWriter
 
@@ -148,10 +149,10 @@ def _guard_stream(
         started = _started(rpc)
         try:
             with self._calls.track(stream=True):
-                async for item in fn(
-                    self, request, context, self._access.authenticate(context, method)
-                ):
-                    yield item
+                principal = self._access.authenticate(context, method)
+                with self._streams.admit(principal.key):
+                    async for item in fn(self, request, context, principal):
+                        yield item
         except grpc.aio.AbortError:
             raise
         except Exception as exc:
@@ -187,6 +188,7 @@ class EventStoreServicer:
         access: Access | None = None,
     ) -> None:
         self._access = access or Access.open()  # who each call is, what it may do
+        self._streams = StreamCaps(config.max_streams, config.max_streams_per_client)
         self._calls = calls or Calls()  # shutdown ends streams through it (calls.py)
         self._gate = gate or WriteGate()
         self._hub = hub
@@ -242,15 +244,15 @@ class EventStoreServicer:
             page = await loop.run_in_executor(
                 self._readers, self._store.read_page, query, cursor, cfg.page_events, cfg.page_bytes
             )
+            cursor = page.cursor
             if page.records:
                 if spans is not None:
                     spans.read_page(page.records)
                 yield records.repeated_events(page.records)
-            if page.cursor is None:
+            if cursor is None:
                 if spans is not None:
                     spans.ok()
                 return
-            cursor = page.cursor
 
     @_guard
     async def get_event(

@@ -138,13 +138,15 @@ class Stub:
     def __init__(self, raw: bytes, pages: int, messages: list[bytes]) -> None:
         self.raw, self.pages, self.messages = raw, pages, messages
 
-    def Subscribe(self) -> Stream:
+    def Subscribe(self, metadata: Any = None) -> Stream:
         return Stream(self.messages)
 
-    async def Append(self, request: Any, timeout: float | None = None) -> Any:
+    async def Append(self, request: Any, timeout: float | None = None, metadata: Any = None) -> Any:
         return APPENDED
 
-    def Read(self, request: Any, timeout: float | None = None) -> AsyncIterator[Any]:
+    def Read(
+        self, request: Any, timeout: float | None = None, metadata: Any = None
+    ) -> AsyncIterator[Any]:
         async def pages() -> AsyncIterator[Any]:
             for _ in range(self.pages):
                 yield pb.ReadResponse.FromString(self.raw)

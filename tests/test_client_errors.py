@@ -28,6 +28,7 @@ from lighthouse_client import (
     StoreClient,
     StoreError,
     StreamNotFound,
+    Unauthenticated,
     Unavailable,
     WrongExpectedRevision,
     handle_rpc_error,
@@ -107,7 +108,7 @@ def test_structured_details_survive() -> None:
         (grpc.StatusCode.UNAVAILABLE, Unavailable),
         (grpc.StatusCode.DEADLINE_EXCEEDED, DeadlineExceeded),
         (grpc.StatusCode.PERMISSION_DENIED, PermissionDenied),
-        (grpc.StatusCode.UNAUTHENTICATED, PermissionDenied),
+        (grpc.StatusCode.UNAUTHENTICATED, Unauthenticated),
         (grpc.StatusCode.RESOURCE_EXHAUSTED, Overloaded),
         (grpc.StatusCode.INTERNAL, Unavailable),  # no ErrorInfo: the transport, not the daemon
         (grpc.StatusCode.UNKNOWN, Internal),

@@ -28,6 +28,7 @@ from lighthouse_client import (
     StoreClient,
     StoreError,
     StreamNotFound,
+    Unauthenticated,
     Unavailable,
     WrongExpectedRevision,
 )
@@ -48,6 +49,7 @@ BY_CLASS: dict[type[StoreError], FlushAction] = {
     StreamNotFound: DEAD_LETTER,
     EventNotFound: DEAD_LETTER,
     PermissionDenied: DEAD_LETTER,
+    Unauthenticated: DEAD_LETTER,
     Internal: DEAD_LETTER,
     Unavailable: WAIT,
     CircuitOpen: WAIT,

@@ -260,6 +260,17 @@ def _permission_denied(factory: DaemonFactory, plain: DaemonProcess) -> list[grp
                       append_request("q-1", events(1)))]  # fmt: skip
 
 
+def _resource_cap(factory: DaemonFactory, plain: DaemonProcess) -> list[grpc.RpcError]:
+    d = factory(extra_args=["--max-streams-per-client", "1"])
+    stub = d.stub()
+    held = stub.Subscribe(iter([pb.SubscribeRequest(options=pb.SubscribeOptions())]))
+    next(held)  # confirmed: the one streaming call this client may have
+    try:
+        return [rpc_error(stub.Read, pb.ReadRequest(stream="$all"))]
+    finally:
+        held.cancel()
+
+
 Provoke = Callable[[DaemonFactory, DaemonProcess], list[grpc.RpcError]]
 PROVOKE: dict[str, Provoke] = {
     "INVALID_ARGUMENT": _invalid,
@@ -275,10 +286,11 @@ PROVOKE: dict[str, Provoke] = {
     "STORAGE_FAILURE": _storage_failure,
     "UNAUTHENTICATED": _unauthenticated,
     "PERMISSION_DENIED": _permission_denied,
+    "RESOURCE_CAP": _resource_cap,
 }
 MAPPING_ONLY = {"INTERNAL"}  # see the module docstring
 # Provoked end to end where they are built (issue 18); each moves to PROVOKE with its test.
-MAPPING_ONLY |= {"RATE_LIMITED", "RESOURCE_CAP"}
+MAPPING_ONLY |= {"RATE_LIMITED"}
 
 
 @pytest.fixture(scope="module")
