@@ -365,6 +365,25 @@ class Config:
         SECURITY, Count(1, 1_000_000), 1_000,
         "HTTP/2 streams one connection may have open (MAX_CONCURRENT_STREAMS); more wait",
     )  # fmt: skip
+    rate_requests: int = setting(
+        SECURITY, Count(0, 100_000_000), 10_000,
+        "calls per second each principal (each client host when anonymous) may make, per"
+        " serving process; more: `RATE_LIMITED`; `0`: no limit",
+    )  # fmt: skip
+    rate_events: int = setting(
+        SECURITY, Count(0, 100_000_000), 200_000,
+        "events per second each principal may append, per serving process; `0`: no limit",
+    )  # fmt: skip
+    rate_bytes: int = setting(
+        SECURITY, Size(0, 64 * GIB), 256 * MIB,
+        "bytes of events per second each principal may append, per serving process;"
+        " `0`: no limit",
+    )  # fmt: skip
+    rate_new_streams: int = setting(
+        SECURITY, Count(0, 100_000_000), 1_000,
+        "streams per second each principal may create, per serving process (charged once"
+        " the append has committed: the next call waits); `0`: no limit",
+    )  # fmt: skip
     tls_cert: str = setting(
         SECURITY, OptionalFile(), "",
         "PEM certificate chain the gRPC port presents (with `--tls-key`): TLS; SIGHUP"

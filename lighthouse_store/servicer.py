@@ -54,6 +54,7 @@ from lighthouse_store.errors import (
 )
 from lighthouse_store.metrics import DaemonMetrics, RpcInstruments
 from lighthouse_store.principals import Principal
+from lighthouse_store.ratelimit import RateLimiter, Rates
 from lighthouse_store.store import AppendCommand, EventStore
 from lighthouse_store.stream_caps import StreamCaps
 from lighthouse_store.subscriptions import SubscriptionHub
@@ -123,7 +124,9 @@ def _guard(
         started = _started(rpc)
         try:
             with self._calls.track(stream=False):
-                return await fn(self, request, context, self._access.authenticate(context, method))
+                principal = self._access.authenticate(context, method)
+                self._rates.take(principal.key, requests=1)
+                return await fn(self, request, context, principal)
         except grpc.aio.AbortError:
             raise
         except Exception as exc:
@@ -150,6 +153,7 @@ def _guard_stream(
         try:
             with self._calls.track(stream=True):
                 principal = self._access.authenticate(context, method)
+                self._rates.take(principal.key, requests=1)
                 with self._streams.admit(principal.key):
                     async for item in fn(self, request, context, principal):
                         yield item
@@ -189,6 +193,8 @@ class EventStoreServicer:
     ) -> None:
         self._access = access or Access.open()  # who each call is, what it may do
         self._streams = StreamCaps(config.max_streams, config.max_streams_per_client)
+        self._rates = RateLimiter(Rates(config.rate_requests, config.rate_events,
+                                        config.rate_bytes, config.rate_new_streams))  # fmt: skip
         self._calls = calls or Calls()  # shutdown ends streams through it (calls.py)
         self._gate = gate or WriteGate()
         self._hub = hub
@@ -207,10 +213,13 @@ class EventStoreServicer:
         # waits in the writer's queue; the command holds the events' bytes.
         command = self._append_command(raw)
         self._access.check_append(principal, "Append", command.stream)
+        self._rates.take(principal.key, events=len(command.proposed), bytes=command.size)
         spans = self._spans
         if spans is not None:
             command = spans.append(command)  # after validation: limits are on what was sent
         result = await self._writer.append(command)
+        if not result.duplicate and result.last_revision + 1 == len(command.proposed):
+            self._rates.charge(principal.key, "new_streams", 1)  # this append created it
         if spans is not None:
             spans.appended(result)
         return pb.AppendResponse(

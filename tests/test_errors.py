@@ -271,6 +271,13 @@ def _resource_cap(factory: DaemonFactory, plain: DaemonProcess) -> list[grpc.Rpc
         held.cancel()
 
 
+def _rate_limited(factory: DaemonFactory, plain: DaemonProcess) -> list[grpc.RpcError]:
+    d = factory(extra_args=["--rate-events", "10"])
+    stub = d.stub()
+    append(stub, "s", events(10))
+    return [rpc_error(stub.Append, append_request("s", events(5)))]
+
+
 Provoke = Callable[[DaemonFactory, DaemonProcess], list[grpc.RpcError]]
 PROVOKE: dict[str, Provoke] = {
     "INVALID_ARGUMENT": _invalid,
@@ -287,10 +294,9 @@ PROVOKE: dict[str, Provoke] = {
     "UNAUTHENTICATED": _unauthenticated,
     "PERMISSION_DENIED": _permission_denied,
     "RESOURCE_CAP": _resource_cap,
+    "RATE_LIMITED": _rate_limited,
 }
 MAPPING_ONLY = {"INTERNAL"}  # see the module docstring
-# Provoked end to end where they are built (issue 18); each moves to PROVOKE with its test.
-MAPPING_ONLY |= {"RATE_LIMITED"}
 
 
 @pytest.fixture(scope="module")

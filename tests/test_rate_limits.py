@@ -1,0 +1,94 @@
+"""Rate limits per principal (``ratelimit.py``): the buckets' arithmetic with
+a fake clock, then a real daemon refusing and a real client waiting."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from support import DaemonFactory, append_request, error_info, events, rpc_error
+
+from lighthouse_client import NewEvent, StoreClient
+from lighthouse_proto.v1 import store_pb2 as pb
+from lighthouse_store.errors import RateLimited
+from lighthouse_store.ratelimit import MAX_PRINCIPALS, RateLimiter, Rates
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_bucket_holds_a_seconds_worth_and_says_when_it_will_hold_more() -> None:
+    clock = Clock()
+    limiter = RateLimiter(Rates(requests=10, events=0, bytes=0, new_streams=0), clock)
+    for _ in range(10):
+        limiter.take("a", requests=1)
+    with pytest.raises(RateLimited) as refused:
+        limiter.take("a", requests=1)
+    assert refused.value.retry_after_ms == 100  # one request refills in 0.1 s
+    assert "--rate-requests" in refused.value.message
+    limiter.take("b", requests=1)  # another principal has its own bucket
+    clock.now += 0.1
+    limiter.take("a", requests=1)
+
+
+def test_all_or_nothing_and_new_streams_charged_after_into_debt() -> None:
+    clock = Clock()
+    limiter = RateLimiter(Rates(requests=0, events=100, bytes=1000, new_streams=2), clock)
+    limiter.take("a", events=50, bytes=900)
+    with pytest.raises(RateLimited):
+        limiter.take("a", events=10, bytes=200)  # bytes refused: the events are not taken
+    limiter.take("a", events=50, bytes=100)
+    for _ in range(3):
+        limiter.charge("a", "new_streams", 1)  # one more than the bucket held
+    with pytest.raises(RateLimited) as refused:
+        limiter.take("a", new_streams=1)
+    assert refused.value.retry_after_ms == 1000  # from -1 back to 1 at 2 a second
+
+
+def test_zero_is_no_limit_and_the_table_of_principals_is_bounded() -> None:
+    clock = Clock()
+    assert not RateLimiter(Rates(0, 0, 0, 0), clock).enabled
+    limiter = RateLimiter(Rates(requests=1, events=0, bytes=0, new_streams=0), clock)
+    for i in range(MAX_PRINCIPALS + 50):
+        limiter.take(f"peer:{i}", requests=1)
+    assert len(limiter._buckets) == MAX_PRINCIPALS
+
+
+def test_the_daemon_refuses_over_the_limit_and_the_client_waits(
+    daemon_factory: DaemonFactory,
+) -> None:
+    d = daemon_factory(extra_args=["--rate-requests", "5"])
+    stub = d.stub()
+    codes = []
+    for _ in range(10):
+        try:
+            stub.GetInfo(pb.GetInfoRequest(), timeout=30)
+            codes.append(grpc.StatusCode.OK)
+        except grpc.RpcError as exc:
+            codes.append(exc.code())
+            err = exc
+    assert codes.count(grpc.StatusCode.OK) <= 6  # 5, and one refilled meanwhile at most
+    assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes
+    info = error_info(err)
+    assert info.reason == "RATE_LIMITED" and info.metadata["failure_class"] == "recoverable"
+    # The client library waits the RetryInfo and gets through, call after call.
+    with StoreClient(d.address, timeout=60) as client:
+        for i in range(12):
+            assert client.append(f"rated-{i}", NewEvent("T", b"{}")).last_position > 0
+
+
+def test_appended_events_are_limited_before_anything_is_written(
+    daemon_factory: DaemonFactory,
+) -> None:
+    d = daemon_factory(extra_args=["--rate-events", "100"])
+    stub = d.stub()
+    stub.Append(append_request("s", events(100)), timeout=30)
+    err = rpc_error(stub.Append, append_request("s", events(50)))
+    assert error_info(err).reason == "RATE_LIMITED"
+    assert "--rate-events" in (err.details() or "")
+    head = stub.GetInfo(pb.GetInfoRequest(), timeout=30).head_position
+    assert head == 100  # the refused append wrote nothing
