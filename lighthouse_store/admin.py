@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from lighthouse_proto.v1 import store_pb2 as pb
 from lighthouse_proto.v1 import store_pb2_grpc
@@ -108,6 +109,25 @@ class AdminServicer:
         )
 
 
+def _parsing(
+    fn: Callable[[Any, grpc.aio.ServicerContext], Any], parse: Callable[[bytes], Any]
+) -> Callable[[bytes, grpc.aio.ServicerContext], Any]:
+    """``fn`` on the parsed request; a request that is no valid message is
+    INVALID_ARGUMENT with its details, as on the store service (never gRPC's
+    UNKNOWN naming a protobuf exception)."""
+
+    async def handler(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            request = parse(raw)
+        except DecodeError:
+            error = InvalidArgument("request: not a valid admin request message")
+            code, message, trailers = status.to_status(error)
+            await context.abort(code, message, trailing_metadata=trailers)
+        return await fn(request, context)
+
+    return handler
+
+
 def _serialize(message: Any) -> bytes:
     data: bytes = message.SerializeToString()
     return data
@@ -122,8 +142,8 @@ def add_to_server(server: grpc.aio.Server, servicer: AdminServicer) -> None:
     assert implementations.keys() == {m.name for m in ADMIN_SERVICE.methods}
     handlers = {
         name: grpc.unary_unary_rpc_method_handler(
-            fn,
-            request_deserializer=parse,
+            _parsing(fn, parse),
+            request_deserializer=None,  # bytes: parsed in _parsing, where a bad one is answered
             response_serializer=_serialize,
         )
         for name, (fn, parse) in implementations.items()

@@ -217,7 +217,7 @@ class EventStoreServicer:
         spans = self._spans
         if spans is not None:
             command = spans.append(command)  # after validation: limits are on what was sent
-        result = await self._writer.append(command)
+        result = await self._writer.append(command, owner=principal.key)
         if not result.duplicate and result.last_revision + 1 == len(command.proposed):
             self._rates.charge(principal.key, "new_streams", 1)  # this append created it
         if spans is not None:

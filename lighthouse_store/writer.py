@@ -122,6 +122,7 @@ class GroupCommitWriter:
         self._inbox: queue.SimpleQueue[_Item | str] = queue.SimpleQueue()
         # Owned by the event loop thread:
         self._pending = 0  # appends queued or being committed
+        self._owners: dict[str, int] = {}  # appends queued or being committed, per owner
         self._pending_bytes = 0
         self._listeners: list[CommitListener] = []
         self._closing = False
@@ -166,7 +167,13 @@ class GroupCommitWriter:
             await asyncio.to_thread(self._thread.join)
             await asyncio.sleep(0)  # run the last batch's answers
 
-    async def append(self, command: AppendCommand) -> AppendResult:
+    async def append(self, command: AppendCommand, owner: str = "") -> AppendResult:
+        """Queue ``command`` and wait for its commit. ``owner`` (the principal's
+        key) may hold at most its share of the queue: ``max_queue`` over the
+        other owners with appends queued plus two, so that a client flooding
+        alone leaves half the queue to the next one, and however many flood,
+        one more finds room (a count share; bytes are bounded in all only,
+        since one append may be as large as the whole byte bound)."""
         if self._closing:
             self._last_refusal = time.monotonic()
             raise ShuttingDown("the store is shutting down; retry later")
@@ -175,6 +182,23 @@ class GroupCommitWriter:
             or self._pending_bytes + command.size > self._max_queued_bytes
         ):
             raise Overloaded("too many appends queued; retry shortly", retry_after_ms=50)
+        owners = self._owners
+        mine = owners.get(owner, 0)
+        share = max(1, self._max_queue // (len(owners) - (1 if mine else 0) + 2))
+        if mine >= share:
+            raise Overloaded(f"this client has {mine} appends queued, its share of the queue;"
+                             " retry shortly", retry_after_ms=50)  # fmt: skip
+        owners[owner] = mine + 1
+        try:
+            return await self._enqueue(command)
+        finally:
+            left = owners[owner] - 1
+            if left:
+                owners[owner] = left
+            else:
+                del owners[owner]
+
+    async def _enqueue(self, command: AppendCommand) -> AppendResult:
         assert self._loop is not None, "writer not started"
         future: asyncio.Future[AppendResult] = self._loop.create_future()
         if self._pending == 0 and self._on_busy is not None:
