@@ -184,6 +184,20 @@ def call(fn: Callable[[], Any]) -> grpc.RpcError | None:
     return None
 
 
+def first_answers(responses: Any, n: int) -> grpc.RpcError | None:
+    """Take up to ``n`` messages of a subscription, then cancel it; its error, if any."""
+    try:
+        for _ in range(n):
+            next(responses)
+    except StopIteration:
+        pass
+    except grpc.RpcError as exc:
+        return exc
+    finally:
+        responses.cancel()
+    return None
+
+
 @given(request=append_requests())
 def test_append(request: pb.AppendRequest, channel: grpc.Channel, daemon: DaemonProcess,
                 canary: Callable[[], bytes]) -> None:  # fmt: skip
@@ -212,18 +226,7 @@ def test_subscribe(options: pb.SubscribeOptions, then: list[pb.SubscribeRequest]
                    channel: grpc.Channel, daemon: DaemonProcess) -> None:  # fmt: skip
     stub = pb_grpc.EventStoreServiceStub(channel)
     requests = [pb.SubscribeRequest(options=options), *then]
-    responses = stub.Subscribe(iter(requests), timeout=2)
-    err = None
-    try:
-        for _ in range(3):
-            next(responses)
-    except StopIteration:
-        pass
-    except grpc.RpcError as exc:
-        err = exc
-    finally:
-        responses.cancel()
-    check(err, daemon)
+    check(first_answers(stub.Subscribe(iter(requests), timeout=2), 3), daemon)
 
 
 @given(method=st.sampled_from(["Append", "Read", "GetEvent", "GetInfo", "Subscribe"]),
@@ -231,18 +234,8 @@ def test_subscribe(options: pb.SubscribeOptions, then: list[pb.SubscribeRequest]
 def test_raw_bytes(method: str, raw: bytes, channel: grpc.Channel, daemon: DaemonProcess) -> None:
     """Bytes that need not be a message at all, with identity serializers."""
     if method == "Subscribe":
-        call_ = channel.stream_stream(SERVICE + method)
-        responses = call_(iter([raw]), timeout=2)
-        err = None
-        try:
-            next(responses)
-        except StopIteration:
-            pass
-        except grpc.RpcError as exc:
-            err = exc
-        finally:
-            responses.cancel()
-        check(err, daemon)
+        responses = channel.stream_stream(SERVICE + method)(iter([raw]), timeout=2)
+        check(first_answers(responses, 1), daemon)
     elif method == "Read":
         check(call(lambda: channel.unary_stream(SERVICE + method)(raw, timeout=30)), daemon)
     else:
