@@ -191,10 +191,12 @@ class Appender(threading.Thread):
 
 def _fill_the_queue(daemon: DaemonProcess, queue: int) -> tuple[Appender, list[Appender]]:
     """Hold the writer in a commit pause (``faults.py``) with ``queue`` appends
-    pending: the first, committed and paused before its answer, and the rest
-    queued behind it. Returns the first and the queued ones. Appends are sent
-    until ``queue`` of them were refused as OVERLOADED: the queue cannot drain
-    during the pause, so exactly ``queue - 1`` others are in it by then."""
+    of this one client pending (its share: half of ``--max-queue``, the other
+    half being kept for other clients, ``writer.py``): the first, committed
+    and paused before its answer, and the rest queued behind it. Returns the
+    first and the queued ones. Appends are sent until ``queue`` of them were
+    refused as OVERLOADED: the queue cannot drain during the pause, so exactly
+    ``queue - 1`` others are in it by then."""
     stub = daemon.stub()
     first = Appender(daemon, "first")
     first.start()
@@ -233,7 +235,7 @@ def test_sigterm_answers_queued_appends_and_refuses_late_ones(
     stopped server had not handed to a handler (grpc/grpc#41785) and which a
     client reads as its own cancellation and does not retry."""
     env = {**os.environ, COMMIT_PAUSE_MS: "1500"}
-    d = daemon_factory(extra_args=["--max-queue", "4"], env=env)
+    d = daemon_factory(extra_args=["--max-queue", "8"], env=env)  # this client's share: 4
     draining = Subscriber(d.stub(), pb.SubscribeOptions(from_end={}))
     draining.next_kind("caught_up_position")
     first, queued = _fill_the_queue(d, 4)
@@ -268,7 +270,7 @@ def test_an_append_still_queued_after_the_grace_is_committed(
     error (they retry with the same ids), and the writer commits them all the
     same before the daemon exits (README, "Operations")."""
     env = {**os.environ, COMMIT_PAUSE_MS: "5000"}
-    d = daemon_factory(extra_args=["--max-queue", "4", "--shutdown-grace-seconds", "0"], env=env)
+    d = daemon_factory(extra_args=["--max-queue", "8", "--shutdown-grace-seconds", "0"], env=env)
     first, queued = _fill_the_queue(d, 4)
     assert d.stop(timeout=60) == 0
     for t in (first, *queued):
