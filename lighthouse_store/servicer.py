@@ -213,7 +213,11 @@ class EventStoreServicer:
         # waits in the writer's queue; the command holds the events' bytes.
         command = self._append_command(raw)
         self._access.check_append(principal, "Append", command.stream)
-        self._rates.take(principal.key, events=len(command.proposed), bytes=command.size)
+        # new_streams=0: nothing taken, but a bucket in debt (streams created
+        # faster than the limit, charged after their commits) makes it wait.
+        self._rates.take(
+            principal.key, events=len(command.proposed), bytes=command.size, new_streams=0
+        )
         spans = self._spans
         if spans is not None:
             command = spans.append(command)  # after validation: limits are on what was sent

@@ -134,3 +134,18 @@ def test_one_flooding_client_cannot_get_anothers_appends_refused(
                 refused_flood += 1
     assert refused_flood > 0  # the queue was contended
     assert refused_calm == 0
+
+
+def test_new_streams_are_charged_after_and_the_next_append_waits(
+    daemon_factory: DaemonFactory,
+) -> None:
+    """At one new stream a second: the first two appends create streams (the
+    second takes the bucket into debt, since it is known to be new only once
+    committed); the next append waits, whatever its stream."""
+    d = daemon_factory(extra_args=["--rate-new-streams", "1"])
+    stub = d.stub()
+    stub.Append(append_request("new-1", events(1)), timeout=30)
+    stub.Append(append_request("new-2", events(1)), timeout=30)
+    err = rpc_error(stub.Append, append_request("new-1", events(1)))
+    assert error_info(err).reason == "RATE_LIMITED"
+    assert "--rate-new-streams" in (err.details() or "")
