@@ -123,6 +123,7 @@ class GroupCommitWriter:
         # Owned by the event loop thread:
         self._pending = 0  # appends queued or being committed
         self._owners: dict[str, int] = {}  # appends queued or being committed, per owner
+        self._owner_of: dict[asyncio.Future[AppendResult], str] = {}
         self._pending_bytes = 0
         self._listeners: list[CommitListener] = []
         self._closing = False
@@ -188,19 +189,12 @@ class GroupCommitWriter:
         if mine >= share:
             raise Overloaded(f"this client has {mine} appends queued, its share of the queue;"
                              " retry shortly", retry_after_ms=50)  # fmt: skip
-        owners[owner] = mine + 1
-        try:
-            return await self._enqueue(command)
-        finally:
-            left = owners[owner] - 1
-            if left:
-                owners[owner] = left
-            else:
-                del owners[owner]
-
-    async def _enqueue(self, command: AppendCommand) -> AppendResult:
         assert self._loop is not None, "writer not started"
         future: asyncio.Future[AppendResult] = self._loop.create_future()
+        # Counted until the append is answered, not until its caller stops
+        # waiting: a caller that gives up leaves its append in the queue.
+        owners[owner] = mine + 1
+        self._owner_of[future] = owner
         if self._pending == 0 and self._on_busy is not None:
             self._on_busy()
         self._pending += 1
@@ -347,7 +341,14 @@ class GroupCommitWriter:
     ) -> None:
         self._pending -= len(batch)
         self._pending_bytes -= size
+        owners = self._owners
         for (_, future), result in zip(batch, results, strict=True):
+            owner = self._owner_of.pop(future)
+            left = owners[owner] - 1
+            if left:
+                owners[owner] = left
+            else:
+                del owners[owner]
             if future.done():  # the caller went away; the append stands
                 continue
             if isinstance(result, StoreError):

@@ -149,3 +149,32 @@ def test_new_streams_are_charged_after_and_the_next_append_waits(
     err = rpc_error(stub.Append, append_request("new-1", events(1)))
     assert error_info(err).reason == "RATE_LIMITED"
     assert "--rate-new-streams" in (err.details() or "")
+
+
+def test_appends_given_up_by_their_caller_still_count_in_its_share(
+    daemon_factory: DaemonFactory, tmp_path: Path
+) -> None:
+    """A caller whose appends time out while queued leaves them in the queue:
+    they still count against its share, so giving up and sending more cannot
+    fill the queue and get another client refused."""
+    tokens = {name: access.new_token() for name in ("flood", "calm")}
+    path = tmp_path / "tokens.toml"
+    grants = 'grants = [{ prefix = "", roles = ["append", "read"] }]\n'
+    path.write_text("".join(f'[principals.{n}]\ntoken_sha256 = "{h}"\n{grants}'
+                            for n, (_, h) in tokens.items()))  # fmt: skip
+    env = {**os.environ, COMMIT_PAUSE_MS: "3000"}
+    d = daemon_factory(extra_args=["--max-queue", "4", "--tokens-file", str(path)], env=env)
+    flood_md = (("authorization", f"Bearer {tokens['flood'][0]}"),)
+    calm_md = (("authorization", f"Bearer {tokens['calm'][0]}"),)
+    stub = d.stub()
+    first = stub.Append.future(append_request("flood", events(1)), timeout=60, metadata=flood_md)
+    deadline = time.monotonic() + 30
+    while stub.GetInfo(pb.GetInfoRequest(), timeout=30, metadata=flood_md).head_position < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)  # committed; the writer is in its pause, the queue fills behind it
+    for _ in range(3):
+        err = rpc_error(stub.Append, append_request("flood", events(1)), timeout=0.2,
+                        metadata=flood_md)  # fmt: skip
+        assert err.code() in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED)
+    stub.Append(append_request("calm", events(1)), timeout=60, metadata=calm_md)  # not refused
+    first.result()
