@@ -504,3 +504,33 @@ def test_grpcurl_with_cacert_cert_key_and_a_token(
     no_token.remove("-H")
     done = subprocess.run(no_token, capture_output=True, text=True, timeout=60)
     assert done.returncode != 0 and "Unauthenticated" in done.stderr
+
+
+def _workers_reached(d: DaemonProcess, creds: grpc.ChannelCredentials, want: int) -> set[int]:
+    """Worker pids reached over new TLS connections (the kernel spreads them)."""
+    seen: set[int] = set()
+    for _ in range(60):
+        stub, ch = _tls_stub(d, creds)
+        try:
+            seen.add(stub.GetInfo(pb.GetInfoRequest(), timeout=30).worker_pid)
+        finally:
+            ch.close()
+        if len(seen) == want:
+            break
+    return seen
+
+
+def test_every_worker_serves_tls_and_reloads_on_sighup(
+    ca: trustme.CA, daemon_factory: DaemonFactory, tmp_path: Path
+) -> None:
+    d = daemon_factory(workers=2, extra_args=_server_files(ca, tmp_path))
+    assert len(_workers_reached(d, grpc.ssl_channel_credentials(ca.cert_pem.bytes()), 2)) == 2
+    new_ca = trustme.CA()
+    _server_files(new_ca, tmp_path)
+    assert d.proc is not None
+    d.proc.send_signal(signal.SIGHUP)  # the supervisor forwards it to every worker
+    deadline = time.monotonic() + 30
+    while d.log_text().count("TLS certificate reloaded") < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert d.log_text().count("TLS certificate reloaded") == 2
+    assert len(_workers_reached(d, grpc.ssl_channel_credentials(new_ca.cert_pem.bytes()), 2)) == 2
